@@ -1,0 +1,139 @@
+"""Mel front end: the one definition of the contract with TTS front ends.
+
+HiFi-GAN / Tacotron 2 log-mel: 22050 Hz mono, n_fft 1024, Hann 1024, hop 256, 80 Slaney mel bands
+over 0-8000 Hz, magnitude spectrogram, natural log of max(x, 1e-5). Frames are taken HiFi-GAN style
+(reflect-pad (n_fft - hop) / 2 on each side, no centring), so a clip of S samples gives S // 256
+frames and the vocoder returns exactly frames * 256 samples.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from functools import lru_cache
+from math import gcd
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from scipy.signal import resample_poly
+
+SAMPLE_RATE = 22050
+HOP = 256
+N_FFT = 1024
+N_MELS = 80
+FMIN = 0.0
+FMAX = 8000.0
+LOG_FLOOR = 1e-5
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif")
+
+
+class AudioError(ValueError):
+    """Audio that cannot be read or is unusable (empty, wrong sample rate where resampling is off)."""
+
+
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney mel scale: linear below 1 kHz, logarithmic above."""
+    hz = np.asanyarray(hz, dtype=np.float64)
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
+    return np.where(hz >= min_log_hz, min_log_mel + np.log(np.maximum(hz, 1e-10) / min_log_hz) / logstep, hz / f_sp)
+
+
+def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    mel = np.asanyarray(mel, dtype=np.float64)
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
+    return np.where(mel >= min_log_mel, min_log_hz * np.exp(logstep * (mel - min_log_mel)), f_sp * mel)
+
+
+@lru_cache(maxsize=4)
+def mel_filterbank(sr: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mels: int = N_MELS,
+                   fmin: float = FMIN, fmax: float = FMAX) -> np.ndarray:
+    """Slaney-normalised triangular filters, shape (n_mels, n_fft // 2 + 1); equals librosa's default."""
+    fft_freqs = np.linspace(0, sr / 2, n_fft // 2 + 1)
+    mel_f = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
+    fdiff = np.diff(mel_f)
+    ramps = mel_f[:, None] - fft_freqs[None, :]
+    lower = -ramps[:-2] / fdiff[:-1, None]
+    upper = ramps[2:] / fdiff[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    weights *= (2.0 / (mel_f[2:n_mels + 2] - mel_f[:n_mels]))[:, None]
+    return weights.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class MelSpec:
+    """The audio settings a checkpoint was trained with; stored in its config."""
+
+    sample_rate: int = SAMPLE_RATE
+    hop: int = HOP
+    n_fft: int = N_FFT
+    n_mels: int = N_MELS
+    fmin: float = FMIN
+    fmax: float = FMAX
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def mel_spectrogram(wav: torch.Tensor | np.ndarray, spec: MelSpec = MelSpec()) -> torch.Tensor:
+    """Log-mel of a waveform (samples,) or (batch, samples) -> (..., n_mels, samples // hop)."""
+    wav = torch.as_tensor(wav, dtype=torch.float32)
+    squeeze = wav.dim() == 1
+    wav = wav.reshape(-1, wav.shape[-1])
+    pad = (spec.n_fft - spec.hop) // 2
+    mode = "reflect" if wav.shape[-1] > pad else "constant"
+    wav = torch.nn.functional.pad(wav.unsqueeze(1), (pad, pad), mode=mode).squeeze(1)
+    window = torch.hann_window(spec.n_fft, device=wav.device)
+    stft = torch.stft(wav, spec.n_fft, spec.hop, spec.n_fft, window, center=False, return_complex=True)
+    fb = torch.from_numpy(mel_filterbank(spec.sample_rate, spec.n_fft, spec.n_mels, spec.fmin, spec.fmax))
+    mel = torch.log(torch.clamp(fb.to(wav.device) @ stft.abs(), min=LOG_FLOOR))
+    return mel[0] if squeeze else mel
+
+
+def _to_mono_at(data: np.ndarray, sr: int, target_sr: int, resample: bool) -> np.ndarray:
+    if data.ndim == 2:
+        data = data.mean(axis=1)
+    if data.size == 0:
+        raise AudioError("audio has no samples")
+    if sr != target_sr:
+        if not resample:
+            raise AudioError(f"audio is {sr} Hz; this model needs {target_sr} Hz")
+        g = gcd(sr, target_sr)
+        data = resample_poly(data, target_sr // g, sr // g)
+    if not np.all(np.isfinite(data)):
+        raise AudioError("audio contains NaN or Inf samples")
+    return np.clip(data, -1.0, 1.0).astype(np.float32)
+
+
+def load_audio(source: str | Path | bytes, sample_rate: int = SAMPLE_RATE, resample: bool = True) -> np.ndarray:
+    """Read a wav/flac file (path or bytes) as float32 mono at `sample_rate`, resampling if needed."""
+    try:
+        data, sr = sf.read(io.BytesIO(source) if isinstance(source, bytes) else str(source),
+                           dtype="float32", always_2d=False)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+        raise AudioError(f"cannot read audio: {e}") from None
+    return _to_mono_at(data, sr, sample_rate, resample)
+
+
+def encode_audio(wav: np.ndarray, sample_rate: int = SAMPLE_RATE, fmt: str = "wav") -> bytes:
+    """16-bit PCM WAV or FLAC bytes of a float waveform in [-1, 1]."""
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(wav, -1.0, 1.0), sample_rate, format=fmt.upper(), subtype="PCM_16")
+    return buf.getvalue()
+
+
+def list_audio(directory: str | Path, ids: list[str] | None = None) -> list[Path]:
+    """Audio files in a directory (recursively), optionally only those whose stem is in `ids`."""
+    files = sorted(p for p in Path(directory).rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    if ids is not None:
+        wanted = set(ids)
+        files = [p for p in files if p.stem in wanted]
+    return files
+
+
+def read_id_list(path: str | Path) -> list[str]:
+    """Utterance ids, one per line (an LJ Speech style `train.txt`); text after '|' is ignored."""
+    return [ln.split("|")[0].strip() for ln in Path(path).read_text().splitlines() if ln.strip()]

@@ -1,0 +1,103 @@
+"""Samplers: short pure functions over (score net, mel, schedule).
+
+`ddpm` and `ddim` run the reverse process n = N..1 of any `Schedule`. The score network is applied
+through `windowed_eps`, which splits long inputs into overlapping windows whose margins cover the
+network's receptive field: the result equals one full pass, with memory bounded by the window size,
+so minutes of audio run without seams.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+
+from .schedules import Schedule
+from .score_net import ScoreNet
+
+EpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+#: Window of the bounded-memory pass, in mel frames (~6 s of audio) and its context margin.
+WINDOW_FRAMES = 512
+MARGIN_FRAMES = 8
+
+
+def windowed_eps(net: ScoreNet, window_frames: int = WINDOW_FRAMES, margin_frames: int = MARGIN_FRAMES) -> EpsFn:
+    """eps_theta(x, mel, t) computed window by window; exact when margins cover the receptive field."""
+    hop = net.params.hop
+    # The mel upsampler reaches ~1 frame each side; the dilated stack reaches receptive_field samples.
+    margin_frames = max(margin_frames, 2 + math.ceil(net.receptive_field / hop))
+
+    def eps(x: torch.Tensor, mel: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        frames = mel.shape[-1]
+        if frames <= window_frames + 2 * margin_frames:
+            return net(x, mel, t)
+        out = torch.empty_like(x)
+        for start in range(0, frames, window_frames):
+            end = min(start + window_frames, frames)
+            lo, hi = max(0, start - margin_frames), min(frames, end + margin_frames)
+            e = net(x[:, lo * hop:hi * hop], mel[:, :, lo:hi], t)
+            out[:, start * hop:end * hop] = e[:, (start - lo) * hop:(end - lo) * hop]
+        return out
+
+    return eps
+
+
+def _steps(schedule: Schedule, x: torch.Tensor):
+    """(n, alpha_n, alpha_{n-1}, beta_n, sigma_n, t_n as a batch tensor) for n = N..1."""
+    alpha_prev = [1.0] + schedule.alpha[:-1].tolist()
+    for n in reversed(range(schedule.steps)):
+        t = torch.full((x.shape[0],), float(schedule.timesteps[n]), device=x.device)
+        yield n, float(schedule.alpha[n]), alpha_prev[n], float(schedule.beta[n]), float(schedule.sigma[n]), t
+
+
+Seeds = int | None | Sequence[int | None]
+
+
+class Noise:
+    """Gaussian noise drawn on the CPU from one generator per batch item.
+
+    Each item's noise depends only on its own seed (never on its batch neighbours), and CPU draws
+    make a seed give the same noise on every device.
+    """
+
+    def __init__(self, seeds: Seeds, batch: int) -> None:
+        seeds = list(seeds) if isinstance(seeds, Sequence) else [seeds] * batch
+        if len(seeds) != batch:
+            raise ValueError(f"{len(seeds)} seeds for a batch of {batch}")
+        self.gens = []
+        for s in seeds:
+            g = torch.Generator("cpu")
+            g.manual_seed(s) if s is not None else g.seed()
+            self.gens.append(g)
+
+    def draw(self, length: int, device: torch.device | str) -> torch.Tensor:
+        return torch.stack([torch.randn(length, generator=g) for g in self.gens]).to(device)
+
+
+@torch.inference_mode()
+def ddpm(eps_fn: EpsFn, mel: torch.Tensor, schedule: Schedule, seed: Seeds = None, hop: int = 256) -> torch.Tensor:
+    """Ancestral DDPM reverse process over `schedule`; mel (B, n_mels, F) -> audio (B, F * hop) in [-1, 1]."""
+    noise, length = Noise(seed, mel.shape[0]), mel.shape[-1] * hop
+    x = noise.draw(length, mel.device)
+    for n, alpha, _, beta, sigma, t in _steps(schedule, x):
+        eps = eps_fn(x, mel, t)
+        x = (x - beta / math.sqrt(1 - alpha**2) * eps) / math.sqrt(1 - beta)
+        if n > 0:
+            x = x + sigma * noise.draw(length, x.device)
+    return x.clamp(-1.0, 1.0)
+
+
+@torch.inference_mode()
+def ddim(eps_fn: EpsFn, mel: torch.Tensor, schedule: Schedule, seed: Seeds = None, hop: int = 256) -> torch.Tensor:
+    """Deterministic DDIM (eta = 0) over the levels of `schedule`; only x_N depends on the seed."""
+    x = Noise(seed, mel.shape[0]).draw(mel.shape[-1] * hop, mel.device)
+    for _, alpha, alpha_prev, _, _, t in _steps(schedule, x):
+        eps = eps_fn(x, mel, t)
+        x0 = (x - math.sqrt(1 - alpha**2) * eps) / alpha
+        x = alpha_prev * x0 + math.sqrt(1 - alpha_prev**2) * eps
+    return x.clamp(-1.0, 1.0)
+
+
+SAMPLERS = {"ddpm": ddpm, "ddim": ddim}

@@ -1,0 +1,117 @@
+"""What every training loop shares: device and DDP set-up, EMA, resumable state, hardware notes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..checkpoint import TRAIN_STATE, load_tensors, save_tensors
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast on GPU (the loss stays fp32); plain fp32 on CPU."""
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def runtime(device: str = "auto") -> Runtime:
+    """CPU or CUDA automatically; under torchrun (WORLD_SIZE > 1) one process per GPU with NCCL."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        rank, local = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local)
+            return Runtime(torch.device("cuda", local), rank, world)
+        return Runtime(torch.device("cpu"), rank, world)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    return Runtime(torch.device(device))
+
+
+def hardware(rt: Runtime) -> str:
+    if rt.device.type == "cuda":
+        return f"{rt.world}x {torch.cuda.get_device_name(rt.device)}"
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+class EMA:
+    """Exponential moving average of a module's parameters; the EMA weights are what ships."""
+
+    def __init__(self, module: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = {k: v.detach().clone().float() for k, v in module.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        for k, v in module.state_dict().items():
+            if v.is_floating_point():
+                self.shadow[k].lerp_(v.float(), 1 - self.decay)
+            else:
+                self.shadow[k].copy_(v)
+
+    def copy_to(self, module: nn.Module) -> nn.Module:
+        module.load_state_dict(self.shadow)
+        return module
+
+
+def save_train_state(directory: Path, prefix: str, module: nn.Module, ema: EMA | None,
+                     opt: torch.optim.Optimizer) -> None:
+    """Weights, EMA and Adam moments of one network under `prefix.` keys, beside other networks' state."""
+    path = directory / TRAIN_STATE
+    tensors = {k: v for k, v in (load_tensors(path).items() if path.exists() else []) if not k.startswith(prefix + ".")}
+    tensors.update({f"{prefix}.model.{k}": v for k, v in module.state_dict().items()})
+    if ema is not None:
+        tensors.update({f"{prefix}.ema.{k}": v for k, v in ema.shadow.items()})
+    names = {p: n for n, p in module.named_parameters()}
+    for p, st in opt.state.items():
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            tensors[f"{prefix}.adam.{key}.{names[p]}"] = torch.as_tensor(st[key]).float().reshape(-1) \
+                if key == "step" else st[key]
+    save_tensors(path, tensors)
+
+
+def load_train_state(directory: Path, prefix: str, module: nn.Module, ema: EMA | None,
+                     opt: torch.optim.Optimizer) -> bool:
+    """Restore what `save_train_state` wrote; False when there is nothing to resume."""
+    path = directory / TRAIN_STATE
+    if not path.exists():
+        return False
+    state = load_tensors(path)
+    model = {k[len(prefix) + 7:]: v for k, v in state.items() if k.startswith(prefix + ".model.")}
+    if not model:
+        return False
+    module.load_state_dict(model)
+    if ema is not None:
+        ema.shadow = {k: state.get(f"{prefix}.ema.{k}", v.detach().float().cpu()).to(v.device).float()
+                      for k, v in module.state_dict().items()}
+    for n, p in module.named_parameters():
+        if f"{prefix}.adam.exp_avg.{n}" in state:
+            opt.state[p] = {
+                "exp_avg": state[f"{prefix}.adam.exp_avg.{n}"].to(p.device),
+                "exp_avg_sq": state[f"{prefix}.adam.exp_avg_sq.{n}"].to(p.device),
+                "step": state[f"{prefix}.adam.step.{n}"].reshape(()).to(p.device if opt.defaults.get("fused") else "cpu"),
+            }
+    return True

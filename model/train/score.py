@@ -1,0 +1,134 @@
+"""Train eps_theta with the DDPM noise-prediction loss; resumable, EMA, bf16 + compile + DDP on GPU."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from ..audio import MelSpec
+from ..checkpoint import CONFIG, SCORE_NET, git_revision, load_module, read_config, save_module, write_config
+from ..schedules import Diffusion
+from ..score_net import CONFIGS, ScoreNet, ScoreNetParams
+from .common import EMA, hardware, load_train_state, runtime, save_train_state
+from .data import AudioCorpus
+from .losses import score_loss
+
+
+@dataclass
+class ScoreTraining:
+    data: str
+    out: str
+    steps: int
+    id_list: str | None = None
+    config: str = "small"
+    batch: int = 8
+    segment_frames: int = 32
+    lr: float = 5e-4
+    ema_decay: float = 0.998
+    grad_clip: float = 1.0
+    minutes: float | None = None
+    save_every: int = 250
+    device: str = "auto"
+    compile: bool | None = None
+    seed: int = 0
+
+
+def _score_net_for(out: Path, config_name: str) -> tuple[ScoreNet, dict]:
+    """Resume the architecture stored in `out`, else start the named config."""
+    if (out / CONFIG).exists():
+        config = read_config(out)
+        return ScoreNet(ScoreNetParams(**config["score_net"])), config
+    if config_name not in CONFIGS:
+        raise SystemExit(f"unknown --config {config_name!r}; choose from {', '.join(CONFIGS)}")
+    params = CONFIGS[config_name]
+    config = {"audio": MelSpec().to_dict(), "diffusion": Diffusion().to_dict(), "score_net": params.to_dict(),
+              "training": {}}
+    return ScoreNet(params), config
+
+
+def train_score(job: ScoreTraining) -> Path:
+    rt = runtime(job.device)
+    out = Path(job.out)
+    net, config = _score_net_for(out, job.config)
+    diffusion = Diffusion(**config["diffusion"])
+    spec = MelSpec(**config["audio"])
+    net.to(rt.device)
+    opt = torch.optim.Adam(net.parameters(), lr=job.lr, fused=rt.device.type == "cuda")
+    ema = EMA(net, job.ema_decay)
+    resumed = load_train_state(out, "score", net, ema, opt)
+    if not resumed and (out / SCORE_NET).exists():  # weights without optimizer state: continue from them
+        load_module(out / SCORE_NET, net)
+        ema = EMA(net, job.ema_decay)
+    for g in opt.param_groups:
+        g["lr"] = job.lr
+    record = config["training"].setdefault("score", {"steps": 0, "wall_seconds": 0.0, "samples": 0, "runs": []})
+
+    corpus = AudioCorpus(job.data, job.id_list, spec)
+    if rt.main:
+        print(f"data: {len(corpus)} clips, {corpus.seconds / 60:.1f} min from {job.data}; "
+              f"score net {sum(p.numel() for p in net.parameters()) / 1e6:.2f} M params on {hardware(rt)}; "
+              f"{'resuming at step ' + str(record['steps']) if resumed else 'new run'}")
+    model = DistributedDataParallel(net) if rt.world > 1 else net
+    use_compile = job.compile if job.compile is not None else rt.device.type == "cuda"
+    forward = torch.compile(model) if use_compile else model
+    rng = np.random.default_rng(job.seed + 1000 * rt.rank + record["steps"])
+    gen = torch.Generator(rt.device).manual_seed(job.seed + 7919 * rt.rank + record["steps"])
+
+    def save(run_steps: int, run_seconds: float) -> None:
+        if not rt.main:
+            return
+        ema_net = ema.copy_to(ScoreNet(net.params))
+        save_module(out / SCORE_NET, ema_net)
+        save_train_state(out, "score", net, ema, opt)
+        run = {"date": time.strftime("%Y-%m-%d"), "hardware": hardware(rt), "steps": run_steps,
+               "batch": job.batch * rt.world, "segment_samples": job.segment_frames * spec.hop, "lr": job.lr,
+               "ema_decay": job.ema_decay, "wall_seconds": round(run_seconds, 1),
+               "steps_per_second": round(run_steps / max(run_seconds, 1e-9), 3), "data": str(job.data),
+               "list": str(job.id_list) if job.id_list else None, "git_revision": git_revision()}
+        runs = [r for r in record["runs"] if r.get("started") != started]
+        record_now = {**record, "steps": base_steps + run_steps, "wall_seconds": round(base_wall + run_seconds, 1),
+                      "samples": base_samples + run_steps * job.batch * rt.world * job.segment_frames * spec.hop,
+                      "runs": runs + [{"started": started, **run}]}
+        config["training"]["score"] = record_now
+        write_config(out, config)
+
+    started = time.strftime("%Y-%m-%dT%H:%M:%S")
+    base_steps, base_wall, base_samples = record["steps"], record["wall_seconds"], record["samples"]
+    t0 = time.time()
+    step = 0
+    bar = tqdm(total=job.steps, disable=not rt.main, dynamic_ncols=True, mininterval=5)
+    try:
+        while step < job.steps and (job.minutes is None or time.time() - t0 < 60 * job.minutes):
+            audio, mel = corpus.segments(job.batch, job.segment_frames, rng)
+            audio, mel = audio.to(rt.device, non_blocking=True), mel.to(rt.device, non_blocking=True)
+            with rt.autocast():
+                loss = score_loss(forward, audio, mel, diffusion, gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), job.grad_clip)
+            opt.step()
+            ema.update(net)
+            step += 1
+            bar.update(1)
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{loss.item():.4f}", steps_s=f"{step / (time.time() - t0):.2f}",
+                                total=base_steps + step)
+            if step % job.save_every == 0:
+                save(step, time.time() - t0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        bar.close()
+        save(step, time.time() - t0)
+    if rt.main:
+        dt = time.time() - t0
+        print(f"trained {step} steps in {dt:.0f} s ({step / max(dt, 1e-9):.2f} steps/s, "
+              f"{step * job.batch * rt.world * job.segment_frames * spec.hop / max(dt, 1e-9):.0f} samples/s); "
+              f"total {base_steps + step} steps -> {out}")
+    return out

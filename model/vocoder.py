@@ -1,0 +1,108 @@
+"""The vocoder as a user sees it: a weights directory loaded once, mel in, waveform out, rho as the knob.
+
+Used by the offline CLIs (`model.synth`), the benchmarks and the server alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .audio import MelSpec
+from .checkpoint import SCHEDULE_NET, SCORE_NET, CheckpointError, load_module, read_config
+from .sampling import SAMPLERS, Seeds, windowed_eps
+from .schedules import Diffusion, Schedule
+from .score_net import ScoreNet, ScoreNetParams
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "default"
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CheckpointError(f"device {device!r} requested but CUDA is not available")
+    return torch.device(device)
+
+
+@dataclass
+class Vocoder:
+    score_net: ScoreNet
+    config: dict
+    device: torch.device
+    schedule_net: torch.nn.Module | None = None
+    reference_mel: torch.Tensor | None = None
+    directory: Path | None = None
+    schedules: dict[float, Schedule] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, directory: str | Path = DEFAULT_WEIGHTS, device: str = "auto") -> "Vocoder":
+        """Load a weights directory; a missing, corrupt or mismatched file raises CheckpointError."""
+        directory = Path(directory)
+        config = read_config(directory)
+        dev = resolve_device(device)
+        try:
+            score_net = ScoreNet(ScoreNetParams(**config["score_net"]))
+        except (KeyError, TypeError) as e:
+            raise CheckpointError(f"{directory}/config.json: bad score_net section ({e})") from None
+        load_module(directory / SCORE_NET, score_net)
+        voc = cls(score_net.to(dev).eval(), config, dev, directory=directory)
+        voc._load_scheduling(directory)
+        return voc
+
+    def _load_scheduling(self, directory: Path) -> None:
+        """Schedule net, reference mel and searched schedules, when `train schedule` / `search` made them."""
+        from . import scheduling  # noqa: PLC0415  (scheduling imports this module's neighbours only)
+
+        if (directory / SCHEDULE_NET).exists() and self.config.get("schedule_net"):
+            self.schedule_net = scheduling.load_schedule_net(directory, self.config).to(self.device).eval()
+        self.reference_mel = scheduling.load_reference_mel(directory)
+        for d in (self.config.get("search") or {}).get("schedules", {}).values():
+            s = Schedule.from_dict(d, self.diffusion)
+            self.schedules[float(s.meta["rho"])] = s
+
+    @property
+    def diffusion(self) -> Diffusion:
+        return Diffusion(**self.config["diffusion"])
+
+    @property
+    def spec(self) -> MelSpec:
+        return MelSpec(**self.config["audio"])
+
+    @property
+    def search(self) -> dict:
+        return self.config.get("search") or {}
+
+    @property
+    def presets(self) -> dict[str, float]:
+        return dict(self.search.get("presets", {}))
+
+    @property
+    def default_rho(self) -> float | None:
+        return self.search.get("default_rho")
+
+    def schedule(self, rho: float) -> Schedule:
+        """The BDDM schedule for rho: a stored one, else generated now by the schedule network."""
+        from . import scheduling  # noqa: PLC0415
+
+        if rho in self.schedules:
+            return self.schedules[rho]
+        if self.schedule_net is None or self.reference_mel is None or "alpha_hat_N" not in self.search:
+            raise CheckpointError("these weights have no schedule network or grid search; run "
+                                  "`python -m model.train schedule` and `search` first, or pass a schedule")
+        return scheduling.noise_schedule(self.score_net, self.schedule_net, self.reference_mel.to(self.device),
+                                         self.search["alpha_hat_N"], self.search["beta_hat_N"], rho,
+                                         self.diffusion, seed=0)
+
+    def vocode(self, mel: np.ndarray | torch.Tensor, schedule: Schedule, seed: Seeds = None,
+               sampler: str = "ddpm") -> np.ndarray:
+        """Log-mel (n_mels, F) or (B, n_mels, F) -> float32 audio (F * hop,) or (B, F * hop) in [-1, 1]."""
+        mel = torch.as_tensor(np.asarray(mel, dtype=np.float32) if not torch.is_tensor(mel) else mel).float()
+        single = mel.dim() == 2
+        mel = (mel[None] if single else mel).to(self.device)
+        eps = windowed_eps(self.score_net)
+        audio = SAMPLERS[sampler](eps, mel, schedule, seed, self.spec.hop).float().cpu().numpy()
+        return audio[0] if single else audio
