@@ -30,3 +30,27 @@ def score_loss(score_net, audio: torch.Tensor, mel: torch.Tensor, diffusion: Dif
     eps = torch.randn(audio.shape, device=audio.device, generator=generator)
     x_t = alpha * audio + torch.sqrt(1 - alpha**2) * eps
     return F.l1_loss(score_net(x_t, mel, t).float(), eps)
+
+
+def step_loss(score_net, schedule_net, audio: torch.Tensor, mel: torch.Tensor, diffusion: Diffusion,
+              tau: int = 66, generator: torch.Generator | None = None) -> torch.Tensor:
+    """BDDM's step loss for sigma_phi (Eq. 14), eps_theta frozen; returned per audio sample.
+
+    At a level alpha_t (t continuous in [tau, T - 1 - tau]) the schedule net proposes
+    beta_hat = r * min(beta_nxt, delta^2), with beta_nxt the scale that jumps tau grid steps and
+    delta^2 = 1 - alpha_t^2. The loss is the KL between the forward posterior and the reverse step
+    that beta_hat implies; the sum over the D samples is divided by D (Adam does not mind the scale).
+    """
+    b = audio.shape[0]
+    t = tau + torch.rand(b, device=audio.device, generator=generator) * (diffusion.steps - 1 - 2 * tau)
+    alpha_cur, alpha_nxt = alpha_at(t, diffusion)[:, None], alpha_at(t + tau, diffusion)[:, None]
+    beta_nxt = 1 - (alpha_nxt / alpha_cur) ** 2
+    delta_sq = 1 - alpha_cur**2
+    eps = torch.randn(audio.shape, device=audio.device, generator=generator)
+    x_t = alpha_cur * audio + delta_sq.sqrt() * eps
+    with torch.no_grad():
+        eps_theta = score_net(x_t, mel, t).float()
+    beta_hat = schedule_net(x_t).float()[:, None] * torch.minimum(beta_nxt, delta_sq)  # as ScheduleNet.beta
+    ratio = beta_hat / delta_sq
+    kl = (delta_sq / (2 * (delta_sq - beta_hat)) * (eps - ratio * eps_theta) ** 2).mean(dim=1, keepdim=True)
+    return (kl + torch.log(1 / ratio) / 4 + (ratio - 1) / 2).mean()

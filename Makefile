@@ -1,0 +1,32 @@
+# The two set-up commands of the README: `make serve` and `make test`. Both create .venv on first use.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+WEIGHTS ?= weights/default
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: serve test install install-test bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+
+install-test: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+
+serve: install
+	$(BIN)/python -m server --host $(HOST) --port $(PORT) --weights $(WEIGHTS)
+
+test: install-test
+	$(BIN)/python -m pytest
+
+bench: install-test
+	$(BIN)/python -m bench.quality --weights $(WEIGHTS)
+	$(BIN)/python -m bench.speed --weights $(WEIGHTS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,194 @@
+"""What both benchmarks share: the report header, the clips they run on, one table writer, the output files.
+
+Every report starts with the same header (hardware, date, git revision, weights, exact command) so a
+number can always be traced back to the machine, code and checkpoint that produced it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.audio import list_audio, load_audio, read_id_list
+from model.checkpoint import SCORE_NET, git_revision, read_config
+from model.vocoder import DEFAULT_WEIGHTS
+
+DEFAULT_DATA = Path("../shared/data/ljspeech")
+DEFAULT_OUT = Path("bench/results")
+
+
+def parse_with_quick(ap: argparse.ArgumentParser, argv: list[str] | None, quick: dict) -> argparse.Namespace:
+    """Parse; with --quick, `quick` replaces the defaults (explicit flags still win)."""
+    args = ap.parse_args(argv)
+    if args.quick:
+        ap.set_defaults(**quick)
+        args = ap.parse_args(argv)
+    return args
+
+
+def base_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """The options both benchmarks take."""
+    ap = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
+    ap.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="LJ Speech dir with wavs/ and valid.txt")
+    ap.add_argument("--quick", action="store_true", help="a small smoke run (minutes on a CPU)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    return ap
+
+
+def apply_threads(threads: int | None) -> None:
+    if threads is not None:
+        if threads < 1:
+            raise SystemExit("--threads must be >= 1")
+        torch.set_num_threads(threads)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def gpu_name() -> str | None:
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def weights_info(directory: Path) -> dict:
+    """Weights id (directory name + score-net hash prefix) and training steps from its config."""
+    config = read_config(directory)
+    digest = hashlib.sha256((directory / SCORE_NET).read_bytes()).hexdigest()[:12]
+    training = config.get("training") or {}
+    return {"dir": str(directory), "id": f"{directory.name}@{digest}", "score_net": config.get("score_net"),
+            "score_steps": (training.get("score") or {}).get("steps"),
+            "schedule_steps": (training.get("schedule") or {}).get("steps"),
+            "has_schedule_net": bool(config.get("schedule_net")),
+            "presets": (config.get("search") or {}).get("presets")}
+
+
+def header(module: str, weights: Path) -> dict:
+    """Everything needed to reproduce a run: machine, time, code, weights and the exact command."""
+    return {"hardware": {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                         "gpu": gpu_name(), "torch": torch.__version__, "python": platform.python_version()},
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "git_revision": git_revision(),
+            "weights": weights_info(weights),
+            "command": " ".join(["python -m", module, *map(shlex.quote, sys.argv[1:])])}
+
+
+def header_markdown(h: dict) -> str:
+    hw, w = h["hardware"], h["weights"]
+    gpu = f"; GPU {hw['gpu']}" if hw["gpu"] else "; no GPU"
+    steps = f"score net {w['score_steps']} training steps"
+    if w["schedule_steps"] is not None:
+        steps += f", schedule net {w['schedule_steps']} steps"
+    return "\n".join([
+        f"- Hardware: {hw['cpu']}, {hw['cores']} cores ({hw['torch_threads']} torch threads){gpu}; "
+        f"torch {hw['torch']}, Python {hw['python']}",
+        f"- Date: {h['date']}; git revision `{h['git_revision']}`",
+        f"- Weights: `{w['id']}` ({w['dir']}; {steps}; architecture {w['score_net']})",
+        f"- Command: `{h['command']}`",
+    ])
+
+
+def fmt(value) -> str:
+    """About four significant digits, never scientific notation for ordinary magnitudes."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    if not isinstance(value, float):
+        return str(value)
+    size = abs(value)
+    if size != 0 and (size >= 1e5 or size < 1e-3):
+        return f"{value:.3g}"
+    return f"{value:.{min(3, max(0, 3 - math.floor(math.log10(size)))) if size else 0}f}"
+
+
+def table(columns: Sequence[str], rows: Sequence[Sequence]) -> str:
+    """The one Markdown table writer; cells are formatted by `fmt` unless already strings."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(c if isinstance(c, str) else fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def log_axes(ax, xticks: Sequence[float], log_y: bool = True) -> None:
+    """Log-scaled axes labelled with plain numbers (x ticks exactly at the measured points)."""
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter  # noqa: PLC0415
+
+    ax.set_xscale("log")
+    ax.set_xticks(list(xticks), [f"{t:g}" for t in xticks])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    if log_y:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.grid(alpha=0.3)
+
+
+def write_outputs(out: Path, name: str, title: str, head: dict, body: str, data: dict, figure) -> None:
+    """`<name>.md` (header + body), `<name>.json` (header + raw numbers) and `<name>.png`."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.md").write_text(f"# {title}\n\n{header_markdown(head)}\n\n{body.strip()}\n")
+    (out / f"{name}.json").write_text(json.dumps({"header": head, **data}, indent=1, default=_json_default))
+    figure.savefig(out / f"{name}.png", dpi=120, bbox_inches="tight")
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+@dataclass(frozen=True)
+class Clip:
+    id: str
+    audio: np.ndarray  # float32 mono
+    sample_rate: int
+
+    @property
+    def seconds(self) -> float:
+        return len(self.audio) / self.sample_rate
+
+
+def validation_clips(data: Path, count: int | None = None, seconds: float | None = None,
+                     sample_rate: int = 22050) -> list[Clip]:
+    """The held-out recordings (valid.txt), optionally the first `count`, each cropped to `seconds`."""
+    ids = read_id_list(data / "valid.txt")[:count]
+    paths = {p.stem: p for p in list_audio(data / "wavs", ids)}
+    missing = [i for i in ids if i not in paths]
+    if missing:
+        raise SystemExit(f"{data}: missing validation audio for {', '.join(missing[:3])}")
+    crop = None if seconds is None else int(seconds * sample_rate)
+    return [Clip(i, load_audio(paths[i], sample_rate)[:crop], sample_rate) for i in ids]
+
+
+def timed(fn, *args, **kwargs) -> tuple[object, float]:
+    """(fn(...), wall seconds), synchronising CUDA so GPU time is not under-counted."""
+    sync()
+    t0 = time.perf_counter()
+    result = fn(*args, **kwargs)
+    sync()
+    return result, time.perf_counter() - t0
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()

@@ -1,0 +1,186 @@
+"""Quality benchmark: every schedule family on the same held-out recordings, score network and seeds.
+
+For each validation clip the log-mel is computed from the real recording, vocoded by each method,
+and the result is compared with the recording (LS-MSE, MCD, STOI, wideband PESQ; `model.metrics`).
+Methods: DDPM over all T steps (the ceiling), DDIM on a linear subset of 3/7/12 steps, DiffWave's fixed
+6-step schedule, the official BDDM 7/12-step schedules, and our schedule network's schedules at the rho
+presets; every schedule is sampled with DDPM and, where it makes a point, with DDIM too. Clip i always
+uses seed i, so methods differ only in their schedule and sampler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from model import metrics
+from model.audio import mel_spectrogram
+from model.checkpoint import CheckpointError
+from model.schedules import Diffusion, Schedule, diffwave_fast, full, linear_subset
+from model.vocoder import Vocoder
+
+from .common import (Clip, apply_threads, base_parser, fmt, header, log_axes, parse_with_quick, table, timed,
+                     validation_clips, write_outputs)
+
+METRICS = {"ls_mse": "LS-MSE ↓", "mcd": "MCD dB ↓", "stoi": "STOI ↑", "pesq": "PESQ-WB ↑"}
+DEFAULT_REFERENCE = Path("../shared/data/reference-schedules")
+OFFICIAL = "bddm-official-ljspeech-{}steps.json"
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    family: str  # one line / marker set in the plot
+    sampler: str
+    schedule: Schedule
+
+
+def baseline_methods(diffusion: Diffusion, quick: bool, skip_full: bool) -> list[Method]:
+    """Schedules that need no schedule network: full DDPM, DDIM linear subsets, DiffWave's fast schedule."""
+    out = [] if skip_full or quick else [Method(f"DDPM, all {diffusion.steps} steps", "DDPM full", "ddpm",
+                                                full(diffusion))]
+    out += [Method(f"DDIM linear {n}", "DDIM linear", "ddim", linear_subset(n, diffusion))
+            for n in ((7,) if quick else (3, 7, 12))]
+    out.append(Method("DiffWave fast 6 (DDPM)", "DiffWave fast (DDPM)", "ddpm", diffwave_fast(diffusion)))
+    return out
+
+
+def official_methods(voc: Vocoder, reference: Path, quick: bool) -> tuple[list[Method], list[str]]:
+    """The official BDDM LJSpeech schedules, sampled with DDPM and DDIM."""
+    out, notes = [], []
+    for steps in (7,) if quick else (7, 12):
+        path = reference / OFFICIAL.format(steps)
+        if not path.exists():
+            notes.append(f"official BDDM {steps}-step schedule skipped: {path} not found")
+            continue
+        schedule = Schedule.load(path, voc.diffusion)
+        samplers = ("ddpm",) if quick else ("ddpm", "ddim")
+        out += [Method(f"BDDM official {steps} ({s.upper()})", f"BDDM official ({s.upper()})", s, schedule)
+                for s in samplers]
+    return out, notes
+
+
+def our_methods(voc: Vocoder) -> tuple[list[Method], list[str]]:
+    """Our schedule network's schedules at each rho preset, DDPM and DDIM."""
+    if not voc.presets:
+        return [], ["BDDM (ours) skipped: these weights have no rho presets (schedule net not trained/searched)"]
+    out, notes = [], []
+    for preset, rho in sorted(voc.presets.items(), key=lambda kv: -kv[1]):
+        try:
+            schedule = voc.schedule(rho)
+        except CheckpointError as e:
+            notes.append(f"BDDM (ours) {preset} skipped: {e}")
+            continue
+        out += [Method(f"BDDM ours {preset} ρ={rho:g} ({s.upper()})", f"BDDM ours ({s.upper()})", s, schedule)
+                for s in ("ddpm", "ddim")]
+    return out, notes
+
+
+def run_method(voc: Vocoder, method: Method, clips: list[Clip], mels: list, seed: int) -> dict:
+    """Vocode every clip with one method; per-clip metrics and the real-time factor over all clips."""
+    per_clip, wall = [], 0.0
+    for i, (clip, mel) in enumerate(zip(clips, mels)):
+        audio, seconds = timed(voc.vocode, mel, method.schedule, seed=seed + i, sampler=method.sampler)
+        wall += seconds
+        per_clip.append({"id": clip.id, "seconds": seconds, **metrics.evaluate(clip.audio, audio, clip.sample_rate)})
+    audio_seconds = sum(c.seconds for c in clips)
+    summary = {k: metrics.mean_ci95([c[k] for c in per_clip]) for k in METRICS}
+    return {"name": method.name, "family": method.family, "sampler": method.sampler, "steps": method.schedule.steps,
+            "schedule": method.schedule.name, "rtf": wall / audio_seconds, "summary": summary, "clips": per_clip}
+
+
+def run_logged(voc: Vocoder, method: Method, clips: list[Clip], mels: list, seed: int) -> dict:
+    """`run_method`, with one progress line on stderr (the full run takes a while on a CPU)."""
+    t0 = time.time()
+    r = run_method(voc, method, clips, mels, seed)
+    print(f"{method.name:40s} steps={r['steps']:3d} PESQ={fmt(r['summary']['pesq'][0])} "
+          f"STOI={fmt(r['summary']['stoi'][0])} RTF={fmt(r['rtf'])} ({time.time() - t0:.0f} s)", file=sys.stderr)
+    return r
+
+
+def mean_pm(mean_ci: tuple[float, float]) -> str:
+    mean, half = mean_ci
+    return fmt(mean) if not np.isfinite(half) else f"{fmt(mean)} ± {fmt(half)}"
+
+
+def report(results: list[dict], clips: list[Clip], args: argparse.Namespace, notes: list[str]) -> str:
+    rows = [[r["name"], r["sampler"].upper(), r["steps"], *(mean_pm(r["summary"][k]) for k in METRICS), r["rtf"]]
+            for r in results]
+    audio = sum(c.seconds for c in clips)
+    lines = [
+        f"{len(clips)} held-out LJ Speech clips ({args.data / 'valid.txt'}; {audio:.1f} s of audio"
+        + (f", each cropped to its first {args.seconds:g} s" if args.seconds else "")
+        + f"), log-mels computed from the recordings; clip i is sampled with seed {args.seed} + i for every method.",
+        "Each cell is the mean ± the half-width of its 95% Student-t interval over clips. "
+        f"RTF = synthesis wall seconds / audio seconds on {args.device.upper()} (one clip at a time, lower is faster).",
+        "", table(["Method", "Sampler", "Steps", *METRICS.values(), f"RTF ({args.device})"], rows),
+    ]
+    if notes:
+        lines += ["", "Notes:", *(f"- {n}" for n in notes)]
+    return "\n".join(lines)
+
+
+def plot(results: list[dict]):
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    families = list(dict.fromkeys(r["family"] for r in results))
+    markers = "os^Dvx*P"
+    ticks = sorted({r["steps"] for r in results})
+    for ax, key in zip(axes, ("pesq", "stoi")):
+        for i, fam in enumerate(families):
+            pts = sorted((r["steps"], *r["summary"][key]) for r in results if r["family"] == fam)
+            steps, means, halves = (np.array(v, dtype=float) for v in zip(*pts))
+            dodge = 1 + 0.02 * (i - len(families) / 2)  # keep equal-step error bars apart
+            ax.errorbar(steps * dodge, means, yerr=np.nan_to_num(halves), marker=markers[i % len(markers)],
+                        capsize=3, label=fam, linestyle="-" if len(pts) > 1 else "none")
+        log_axes(ax, ticks, log_y=False)
+        ax.set(xlabel="sampling steps", ylabel=METRICS[key])
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Quality vs steps (mean ± 95% CI over held-out clips)")
+    return fig
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = base_parser("python -m bench.quality", __doc__)
+    ap.add_argument("--reference-schedules", type=Path, default=DEFAULT_REFERENCE)
+    ap.add_argument("--clips", type=int, default=None, help="first N validation clips (default: all)")
+    ap.add_argument("--seconds", type=float, default=None, help="crop every clip to its first S seconds")
+    ap.add_argument("--skip-full", action="store_true", help="leave out 200-step DDPM (slow on a CPU)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="where to synthesise (the RTF column is measured there)")
+    args = parse_with_quick(ap, argv, {"clips": 3, "seconds": 2.0})
+    if (args.clips is not None and args.clips < 1) or (args.seconds is not None and args.seconds <= 0):
+        ap.error("--clips and --seconds must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    apply_threads(args.threads)
+    head = header("bench.quality", args.weights)
+    voc = Vocoder.load(args.weights, device=args.device)
+    clips = validation_clips(args.data, args.clips, args.seconds, voc.spec.sample_rate)
+    mels = [mel_spectrogram(c.audio, voc.spec) for c in clips]
+    official, notes = official_methods(voc, args.reference_schedules, args.quick)
+    ours, ours_notes = our_methods(voc)
+    notes += ours_notes
+    results = [run_logged(voc, m, clips, mels, args.seed)
+               for m in baseline_methods(voc.diffusion, args.quick, args.skip_full) + official + ours]
+    write_outputs(args.out, "quality", "Quality benchmark", head, report(results, clips, args, notes),
+                  {"clips": [c.id for c in clips], "seconds": args.seconds, "seed": args.seed, "notes": notes,
+                   "results": results}, plot(results))
+    print(f"wrote {args.out}/quality.md, quality.json, quality.png", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

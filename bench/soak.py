@@ -1,0 +1,408 @@
+"""Soak test: overload and endurance of a real server process on loopback.
+
+Starts `python -m server` on 127.0.0.1 (a free port) with the given weights and then
+  1. capacity: a few closed-loop clients for --capacity-seconds -> audio seconds per second;
+  2. burst: 4x capacity offered at once (4 x capacity_rps x --burst-seconds requests, all concurrent).
+     Every request must be answered (200, or 429/503 with Retry-After); every 200 must be a WAV of
+     frames * 256 finite samples, and a seeded 200 must equal the same seed vocoded alone;
+  3. soak: closed-loop load with varied requests (lengths, rho, formats, some bad inputs) for
+     --minutes; server RSS (process tree) is sampled at 1 min and at the end and may grow <= 10%.
+Bounded in requests (--max-requests) and time (each phase has a deadline); the server is always
+stopped with SIGTERM and must exit 0. Writes bench/results/soak.md and soak.json.
+
+    python -m bench.soak --weights weights/default --minutes 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+import numpy as np
+import soundfile as sf
+import torch
+
+from model.audio import HOP, SAMPLE_RATE, load_audio, mel_spectrogram
+from model.checkpoint import git_revision
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+RSS_GROWTH_LIMIT = 0.10
+LSB = 1 / 32768  # 16-bit PCM step: batched vs. alone may differ by float rounding, not more
+MATCH_TOLERANCE = 4 * LSB
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Resident memory of a process and its descendants (Linux /proc), so worker processes count too."""
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+            total += next(int(ln.split()[1]) * 1024 for ln in status.splitlines() if ln.startswith("VmRSS:"))
+            for task in Path(f"/proc/{p}/task").iterdir():
+                stack += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, StopIteration, ValueError):
+            continue
+    return total
+
+
+def hardware() -> dict:
+    cpu = platform.processor()
+    try:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                   if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available()
+            else None, "python": platform.python_version(), "torch": torch.__version__, "os": platform.platform()}
+
+
+def percentile(xs: list[float], q: float) -> float | None:
+    return float(np.percentile(xs, q)) if xs else None
+
+
+def test_mel(audio: str | None, seconds: float) -> np.ndarray:
+    """Log-mel of a real clip (cut to `seconds`) or of a synthetic voiced signal when none is given."""
+    n = int(seconds * SAMPLE_RATE)
+    if audio:
+        wav = load_audio(audio)[:n]
+    else:
+        t = np.arange(n) / SAMPLE_RATE
+        f0 = 120 + 30 * np.sin(2 * np.pi * 0.5 * t)
+        phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
+        wav = sum(0.3 / k * np.sin(k * phase) for k in range(1, 20)) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))
+        wav = (wav + 0.003 * np.random.default_rng(0).standard_normal(n)).astype(np.float32)
+    return mel_spectrogram(wav).numpy()
+
+
+def npy(mel: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, mel.astype(np.float32), allow_pickle=False)
+    return buf.getvalue()
+
+
+class Server:
+    """`python -m server` as a child process; stop() sends SIGTERM and returns the exit code."""
+
+    def __init__(self, weights: str, port: int, log: Path, ready_timeout: float) -> None:
+        self.cmd = [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port), "--weights", weights]
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = log.open("wb")
+        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"server exited with {self.proc.returncode} during start-up; see {log}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise SystemExit(f"server not ready after {ready_timeout:.0f} s; see {log}")
+
+    def stop(self, timeout: float = 60) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                return None
+        self.log.close()
+        return self.proc.returncode
+
+
+class Client:
+    """Thread-safe request counter in front of one httpx connection pool."""
+
+    def __init__(self, url: str, max_requests: int, connections: int, timeout: float) -> None:
+        self.http = httpx.Client(base_url=url, timeout=timeout,
+                                 limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections))
+        self.budget, self.lock = max_requests, threading.Lock()
+        self.sent = 0
+
+    def take(self) -> bool:
+        with self.lock:
+            if self.sent >= self.budget:
+                return False
+            self.sent += 1
+            return True
+
+    def vocode(self, body: bytes, params: dict, content_type: str = "application/x-npy") -> dict:
+        """One request -> {status, latency, retry_after, audio (float32 or None), error}."""
+        t0 = time.perf_counter()
+        try:
+            r = self.http.post("/v1/vocode", content=body, params=params, headers={"Content-Type": content_type})
+        except httpx.HTTPError as e:
+            return {"status": None, "latency": time.perf_counter() - t0, "error": f"{type(e).__name__}: {e}"}
+        out = {"status": r.status_code, "latency": time.perf_counter() - t0,
+               "retry_after": r.headers.get("retry-after"), "audio": None, "error": None}
+        if r.status_code == 200:
+            try:
+                out["audio"], sr = sf.read(io.BytesIO(r.content), dtype="float32")
+                if sr != SAMPLE_RATE:
+                    out["error"] = f"sample rate {sr}"
+            except (sf.LibsndfileError, RuntimeError) as e:
+                out["error"] = f"unparseable audio: {e}"
+        elif r.status_code >= 400:
+            try:
+                if not r.json():
+                    out["error"] = "empty JSON error body"
+            except ValueError:
+                out["error"] = f"non-JSON error body {r.text[:80]!r}"
+        return out
+
+
+def check_answer(res: dict, frames: int, reference: np.ndarray | None = None) -> str | None:
+    """None when `res` is a correct answer: 200 with the right audio, or an overload reply with Retry-After."""
+    if res["status"] in (429, 503):
+        return None if res["retry_after"] else f"{res['status']} without Retry-After"
+    if res["status"] != 200:
+        return f"status {res['status']}: {res.get('error')}"
+    if res["error"]:
+        return res["error"]
+    audio = res["audio"]
+    if audio.ndim != 1 or audio.shape[0] != frames * HOP:
+        return f"audio shape {audio.shape}, expected ({frames * HOP},)"
+    if not np.all(np.isfinite(audio)):
+        return "non-finite samples"
+    if reference is not None and np.max(np.abs(audio - reference)) > MATCH_TOLERANCE:
+        return f"seeded audio differs from its reference by {np.max(np.abs(audio - reference)) / LSB:.0f} LSB"
+    return None
+
+
+def closed_loop(client: Client, n_clients: int, seconds: float, make: Callable[[int], tuple]) -> list[dict]:
+    """`n_clients` threads sending back-to-back requests for `seconds` (or until the request budget is spent)."""
+    stop, results, lock = time.monotonic() + seconds, [], threading.Lock()
+
+    def worker(w: int) -> None:
+        i = 0
+        while time.monotonic() < stop and client.take():
+            body, params, ctype, meta = make(w * 1_000_000 + i)
+            res = client.vocode(body, params, ctype)
+            res.update(meta, t=time.monotonic())
+            with lock:
+                results.append(res)
+            i += 1
+            if res["status"] in (429, 503):
+                time.sleep(min(float(res["retry_after"] or 1), 2.0))
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(n_clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def audio_seconds(results: list[dict]) -> float:
+    return sum(r["audio"].shape[0] / SAMPLE_RATE for r in results if r["status"] == 200 and r["audio"] is not None)
+
+
+def run(args: argparse.Namespace) -> dict:
+    mel = test_mel(args.audio, args.seconds)
+    frames = mel.shape[-1]
+    body = npy(mel)
+    base = {"rho": args.rho} if args.rho else {}
+    port = free_port()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    server = Server(args.weights, port, RESULTS / "soak-server.log", args.ready_timeout)
+    client = Client(server.url, args.max_requests, connections=max(64, args.clients), timeout=args.request_timeout)
+    report: dict = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git_revision": git_revision(),
+                    "hardware": hardware(), "command": " ".join([Path(sys.executable).name, "-m", "bench.soak"]
+                                                                + sys.argv[1:]),
+                    "server_command": " ".join(server.cmd[1:]), "mel_frames": frames, "criteria": {}}
+    crit = report["criteria"]
+    try:
+        # 1. capacity with a few clients
+        t0 = time.monotonic()
+        cap = closed_loop(client, args.clients, args.capacity_seconds,
+                          lambda i: (body, {**base, "seed": i}, "application/x-npy", {}))
+        wall = time.monotonic() - t0
+        ok = [r for r in cap if r["status"] == 200]
+        capacity_rps = len(ok) / wall
+        report["capacity"] = {"clients": args.clients, "seconds": round(wall, 2), "requests": len(cap), "ok": len(ok),
+                              "audio_s_per_s": round(audio_seconds(cap) / wall, 3),
+                              "requests_per_s": round(capacity_rps, 3),
+                              "p50_latency_s": percentile([r["latency"] for r in ok], 50)}
+        crit["capacity_measured"] = bool(ok) and all(check_answer(r, frames) is None for r in cap)
+
+        # 2. burst: 4x capacity, all at once; seeded replies checked against the same seed vocoded alone
+        seeds = list(range(args.reference_seeds))
+        refs = {s: client.vocode(body, {**base, "seed": s}) for s in seeds}
+        crit["references_ok"] = all(check_answer(r, frames) is None and r["status"] == 200 for r in refs.values())
+        n_burst = min(args.max_burst, max(16, math.ceil(4 * capacity_rps * args.burst_seconds)))
+        start = threading.Barrier(n_burst)
+
+        def one(i: int) -> dict:
+            start.wait()
+            res = client.vocode(body, {**base, "seed": seeds[i % len(seeds)]})
+            ref = refs[seeds[i % len(seeds)]]["audio"]
+            res["problem"] = check_answer(res, frames, ref)
+            return res
+
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(n_burst) as pool:
+            burst = list(pool.map(one, range(n_burst)))
+        admitted = [r["latency"] for r in burst if r["status"] == 200]
+        problems = sorted({r["problem"] for r in burst if r["problem"]})
+        report["burst"] = {"requests": n_burst, "wall_s": round(time.monotonic() - t0, 2),
+                           "status_counts": {str(k): sum(r["status"] == k for r in burst)
+                                             for k in sorted({r["status"] for r in burst}, key=str)},
+                           "admitted": len(admitted), "p50_latency_s": percentile(admitted, 50),
+                           "p99_latency_s": percentile(admitted, 99), "max_latency_s": max(admitted, default=None),
+                           "problems": problems[:10]}
+        crit["burst_every_request_answered"] = all(r["status"] is not None for r in burst)
+        crit["burst_answers_correct"] = not problems and bool(admitted)
+
+        # 3. sustained soak: varied requests, RSS at 1 min and at the end; rhos these weights cannot serve are skipped
+        usable = [rho for rho in args.soak_rho if client.vocode(npy(mel[:, :8]), {"rho": rho})["status"] == 200]
+        report["soak_rhos"] = {"used": usable, "skipped": [r for r in args.soak_rho if r not in usable]}
+        presets = [None, *usable]
+        lengths = [max(1, frames // 4), frames // 2, frames]
+
+        def varied(i: int) -> tuple:
+            kind = i % 10
+            if kind == 9:  # a bad request now and then: must be a 4xx, never a 5xx, and must not leak
+                return b"\x93NUMPY garbage", base, "application/x-npy", {"expect": "4xx"}
+            m = mel[:, :lengths[i % len(lengths)]]
+            params = {"seed": i, "format": "flac" if kind == 3 else "wav"}
+            if presets[i % len(presets)]:
+                params["rho"] = presets[i % len(presets)]
+            elif base:
+                params.update(base)
+            meta = {"expect": "ok", "frames": m.shape[-1]}
+            if kind == 6:  # the JSON form of the same request
+                return json.dumps({"mel": m.tolist(), "seed": params.pop("seed")}), params, "application/json", meta
+            return npy(m), params, "application/x-npy", meta
+
+        soak_s = args.minutes * 60
+        sample_at = min(60.0, soak_s / 2)
+        rss: list[tuple[float, int]] = []
+        t0 = time.monotonic()
+        sampler_stop = threading.Event()
+
+        def sample() -> None:
+            rss.append((round(time.monotonic() - t0, 1), tree_rss_bytes(server.proc.pid)))
+            if not sampler_stop.wait(sample_at):
+                rss.append((round(time.monotonic() - t0, 1), tree_rss_bytes(server.proc.pid)))
+                while not sampler_stop.wait(30):
+                    rss.append((round(time.monotonic() - t0, 1), tree_rss_bytes(server.proc.pid)))
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        soak = closed_loop(client, args.clients, soak_s, varied)
+        rss.append((round(time.monotonic() - t0, 1), tree_rss_bytes(server.proc.pid)))
+        sampler_stop.set()
+        sampler.join()
+        wall = time.monotonic() - t0
+        bad = [r for r in soak if r["expect"] == "4xx" and not (r["status"] and 400 <= r["status"] < 500)]
+        wrong = [p for r in soak if r["expect"] == "ok" and (p := check_answer(r, r["frames"]))]
+        at_1min = next((b for t, b in rss if t >= sample_at), rss[-1][1])
+        growth = rss[-1][1] / at_1min - 1
+        report["soak"] = {"minutes": round(wall / 60, 2), "requests": len(soak),
+                          "ok": sum(r["status"] == 200 for r in soak),
+                          "overloaded": sum(r["status"] in (429, 503) for r in soak),
+                          "audio_s_per_s": round(audio_seconds(soak) / wall, 3),
+                          "p50_latency_s": percentile([r["latency"] for r in soak if r["status"] == 200], 50),
+                          "p99_latency_s": percentile([r["latency"] for r in soak if r["status"] == 200], 99),
+                          "rss_mib": [(t, round(b / 2**20, 1)) for t, b in rss],
+                          "rss_at_first_sample_s": sample_at, "rss_growth": round(growth, 4),
+                          "problems": sorted(set(wrong))[:10]
+                          + [f"bad input answered {r['status']}" for r in bad[:5]]}
+        crit["soak_answers_correct"] = not wrong and not bad and any(r["status"] == 200 for r in soak)
+        crit["soak_rss_growth_within_10pct"] = growth <= RSS_GROWTH_LIMIT
+        report["requests_sent"] = client.sent
+        crit["soak_ran_full_length"] = wall >= 0.95 * soak_s  # not cut short by --max-requests
+    finally:
+        client.http.close()
+        code = server.stop()
+    report["server_exit_code"] = code
+    crit["server_exits_0_on_sigterm"] = code == 0
+    report["passed"] = all(crit.values())
+    return report
+
+
+def write(report: dict) -> None:
+    (RESULTS / "soak.json").write_text(json.dumps(report, indent=1))
+    c, b, s, h = report.get("capacity", {}), report.get("burst", {}), report.get("soak", {}), report["hardware"]
+    lines = [
+        "# Soak test", "",
+        f"{report['date']}, git `{report['git_revision']}`, {h['cpu']} ({h['cores']} cores)"
+        + (f", {h['gpu']}" if h["gpu"] else "") + f", torch {h['torch']}.", "",
+        f"Command: `{report['command']}` (server: `{report['server_command']}`); "
+        f"each request vocodes a {report['mel_frames']}-frame mel "
+        f"({report['mel_frames'] * HOP / SAMPLE_RATE:.2f} s of audio).", "",
+        "| phase | numbers |", "|---|---|",
+        f"| capacity | {c.get('clients')} clients: {c.get('audio_s_per_s')} audio s/s, "
+        f"{c.get('requests_per_s')} req/s, p50 {fmt(c.get('p50_latency_s'))} |",
+        f"| burst | {b.get('requests')} concurrent requests (4x capacity): statuses {b.get('status_counts')}, "
+        f"admitted p50 {fmt(b.get('p50_latency_s'))}, p99 {fmt(b.get('p99_latency_s'))} |",
+        f"| soak | {s.get('minutes')} min, {s.get('requests')} requests ({s.get('ok')} ok, {s.get('overloaded')} "
+        f"overloaded): {s.get('audio_s_per_s')} audio s/s, p99 {fmt(s.get('p99_latency_s'))}; "
+        f"RSS MiB {s.get('rss_mib')}, growth {100 * s.get('rss_growth', 0):.1f}% |", "",
+        "| criterion | result |", "|---|---|",
+        *[f"| {k.replace('_', ' ')} | {'PASS' if v else 'FAIL'} |" for k, v in report["criteria"].items()], "",
+        f"**Overall: {'PASS' if report['passed'] else 'FAIL'}**",
+    ]
+    problems = b.get("problems", []) + s.get("problems", [])
+    if problems:
+        lines += ["", "Problems seen:", *[f"- {p}" for p in problems]]
+    (RESULTS / "soak.md").write_text("\n".join(lines) + "\n")
+
+
+def fmt(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{seconds:.2f} s"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--weights", default="weights/default")
+    p.add_argument("--minutes", type=float, default=10.0, help="length of the sustained soak")
+    p.add_argument("--clients", type=int, default=3, help="closed-loop clients for capacity and soak")
+    p.add_argument("--seconds", type=float, default=2.0, help="audio seconds per request")
+    p.add_argument("--audio", help="clip whose mel is vocoded (default: a synthetic voiced signal)")
+    p.add_argument("--rho", help="rho or preset for capacity and burst (default: the server's)")
+    p.add_argument("--soak-rho", nargs="*", default=["fast", "quality", "0.3", "0.05"],
+                   help="rhos mixed into the soak (exercise the schedule cache)")
+    p.add_argument("--capacity-seconds", type=float, default=30.0)
+    p.add_argument("--burst-seconds", type=float, default=10.0, help="burst = 4 x capacity req/s x this, at once")
+    p.add_argument("--max-burst", type=int, default=256)
+    p.add_argument("--reference-seeds", type=int, default=4)
+    p.add_argument("--max-requests", type=int, default=20000, help="hard cap on requests sent")
+    p.add_argument("--request-timeout", type=float, default=300.0)
+    p.add_argument("--ready-timeout", type=float, default=300.0)
+    args = p.parse_args(argv)
+    report = run(args)
+    write(report)
+    print((RESULTS / "soak.md").read_text())
+    return 0 if report["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,459 @@
+"""Speed benchmark: the score network, whole synthesis, the reference DiffWave, and the server under load.
+
+(a) Score-network forward time per step and whole-synthesis real-time factor (RTF = wall seconds /
+    audio seconds) against audio length, at each rho preset, on the CPU and on CUDA when present.
+(b) The same architecture in the reference implementation (lmnt-com `diffwave`), loaded with *our*
+    weights so both compute the same function, timed on the same input.
+(c) `python -m server` as a subprocess under a closed-loop load of real validation mels: throughput,
+    latency percentiles and 429s against concurrency, with micro-batching on and off.
+(d) Time to the first schedule for a new rho (a schedule-cache miss) and the cost of a hit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+
+from model.audio import mel_spectrogram
+from model.checkpoint import read_config
+from model.sampling import windowed_eps
+from model.schedules import Schedule
+from model.score_net import ScoreNet
+from model.vocoder import Vocoder
+
+from .common import (apply_threads, base_parser, fmt, header, log_axes, parse_with_quick, table, timed,
+                     validation_clips, write_outputs)
+from .quality import DEFAULT_REFERENCE, OFFICIAL
+
+REPO = Path(__file__).resolve().parent.parent
+
+# --- inputs ----------------------------------------------------------------------------------------
+
+
+def speech(data: Path, seconds: float, sample_rate: int) -> np.ndarray:
+    """`seconds` of real speech: the validation clips end to end (so long inputs are speech too)."""
+    audio = np.concatenate([c.audio for c in validation_clips(data, sample_rate=sample_rate)])
+    need = int(seconds * sample_rate)
+    return np.tile(audio, -(-need // len(audio)))[:need]
+
+
+def mel_of(voc: Vocoder, speech: np.ndarray, seconds: float | None = None) -> torch.Tensor:
+    """Log-mel of `speech`, or of its first `seconds`."""
+    return mel_spectrogram(speech[:None if seconds is None else int(seconds * voc.spec.sample_rate)], voc.spec)
+
+
+def bench_schedules(voc: Vocoder, reference: Path) -> tuple[dict[str, Schedule], list[str]]:
+    """label -> schedule: the rho presets, or the official BDDM schedules for weights without a schedule net."""
+    presets = sorted(voc.presets.items(), key=lambda kv: -kv[1])
+    if presets:
+        return {f"{name} (ρ={rho:g})": voc.schedule(rho) for name, rho in presets}, []
+    official = {f"BDDM official {n}": Schedule.load(reference / OFFICIAL.format(n), voc.diffusion) for n in (7, 12)
+                if (reference / OFFICIAL.format(n)).exists()}
+    return official, ["these weights have no rho presets: whole-synthesis RTF uses the official BDDM schedules"]
+
+
+# --- (a) and (b): the network and whole synthesis ---------------------------------------------------
+
+
+def median_time(fn, reps: int) -> float:
+    fn()  # warm-up: allocator, kernels, cuDNN autotuning
+    return float(np.median([timed(fn)[1] for _ in range(reps)]))
+
+
+def reference_diffwave(net: ScoreNet, betas: np.ndarray) -> torch.nn.Module | None:
+    """lmnt-com DiffWave with our architecture and our weights (strict loading proves the layers match);
+    None when the `diffwave` package (a test extra) is not installed."""
+    try:
+        from diffwave.model import DiffWave  # noqa: PLC0415
+        from diffwave.params import AttrDict  # noqa: PLC0415
+    except ImportError:
+        return None
+    p = net.params
+    ref = DiffWave(AttrDict(residual_channels=p.residual_channels, residual_layers=p.residual_layers,
+                            dilation_cycle_length=p.dilation_cycle, n_mels=p.n_mels,
+                            noise_schedule=betas.tolist(), unconditional=False))
+    ref.load_state_dict({reference_name(k): v for k, v in net.state_dict().items()}, strict=True)
+    return ref.to(next(net.parameters()).device).eval()
+
+
+REFERENCE_NAMES = {"input_proj": "input_projection", "step_embedding": "diffusion_embedding",
+                   "proj1": "projection1", "proj2": "projection2", "upsampler": "spectrogram_upsampler",
+                   "layers": "residual_layers", "step_proj": "diffusion_projection",
+                   "cond_proj": "conditioner_projection", "out_proj": "output_projection",
+                   "skip_proj": "skip_projection", "output_proj": "output_projection"}
+
+
+def reference_name(ours: str) -> str:
+    return ".".join(REFERENCE_NAMES.get(part, part) for part in ours.split("."))
+
+
+@torch.inference_mode()
+def network_rows(voc: Vocoder, audio: np.ndarray, lengths: list[float], reps: int) -> list[dict]:
+    """Per length: ours (windowed, as synthesis runs it; and one plain pass) vs the reference, same input."""
+    net, dev = voc.score_net, voc.device
+    ref = reference_diffwave(net, voc.diffusion.betas)
+    eps = windowed_eps(net)
+    rows = []
+    for seconds in lengths:
+        mel = mel_of(voc, audio, seconds)[None].to(dev)
+        x = torch.randn(1, mel.shape[-1] * voc.spec.hop, device=dev)
+        t = torch.tensor([voc.diffusion.steps // 2], device=dev)
+        ours = median_time(lambda: eps(x, mel, t.float()), reps)
+        plain = median_time(lambda: net(x, mel, t.float()), reps)
+        row = {"device": str(dev), "seconds": seconds, "ours_s": ours, "ours_plain_s": plain,
+               "reference_s": None, "ratio": None, "max_abs_diff": None}
+        if ref is not None:
+            row["reference_s"] = median_time(lambda: ref(x, mel, t), reps)
+            row["ratio"] = plain / row["reference_s"]
+            row["max_abs_diff"] = float((net(x, mel, t.float()) - ref(x, mel, t).squeeze(1)).abs().max())
+        rows.append(row)
+    return rows
+
+
+def synthesis_rows(voc: Vocoder, audio: np.ndarray, schedules: dict[str, Schedule], lengths: list[float]) -> list[dict]:
+    """Whole synthesis (DDPM, seeded) RTF per schedule and audio length."""
+    rows = []
+    for seconds in lengths:
+        mel = mel_of(voc, audio, seconds)
+        for label, schedule in schedules.items():
+            voc.vocode(mel[:, :16], schedule, seed=0)  # warm-up
+            _, wall = timed(voc.vocode, mel, schedule, seed=0)
+            rows.append({"device": str(voc.device), "schedule": label, "steps": schedule.steps, "seconds": seconds,
+                         "wall_s": wall, "rtf": wall / seconds})
+    return rows
+
+
+def devices() -> list[str]:
+    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+
+
+# --- (c) and (d): the server ------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def server(weights: Path, env: dict[str, str], log: Path, start_timeout: float = 300.0) -> Iterator[str]:
+    """`python -m server` on a free local port, yielding its base URL once /readyz says ready."""
+    port = free_port()
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port),
+                                 "--weights", str(weights.resolve())], env={**os.environ, **env}, cwd=REPO,
+                                stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, url, start_timeout, log)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_ready(proc: subprocess.Popen, url: str, timeout: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"server not ready after {timeout:.0f} s:\n{log.read_text()[-2000:]}")
+
+
+def npy_bytes(mel: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(mel, dtype=np.float32), allow_pickle=False)
+    return buf.getvalue()
+
+
+def request_bodies(voc: Vocoder, data: Path, lo: float, hi: float) -> list[tuple[bytes, float]]:
+    """(npy mel, audio seconds) from real validation clips, each cropped to a length cycling through [lo, hi] s."""
+    clips = validation_clips(data, sample_rate=voc.spec.sample_rate)
+    targets = np.linspace(lo, hi, len(clips))
+    out = []
+    for clip, target in zip(clips, targets):
+        audio = clip.audio[:int(min(target, clip.seconds) * voc.spec.sample_rate)]
+        if len(audio) >= lo * voc.spec.sample_rate * 0.99:
+            mel = mel_of(voc, audio).numpy()
+            out.append((npy_bytes(mel), mel.shape[-1] * voc.spec.hop / voc.spec.sample_rate))
+    return out
+
+
+async def closed_loop(url: str, bodies: list[tuple[bytes, float]], rho: str, clients: int, max_requests: int,
+                      max_seconds: float) -> dict:
+    """`clients` workers each send a request as soon as their last one answered, until either bound is hit.
+
+    New requests stop after `max_seconds`; requests still running are given the same time again to finish
+    and are then counted as unfinished. A 429 is recorded and its client pauses 0.1 s before retrying."""
+    done: list[tuple[float, int, float, int]] = []  # (latency, status, audio seconds, batch size)
+    issued = 0
+    start = time.perf_counter()
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal issued
+        while issued < max_requests and time.perf_counter() - start < max_seconds:
+            i, issued = issued, issued + 1
+            body, seconds = bodies[i % len(bodies)]
+            t0 = time.perf_counter()
+            r = await client.post(f"{url}/v1/vocode", params={"rho": rho}, content=body,
+                                  headers={"content-type": "application/x-npy"})
+            done.append((time.perf_counter() - t0, r.status_code, seconds, int(r.headers.get("x-batch-size", 0))))
+            if r.status_code == 429:
+                await asyncio.sleep(0.1)
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(2 * max_seconds + 60), limits=limits) as client:
+        tasks = [asyncio.create_task(worker(client)) for _ in range(clients)]
+        _, pending = await asyncio.wait(tasks, timeout=2 * max_seconds)
+        for task in pending:
+            task.cancel()
+    wall = time.perf_counter() - start
+    return summarise_load(done, clients, issued, wall)
+
+
+def summarise_load(done: list[tuple[float, int, float, int]], clients: int, issued: int, wall: float) -> dict:
+    ok = [d for d in done if d[1] == 200]
+    lat = np.array([d[0] for d in ok]) if ok else np.array([np.nan])
+    return {"clients": clients, "requests": issued, "ok": len(ok), "rejected_429": sum(d[1] == 429 for d in done),
+            "errors": sum(d[1] not in (200, 429) for d in done), "unfinished": issued - len(done),
+            "wall_s": wall, "throughput": sum(d[2] for d in ok) / wall,
+            "p50_s": float(np.percentile(lat, 50)), "p95_s": float(np.percentile(lat, 95)),
+            "p99_s": float(np.percentile(lat, 99)),
+            "mean_batch": float(np.mean([d[3] for d in ok])) if ok else float("nan")}
+
+
+def new_rhos(voc: Vocoder, count: int) -> list[float]:
+    """rhos no preset uses, inside the presets' range (so their schedules have typical lengths)."""
+    rhos = sorted(voc.presets.values())
+    lo, hi = rhos[0], rhos[-1]
+    picks = np.geomspace(lo, hi, count + 2)[1:-1] if hi > lo else [lo * 0.9 ** (i + 1) for i in range(count)]
+    return [float(f"{r:.3g}") for r in picks if float(f"{r:.3g}") not in rhos]
+
+
+def schedule_latency(url: str, rhos: list[float], hits: int) -> dict:
+    """Per new rho: GET /v1/schedules once (a miss: the schedule net runs) then `hits` more times (cache hits)."""
+    rows = []
+    with httpx.Client(base_url=url, timeout=600) as client:
+        health = [timed(client.get, "/healthz")[1] for _ in range(hits)]
+        for rho in rhos:
+            first, miss_s = timed(client.get, "/v1/schedules", params={"rho": rho})
+            first.raise_for_status()
+            again = [timed(client.get, "/v1/schedules", params={"rho": rho}) for _ in range(hits)]
+            rows.append({"rho": rho, "steps": first.json()["steps"], "miss_s": miss_s,
+                         "first_cached": first.json()["cached"], "hit_s": float(np.median([s for _, s in again])),
+                         "hits_cached": all(r.json()["cached"] for r, _ in again)})
+    return {"healthz_s": float(np.median(health)), "rows": rows}
+
+
+def load_rows(args, voc: Vocoder, bodies: list[tuple[bytes, float]], log_dir: Path) -> tuple[list[dict], dict, str]:
+    """Each batching mode in its own fresh server; (d) runs first on the batching-on server (cold cache).
+    Returns (load rows, schedule latencies, the device the server runs on)."""
+    rows, schedules = [], None
+    for mode, env in (("on", {}), ("off", {"VOCODER_BATCH_WAIT_MS": "0"})):
+        with server(args.weights, env, log_dir / f"server-batching-{mode}.log") as url:
+            device = httpx.get(f"{url}/v1/model", timeout=30).json()["device"]
+            if schedules is None:
+                schedules = schedule_latency(url, new_rhos(voc, 1 if args.quick else 3), 3 if args.quick else 10)
+            for clients in args.clients:
+                requests = max(args.requests, args.per_client * clients)
+                result = asyncio.run(closed_loop(url, bodies, args.rho, clients, requests, args.load_seconds))
+                rows.append({"batching": mode, **result})
+                print(f"load batching={mode} clients={clients}: {fmt(result['throughput'])} audio s/s, "
+                      f"p50 {fmt(result['p50_s'])} s, 429s {result['rejected_429']}", file=sys.stderr)
+    return rows, schedules, device
+
+
+# --- report -----------------------------------------------------------------------------------------
+
+
+def network_section(rows: list[dict]) -> list[str]:
+    return ["## Score network, one forward pass (one reverse step)", "",
+            "Median wall time of one eps_theta evaluation on real speech (batch 1). *Ours* is the plain module; "
+            "*windowed* is how synthesis calls it (bounded memory, exact). *Reference* is lmnt-com `diffwave`'s "
+            "`DiffWave` with the same residual channels/layers/dilation cycle, loaded with our weights "
+            "(max |difference| of the two outputs shown), fed an integer step.", "",
+            table(["Device", "Audio s", "Ours ms", "Windowed ms", "Reference ms", "Ours / reference", "Max abs diff"],
+                  [[r["device"], r["seconds"], 1e3 * r["ours_plain_s"], 1e3 * r["ours_s"], ms(r["reference_s"]),
+                    r["ratio"], "n/a" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.1e}"] for r in rows])]
+
+
+def ms(seconds: float | None) -> float | None:
+    return None if seconds is None else 1e3 * seconds
+
+
+def synthesis_section(rows: list[dict]) -> list[str]:
+    lengths = sorted({r["seconds"] for r in rows})
+    keys = list(dict.fromkeys((r["device"], r["schedule"], r["steps"]) for r in rows))
+    rtf = {(r["device"], r["schedule"], r["seconds"]): r["rtf"] for r in rows}
+    return ["## Whole synthesis", "",
+            "Real-time factor = wall seconds / audio seconds for one seeded DDPM synthesis of real speech "
+            "(lower is faster; below 1 is faster than real time).", "",
+            table(["Device", "Schedule", "Steps", *(f"RTF {s:g} s" for s in lengths)],
+                  [[d, s, n, *(rtf[(d, s, L)] for L in lengths)] for d, s, n in keys])]
+
+
+def load_section(load: dict, args) -> list[str]:
+    lo, hi = args.mel_seconds
+    return ["## Server under load", "",
+            f"`python -m server` on 127.0.0.1 (device {load['device']}) in a fresh process per batching mode, closed "
+            f"loop: each client sends its next request as soon as its last one is answered. Mels of {lo:g}-{hi:g} s "
+            f"from the validation clips, rho={load['rho']}, unseeded (the server batches seeded requests only when "
+            f"their lengths are equal). At most max({args.requests}, {args.per_client} x clients) requests and "
+            f"{args.load_seconds:g} s of new requests per row. Throughput = audio seconds returned per wall second; "
+            "latency percentiles over successful (200) responses; batching off = VOCODER_BATCH_WAIT_MS=0.", "",
+            table(["Batching", "Clients", "Requests", "200", "429", "Other errors", "Unfinished", "Audio s / s",
+                   "p50 s", "p95 s", "p99 s", "Mean batch"],
+                  [[r["batching"], r["clients"], r["requests"], r["ok"], r["rejected_429"], r["errors"],
+                    r["unfinished"], r["throughput"], r["p50_s"], r["p95_s"], r["p99_s"], r["mean_batch"]]
+                   for r in load["rows"]])]
+
+
+def schedule_section(sched: dict) -> list[str]:
+    return ["## Schedule for a new rho", "",
+            "GET /v1/schedules?rho=... on a fresh server: the first call runs the schedule network (cache miss); "
+            "later calls hit the cache (median). A GET /healthz round trip for comparison: "
+            f"{1e3 * sched['healthz_s']:.1f} ms.", "",
+            table(["rho", "Steps", "Miss ms", "Hit ms", "Miss reported uncached", "Hits reported cached"],
+                  [[r["rho"], r["steps"], 1e3 * r["miss_s"], 1e3 * r["hit_s"], str(not r["first_cached"]),
+                    str(r["hits_cached"])] for r in sched["rows"]])]
+
+
+def report(net_rows, synth_rows, load, sched, server_note: str | None, notes: list[str], args) -> str:
+    parts = network_section(net_rows) + [""] + synthesis_section(synth_rows) + [""]
+    if server_note:
+        parts += ["## Server under load", "", server_note]
+    else:
+        parts += load_section(load, args) + [""] + schedule_section(sched)
+    if notes:
+        parts += ["", "Notes:", *(f"- {n}" for n in notes)]
+    return "\n".join(parts)
+
+
+def plot(net_rows, synth_rows, load):
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
+    ax = axes[0]
+    for dev in dict.fromkeys(r["device"] for r in net_rows):
+        rows = [r for r in net_rows if r["device"] == dev]
+        for key, label, style in (("ours_plain_s", "ours", "o-"), ("reference_s", "reference DiffWave", "s--")):
+            if rows[0][key] is not None:
+                ax.plot([r["seconds"] for r in rows], [1e3 * r[key] for r in rows], style, label=f"{label} ({dev})")
+    log_axes(ax, sorted({r["seconds"] for r in net_rows}))
+    ax.set(xlabel="audio seconds", ylabel="ms per forward (one step)", title="Score network forward")
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    for key in dict.fromkeys((r["device"], r["schedule"]) for r in synth_rows):
+        rows = [r for r in synth_rows if (r["device"], r["schedule"]) == key]
+        ax.plot([r["seconds"] for r in rows], [r["rtf"] for r in rows], "o-", label=f"{key[1]}, {rows[0]['steps']} "
+                f"steps ({key[0]})")
+    ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+    log_axes(ax, sorted({r["seconds"] for r in synth_rows}))
+    ax.set(xlabel="audio seconds", ylabel="RTF (wall / audio)", title="Whole synthesis")
+    ax.legend(fontsize=8)
+    ax = axes[2]
+    if load:
+        for mode, color in (("on", "C0"), ("off", "C1")):
+            rows = [r for r in load["rows"] if r["batching"] == mode]
+            x = [r["throughput"] for r in rows]
+            ax.plot(x, [r["p50_s"] for r in rows], "o-", color=color, label=f"p50, batching {mode}")
+            ax.plot(x, [r["p95_s"] for r in rows], "^--", color=color, label=f"p95, batching {mode}")
+            for r in rows:
+                ax.annotate(str(r["clients"]), (r["throughput"], r["p50_s"]), textcoords="offset points",
+                            xytext=(4, 4), fontsize=8)
+        ax.legend(fontsize=8)
+    ax.set(xlabel="throughput (audio s per s)", ylabel="latency s",
+           title="Server: latency vs throughput (labels: clients)")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+# --- main -------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None):
+    ap = base_parser("python -m bench.speed", __doc__)
+    ap.add_argument("--reference-schedules", type=Path, default=DEFAULT_REFERENCE)
+    ap.add_argument("--lengths", type=float, nargs="+", default=[1, 5, 10, 30], help="audio seconds")
+    ap.add_argument("--reps", type=int, default=5, help="timed forward passes per length (median)")
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
+    ap.add_argument("--requests", type=int, default=16, help="requests per load row, at least per-client x clients")
+    ap.add_argument("--per-client", type=int, default=2, help="requests per client per load row, at least")
+    ap.add_argument("--load-seconds", type=float, default=60.0, help="stop sending new requests after this")
+    ap.add_argument("--mel-seconds", type=float, nargs=2, default=[2.0, 10.0], help="request length range")
+    ap.add_argument("--rho", default="balanced", help="rho or preset the load requests ask for")
+    ap.add_argument("--skip-server", action="store_true")
+    args = parse_with_quick(ap, argv, {"lengths": [1, 5], "reps": 1, "clients": [1, 4], "requests": 2,
+                                       "per_client": 1, "load_seconds": 20.0, "mel_seconds": [2.0, 3.0]})
+    if min(args.lengths) <= 0 or min(args.reps, min(args.clients), args.requests, args.per_client) < 1:
+        ap.error("--lengths, --reps, --clients, --requests and --per-client must be positive")
+    return args
+
+
+def server_part(args) -> tuple[dict | None, dict | None, str | None]:
+    """(c) and (d): (load results, schedule latencies, why they were skipped)."""
+    if args.skip_server:
+        return None, None, "Skipped (--skip-server)."
+    voc = Vocoder.load(args.weights, device="cpu")
+    if not voc.presets:
+        return None, None, "Skipped: these weights have no rho presets, so the server has no schedule to serve."
+    bodies = request_bodies(voc, args.data, *args.mel_seconds)
+    with tempfile.TemporaryDirectory() as tmp:
+        rows, sched, device = load_rows(args, voc, bodies, Path(tmp))
+    rho = f"{args.rho} ({voc.presets[args.rho]:g})" if args.rho in voc.presets else args.rho
+    return {"rho": rho, "device": device, "rows": rows}, sched, None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    apply_threads(args.threads)
+    head = header("bench.speed", args.weights)
+    net_rows, synth_rows, notes = [], [], []
+    audio = speech(args.data, max(args.lengths), read_config(args.weights)["audio"]["sample_rate"])
+    for dev in devices():
+        voc = Vocoder.load(args.weights, device=dev)
+        schedules, more = bench_schedules(voc, args.reference_schedules)
+        notes += more if dev == "cpu" else []
+        net_rows += network_rows(voc, audio, args.lengths, args.reps)
+        synth_rows += synthesis_rows(voc, audio, schedules, args.lengths)
+        print(f"network and synthesis timed on {dev}", file=sys.stderr)
+    if net_rows[0]["reference_s"] is None:
+        notes.append("reference DiffWave not timed: install it with `pip install --no-deps diffwave`")
+    load, sched, server_note = server_part(args)
+    write_outputs(args.out, "speed", "Speed benchmark", head,
+                  report(net_rows, synth_rows, load, sched, server_note, notes, args),
+                  {"network": net_rows, "synthesis": synth_rows, "load": load, "schedule_latency": sched,
+                   "notes": notes}, plot(net_rows, synth_rows, load))
+    print(f"wrote {args.out}/speed.md, speed.json, speed.png", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

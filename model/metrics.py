@@ -1,0 +1,98 @@
+"""Objective quality of vocoded audio against the recording it was made from.
+
+The vocoder returns exactly frames * 256 samples for a mel taken from a clip, so reference and
+estimate are sample-aligned: every metric compares them frame by frame after trimming both to the
+common length, with no dynamic time warping.
+
+- LS-MSE: mean squared error of the project's log-mel spectrograms (BDDM's search criterion).
+- MCD: mel cepstral distortion in dB, 10 / ln 10 * sqrt(2 * sum_{d=1..13} (c_d - c'_d)^2) averaged
+  over frames, where c are the cepstra of the natural-log mel magnitude, log S = c0 + 2 sum_d c_d cos(.)
+  (a DCT-II of the 80 bands divided by 2 * 80, so c has the scale of an SPTK mel-cepstrum); c0, the
+  frame energy, is left out as usual. Being computed from the 80-band log-mel rather than an SPTK
+  mel-cepstrum, absolute values are comparable within this project, only roughly across papers.
+- STOI: pystoi (resamples to 10 kHz internally).
+- PESQ: ITU-T P.862.2 wideband via the `pesq` package, after resampling to 16 kHz.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from math import gcd
+
+import numpy as np
+import torch
+from pesq import NoUtterancesError, pesq
+from pystoi import stoi as _stoi
+from scipy.fft import dct
+from scipy.signal import resample_poly
+from scipy.stats import t as student_t
+
+from .audio import SAMPLE_RATE, mel_spectrogram
+
+MCD_COEFFS = 13
+PESQ_RATE = 16000
+
+
+def _pair(ref: np.ndarray, est: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both signals as float64 mono, trimmed to their common length."""
+    ref, est = np.asarray(ref, dtype=np.float64).ravel(), np.asarray(est, dtype=np.float64).ravel()
+    n = min(len(ref), len(est))
+    if n == 0:
+        raise ValueError("cannot compare empty signals")
+    return ref[:n], est[:n]
+
+
+def _log_mels(ref: np.ndarray, est: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ref, est = _pair(ref, est)
+    mels = mel_spectrogram(torch.from_numpy(np.stack([ref, est]).astype(np.float32))).double().numpy()
+    return mels[0], mels[1]
+
+
+def ls_mse(ref: np.ndarray, est: np.ndarray) -> float:
+    """Log-mel spectral MSE (lower is better; 0 for identical audio)."""
+    a, b = _log_mels(ref, est)
+    return float(np.mean((a - b) ** 2))
+
+
+def mcd(ref: np.ndarray, est: np.ndarray, coeffs: int = MCD_COEFFS) -> float:
+    """Mel cepstral distortion in dB over cepstra c1..c{coeffs}, frame-aligned (lower is better)."""
+    a, b = _log_mels(ref, est)
+    diff = dct(a - b, type=2, axis=0)[1:coeffs + 1] / (2 * a.shape[0])
+    return float(np.mean(10.0 / math.log(10.0) * np.sqrt(2.0 * np.sum(diff**2, axis=0))))
+
+
+def stoi(ref: np.ndarray, est: np.ndarray, sr: int = SAMPLE_RATE) -> float:
+    """Short-time objective intelligibility in [0, 1] (higher is better)."""
+    a, b = _pair(ref, est)
+    return float(_stoi(a, b, sr, extended=False))
+
+
+def pesq_wb(ref: np.ndarray, est: np.ndarray, sr: int = SAMPLE_RATE) -> float:
+    """Wideband PESQ MOS-LQO (about 1.0-4.64, higher is better); NaN if PESQ finds no speech in `ref`."""
+    a, b = _pair(ref, est)
+    if sr != PESQ_RATE:
+        g = gcd(sr, PESQ_RATE)
+        a, b = resample_poly(a, PESQ_RATE // g, sr // g), resample_poly(b, PESQ_RATE // g, sr // g)
+    try:
+        return float(pesq(PESQ_RATE, a, b, "wb"))
+    except NoUtterancesError:
+        warnings.warn("PESQ found no utterances in the reference; returning NaN", RuntimeWarning, stacklevel=2)
+        return math.nan
+
+
+def evaluate(ref: np.ndarray, est: np.ndarray, sr: int = SAMPLE_RATE) -> dict[str, float]:
+    """All four metrics; ref and est at `sr` (LS-MSE and MCD assume the project's 22050 Hz mel)."""
+    return {"ls_mse": ls_mse(ref, est), "mcd": mcd(ref, est), "stoi": stoi(ref, est, sr), "pesq": pesq_wb(ref, est, sr)}
+
+
+def mean_ci95(values) -> tuple[float, float]:
+    """Mean and half-width of its two-sided 95% Student-t confidence interval (NaNs dropped)."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return math.nan, math.nan
+    if v.size == 1:
+        return float(v[0]), math.nan
+    half = student_t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size)
+    return float(v.mean()), float(half)

@@ -1,0 +1,93 @@
+"""Offline vocoding: a mel `.npy` in, a 16-bit WAV out.
+
+    python -m model.synth MEL.npy -o OUT.wav [--rho R | --preset fast|balanced|quality | --steps-schedule S.json]
+                          [--sampler ddpm|ddim] [--seed S] [--weights DIR] [--device auto|cpu|cuda]
+
+Without a schedule option the weights' default rho is used. Bad input (file, mel, weights or schedule)
+gets a one-line message on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .audio import encode_audio
+from .checkpoint import CheckpointError
+from .mel import read_mel_file
+from .sampling import SAMPLERS
+from .scheduling import canonical_rho
+from .schedules import Schedule
+from .vocoder import DEFAULT_WEIGHTS, Vocoder
+
+PRESETS = ("fast", "balanced", "quality")
+
+
+class UsageError(ValueError):
+    """A request these weights cannot serve (unknown preset, no default rho, bad schedule file)."""
+
+
+def pick_schedule(voc: Vocoder, rho: float | None, preset: str | None, schedule_path: Path | None) -> Schedule:
+    """The schedule the options ask for: a JSON file, a preset's rho, an explicit rho, else the default rho."""
+    if schedule_path is not None:
+        try:
+            return Schedule.load(schedule_path, voc.diffusion)
+        except (OSError, KeyError, TypeError, ValueError) as e:  # ValueError covers bad JSON and bad betas
+            raise UsageError(f"cannot read schedule {schedule_path}: {e}") from None
+    if preset is not None:
+        if preset not in voc.presets:
+            raise UsageError(f"these weights define no preset {preset!r} (have {sorted(voc.presets)})")
+        rho = voc.presets[preset]
+    if rho is None:
+        rho = voc.default_rho
+        if rho is None:
+            raise UsageError("these weights have no default rho; pass --steps-schedule (or search the weights first)")
+    return voc.schedule(canonical_rho(rho))  # the key stored schedules are saved under; ValueError outside (0, 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m model.synth", description=__doc__.split("\n\n")[0])
+    ap.add_argument("mel", type=Path, help="log-mel .npy, (80, frames) or (1, 80, frames), float16/32/64")
+    ap.add_argument("-o", "--output", type=Path, required=True, help="output .wav (16-bit PCM)")
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument("--rho", type=float, help="BDDM noise-scheduling threshold: larger is faster, fewer steps")
+    which.add_argument("--preset", choices=PRESETS)
+    which.add_argument("--steps-schedule", type=Path, help="a schedule JSON (e.g. the official BDDM 7-step one)")
+    ap.add_argument("--sampler", choices=sorted(SAMPLERS), default="ddpm")
+    ap.add_argument("--seed", type=int, default=None, help="noise seed; the same seed gives the same audio")
+    ap.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    args = ap.parse_args(argv)
+
+    try:
+        voc = Vocoder.load(args.weights, args.device)
+        mel = read_mel_file(args.mel, voc.spec.n_mels)
+        schedule = pick_schedule(voc, args.rho, args.preset, args.steps_schedule)
+    except (ValueError, CheckpointError) as e:  # MelError, UsageError, or a rho the schedule net rejects
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    start = time.perf_counter()
+    audio = voc.vocode(mel, schedule, seed=args.seed, sampler=args.sampler)
+    if voc.device.type == "cuda":
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - start
+    try:
+        args.output.write_bytes(encode_audio(audio, voc.spec.sample_rate))
+    except OSError as e:
+        print(f"error: cannot write {args.output}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    seconds = len(audio) / voc.spec.sample_rate
+    rho = schedule.meta.get("rho")
+    print(f"{args.output}: {schedule.steps} steps ({schedule.name or 'schedule'}"
+          f"{f', rho={rho:g}' if rho is not None else ''}, {args.sampler}), {seconds:.2f} s of audio, "
+          f"wall {wall:.2f} s, RTF {wall / seconds:.3f} on {voc.device.type}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

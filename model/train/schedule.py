@@ -1,0 +1,117 @@
+"""Train sigma_phi with BDDM's step loss, the score network of the same weights directory frozen; resumable."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..audio import MelSpec
+from ..checkpoint import SCHEDULE_NET, SCORE_NET, git_revision, load_module, read_config, save_module, write_config
+from ..schedule_net import CONFIGS, ScheduleNet, ScheduleNetParams
+from ..schedules import Diffusion
+from ..score_net import ScoreNet, ScoreNetParams
+from .common import hardware, load_train_state, runtime, save_train_state
+from .data import AudioCorpus
+from .losses import step_loss
+
+
+@dataclass
+class ScheduleTraining:
+    weights: str
+    data: str
+    steps: int
+    id_list: str | None = None
+    net: str = "small"
+    tau: int = 66
+    batch: int = 8
+    segment_frames: int = 32
+    lr: float = 5e-4
+    grad_clip: float = 1.0
+    minutes: float | None = None
+    save_every: int = 250
+    device: str = "auto"
+    compile: bool | None = None
+    seed: int = 0
+
+
+def _schedule_net_for(config: dict, name: str) -> ScheduleNet:
+    """Resume the architecture stored in the config, else start the named one."""
+    if config.get("schedule_net"):
+        return ScheduleNet(ScheduleNetParams(**config["schedule_net"]))
+    if name not in CONFIGS:
+        raise SystemExit(f"unknown --net {name!r}; choose from {', '.join(CONFIGS)}")
+    return ScheduleNet(CONFIGS[name])
+
+
+def train_schedule(job: ScheduleTraining) -> Path:
+    rt = runtime(job.device)
+    out = Path(job.weights)
+    config = read_config(out)
+    diffusion, spec = Diffusion(**config["diffusion"]), MelSpec(**config["audio"])
+    if not 0 < job.tau < (diffusion.steps - 1) / 2:
+        raise SystemExit(f"--tau must be in (0, {(diffusion.steps - 1) / 2:g}) for a {diffusion.steps}-step grid")
+    score_net = load_module(out / SCORE_NET, ScoreNet(ScoreNetParams(**config["score_net"])))
+    score_net.to(rt.device).eval().requires_grad_(False)
+    net = _schedule_net_for(config, job.net).to(rt.device)
+    opt = torch.optim.Adam(net.parameters(), lr=job.lr, fused=rt.device.type == "cuda")
+    resumed = load_train_state(out, "schedule", net, None, opt)
+    if not resumed and (out / SCHEDULE_NET).exists() and config.get("schedule_net"):
+        load_module(out / SCHEDULE_NET, net)
+    for g in opt.param_groups:
+        g["lr"] = job.lr
+    record = config["training"].get("schedule") or {"steps": 0, "wall_seconds": 0.0, "runs": []}
+
+    corpus = AudioCorpus(job.data, job.id_list, spec)
+    print(f"data: {len(corpus)} clips, {corpus.seconds / 60:.1f} min from {job.data}; schedule net "
+          f"{sum(p.numel() for p in net.parameters()) / 1e6:.2f} M params on {hardware(rt)}; "
+          f"{'resuming at step ' + str(record['steps']) if resumed else 'new run'}")
+    use_compile = job.compile if job.compile is not None else rt.device.type == "cuda"
+    score_fwd, schedule_fwd = (torch.compile(score_net), torch.compile(net)) if use_compile else (score_net, net)
+    rng = np.random.default_rng(job.seed + record["steps"])
+    gen = torch.Generator(rt.device).manual_seed(job.seed + record["steps"])
+    started, base_steps, base_wall = time.strftime("%Y-%m-%dT%H:%M:%S"), record["steps"], record["wall_seconds"]
+
+    def save(run_steps: int, run_seconds: float) -> None:
+        save_module(out / SCHEDULE_NET, net)
+        save_train_state(out, "schedule", net, None, opt)
+        run = {"started": started, "hardware": hardware(rt), "steps": run_steps, "batch": job.batch,
+               "segment_samples": job.segment_frames * spec.hop, "lr": job.lr, "tau": job.tau,
+               "wall_seconds": round(run_seconds, 1), "data": str(job.data),
+               "list": str(job.id_list) if job.id_list else None, "git_revision": git_revision()}
+        runs = [r for r in record["runs"] if r.get("started") != started]
+        config["schedule_net"] = net.params.to_dict()
+        config["training"]["schedule"] = {"steps": base_steps + run_steps, "tau": job.tau,
+                                          "wall_seconds": round(base_wall + run_seconds, 1), "runs": runs + [run]}
+        write_config(out, config)
+
+    t0, step = time.time(), 0
+    bar = tqdm(total=job.steps, dynamic_ncols=True, mininterval=5)
+    try:
+        while step < job.steps and (job.minutes is None or time.time() - t0 < 60 * job.minutes):
+            audio, mel = corpus.segments(job.batch, job.segment_frames, rng)
+            audio, mel = audio.to(rt.device, non_blocking=True), mel.to(rt.device, non_blocking=True)
+            with rt.autocast():
+                loss = step_loss(score_fwd, schedule_fwd, audio, mel, diffusion, job.tau, gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), job.grad_clip)
+            opt.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}", steps_s=f"{step / (time.time() - t0):.2f}", refresh=False)
+            if step % job.save_every == 0:
+                save(step, time.time() - t0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        bar.close()
+        save(step, time.time() - t0)
+    dt = time.time() - t0
+    print(f"trained the schedule net {step} steps in {dt:.0f} s ({step / max(dt, 1e-9):.2f} steps/s); "
+          f"total {base_steps + step} steps -> {out / SCHEDULE_NET}")
+    return out

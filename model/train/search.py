@@ -1,0 +1,92 @@
+"""Grid-search (alpha_hat_N, beta_hat_N) on held-out clips, then store a schedule per rho and the presets."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..audio import MelSpec
+from ..checkpoint import SCHEDULE_NET, SCORE_NET, git_revision, load_module, read_config, write_config
+from ..scheduling import (PRESET_STEPS, canonical_rho, choose_presets, grid_search, load_schedule_net,
+                          noise_schedule, rho_for_steps, save_reference_mel, shorten)
+from ..schedules import Diffusion
+from ..score_net import ScoreNet, ScoreNetParams
+from .common import hardware, runtime
+from .data import AudioCorpus
+
+#: The rho sweep stored with the weights (plus whatever the presets need).
+SWEEP = tuple(canonical_rho(r) for r in np.geomspace(1e-3, 0.5, 20))
+
+
+@dataclass
+class Search:
+    weights: str
+    data: str
+    id_list: str | None = None
+    clips: int = 3
+    grid: int = 9
+    seconds: float = 1.0
+    rho: float = 0.01
+    device: str = "auto"
+    seed: int = 0
+
+
+def held_out_clips(corpus: AudioCorpus, count: int, seconds: float) -> tuple[list[tuple[torch.Tensor, torch.Tensor]],
+                                                                             list[str]]:
+    """The first `count` clips, centre-cropped to one common length of at most `seconds`."""
+    hop = corpus.spec.hop
+    chosen = list(range(min(count, len(corpus))))
+    frames = min(max(1, round(seconds * corpus.spec.sample_rate / hop)), *(int(corpus.frames[i]) for i in chosen))
+    clips = []
+    for i in chosen:
+        start = (int(corpus.frames[i]) - frames) // 2
+        clips.append((corpus.wavs[i][start * hop:(start + frames) * hop], corpus.mels[i][:, start:start + frames]))
+    return clips, [corpus.names[i] for i in chosen]
+
+
+def run_search(job: Search) -> Path:
+    out = Path(job.weights)
+    config = read_config(out)
+    if not (out / SCHEDULE_NET).exists() or not config.get("schedule_net"):
+        raise SystemExit(f"{out} has no schedule network; run `python -m model.train schedule` first")
+    try:
+        rho = canonical_rho(job.rho)
+    except ValueError as e:
+        raise SystemExit(f"--rho: {e}") from None
+    rt = runtime(job.device)
+    diffusion, spec = Diffusion(**config["diffusion"]), MelSpec(**config["audio"])
+    score_net = load_module(out / SCORE_NET, ScoreNet(ScoreNetParams(**config["score_net"]))).to(rt.device).eval()
+    schedule_net = load_schedule_net(out, config).to(rt.device).eval()
+    clips, names = held_out_clips(AudioCorpus(job.data, job.id_list, spec), job.clips, job.seconds)
+    reference = clips[0][1]
+    t0 = time.time()
+    alpha_N, beta_N, score = grid_search(score_net, schedule_net, clips, diffusion, rho, job.grid, job.seed)
+    print(f"grid search ({job.grid}x{job.grid}, {len(clips)} clips of {reference.shape[-1] * spec.hop / spec.sample_rate:.2f} s, "
+          f"rho {rho:g}): alpha_hat_N {alpha_N:.4f}, beta_hat_N {beta_N:.4f}, LS-MSE {score:.4f} "
+          f"({time.time() - t0:.0f} s)")
+
+    # One run that stops only where BDDM does (rho = beta_1); every larger rho stops earlier on the same
+    # seeded trajectory, so its schedule is a prefix of this one.
+    beta_1 = canonical_rho(diffusion.betas[0])
+    longest = noise_schedule(score_net, schedule_net, reference, alpha_N, beta_N, beta_1, diffusion, seed=0)
+    rhos = {beta_1, *SWEEP, *(r for n in PRESET_STEPS.values() if (r := rho_for_steps(longest, n)) is not None)}
+    schedules = {r: shorten(longest, r, diffusion) for r in rhos}
+    presets = choose_presets(schedules)
+    print("rho -> steps:\n" + "\n".join(f"  {r:<8g} {schedules[r].steps:>3}" + "".join(
+        f"  ({name})" for name, v in presets.items() if v == r) for r in sorted(schedules)))
+
+    save_reference_mel(out, reference)
+    config["search"] = {"alpha_hat_N": alpha_N, "beta_hat_N": beta_N, "ls_mse": score, "rho": rho,
+                        "presets": presets, "default_rho": presets["balanced"],
+                        "schedules": {str(r): s.to_dict() for r, s in sorted(schedules.items())}}
+    config.setdefault("training", {})["search"] = {
+        "clips": len(clips), "clip_ids": names, "seconds": round(reference.shape[-1] * spec.hop / spec.sample_rate, 3),
+        "grid": job.grid, "rho": rho, "wall_seconds": round(time.time() - t0, 1), "hardware": hardware(rt),
+        "data": str(job.data), "list": str(job.id_list) if job.id_list else None, "git_revision": git_revision()}
+    write_config(out, config)
+    print(f"search done in {time.time() - t0:.0f} s -> {out}")
+    return out

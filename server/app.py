@@ -1,0 +1,278 @@
+"""The HTTP API: `create_app(settings)` builds a FastAPI app whose lifespan loads the vocoder once.
+
+Routes stay thin: decode and validate the request (`codec`), resolve rho to a cached schedule and queue
+the job (`engine`), encode the answer. Every error is JSON {"error", "detail"} with a 4xx status for
+anything the client sent, 503 (with Retry-After) when the server cannot serve right now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import re
+import time
+import uuid
+from contextlib import asynccontextmanager
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from model.audio import AudioError, encode_audio, load_audio, mel_spectrogram
+from model.checkpoint import CheckpointError
+from model.vocoder import Vocoder
+
+from . import codec
+from .codec import ApiError
+from .engine import ClientGone, Engine, QueueFull, Unavailable
+from .metrics import Metrics
+from .schemas import MAX_SEED, ErrorOut, Health, ModelInfo, Preset, ScheduleList, ScheduleOut, ScheduleSummary
+from .settings import Settings
+
+log = logging.getLogger("server.access")
+
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+ERRORS = {code: {"model": ErrorOut} for code in (400, 401, 413, 415, 422, 429, 503)}
+
+
+class RequestContext:
+    """ASGI middleware: request id, in-flight gauge, latency histogram and one log line per request.
+
+    Routes add fields (frames, steps, rho) to `request.state.log`; the payload is never logged.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex
+        fields: dict = {}
+        scope.setdefault("state", {}).update(request_id=request_id, log=fields)
+        status = 500
+        start = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            duration = time.perf_counter() - start
+            self.metrics.in_flight.dec()
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.request_duration.labels(route=route, status=str(status)).observe(duration)
+            log.info(json.dumps({"request_id": request_id, "method": scope["method"], "route": route,
+                                 "status": status, "duration_s": round(duration, 4), **fields}))
+
+
+def error_response(status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, e: ApiError) -> JSONResponse:
+        return error_response(e.status, e.error, e.detail, e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, e: RequestValidationError) -> JSONResponse:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        status = 400 if first["loc"][0] == "query" else 422  # bad rho/seed/format is a bad request
+        return error_response(status, f"invalid {first['loc'][-1]}", f"{where}: {first['msg']}")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException) -> JSONResponse:
+        return error_response(e.status_code, str(e.detail).lower(), f"{request.method} {request.url.path}: {e.detail}",
+                              getattr(e, "headers", None))
+
+
+def engine_of(request: Request) -> Engine:
+    return request.app.state.engine
+
+
+def ready_engine(request: Request) -> Engine:
+    engine = engine_of(request)
+    if not engine.ready:
+        raise ApiError(503, "not ready", engine.not_ready_reason, {"Retry-After": "5"})
+    return engine
+
+
+def require_api_key(request: Request) -> None:
+    """With VOCODER_API_KEY set, /v1 needs `Authorization: Bearer KEY` or `X-API-Key: KEY`."""
+    settings: Settings = request.app.state.settings
+    expected = settings.api_key.get_secret_value() if settings.api_key else ""
+    if not expected:
+        return
+    auth = request.headers.get("authorization", "")
+    given = auth[7:] if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise ApiError(401, "unauthorized", "missing or wrong API key (send Authorization: Bearer KEY or X-API-Key)",
+                       {"WWW-Authenticate": "Bearer"})
+
+
+async def disconnected(request: Request) -> None:
+    """Resolves when the client goes away (the body has been read, so only http.disconnect can arrive)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def schedule_for(engine: Engine, value: float | str | None):
+    """(canonical rho, schedule, cache hit) with the client's mistakes as 400s."""
+    try:
+        rho = engine.resolve_rho(value)
+    except ValueError as e:
+        raise ApiError(400, "invalid rho", str(e)) from None
+    try:
+        schedule, hit = await engine.cache.get(rho)
+    except (CheckpointError, ValueError) as e:
+        raise ApiError(400, "rho not available", f"cannot make a schedule for rho={rho:g}: {e}") from None
+    return rho, schedule, hit
+
+
+Rho = Annotated[str | None, Query(description="threshold in (0, 1) or fast|balanced|quality; default from the weights")]
+Seed = Annotated[int | None, Query(ge=0, le=MAX_SEED, description="same seed, rho and device give the same bytes")]
+Format = Annotated[Literal["wav", "flac"], Query(description="audio container, 16-bit PCM")]
+
+v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=ERRORS)
+
+
+@v1.post("/vocode", response_class=Response, summary="mel (.npy or JSON) -> audio",
+         responses={200: {"content": {"audio/wav": {}, "audio/flac": {}}}})
+async def vocode(request: Request, engine: Annotated[Engine, Depends(ready_engine)], rho: Rho = None,
+                 seed: Seed = None, format: Format = "wav") -> Response:
+    settings: Settings = request.app.state.settings
+    kind = codec.require_media_type(request, codec.NPY_TYPES | {codec.JSON_TYPE},
+                                    "a .npy mel as application/x-npy, or application/json {\"mel\": [[...], ...]}")
+    body = await codec.read_body(request, settings.max_body_bytes)
+    n_mels = engine.vocoder.spec.n_mels
+    if kind == codec.JSON_TYPE:
+        mel, parsed = codec.decode_json(body, n_mels)
+        rho, seed = rho if rho is not None else parsed.rho, seed if seed is not None else parsed.seed
+    else:
+        mel = codec.decode_npy(body, n_mels)
+    codec.check_frames(mel, settings.max_frames)
+    rho_used, schedule, hit = await schedule_for(engine, rho)
+    request.state.log.update(frames=mel.shape[-1], rho=rho_used, steps=schedule.steps, seeded=seed is not None)
+
+    watcher = asyncio.ensure_future(disconnected(request))
+    try:
+        result = await engine.vocode(mel, rho_used, schedule, seed, watcher)
+    except QueueFull as e:
+        raise ApiError(429, "queue full", str(e), {"Retry-After": str(e.retry_after)}) from None
+    except Unavailable as e:
+        raise ApiError(503, "unavailable", str(e), {"Retry-After": "5"}) from None
+    except ClientGone:
+        return Response(status_code=499)
+    finally:
+        watcher.cancel()
+    sample_rate = engine.vocoder.spec.sample_rate
+    audio = await asyncio.to_thread(encode_audio, result.audio, sample_rate, format)
+    request.state.log.update(batch=result.batch_size, synthesis_s=round(result.synthesis_seconds, 4))
+    return Response(audio, media_type=codec.AUDIO_MEDIA[format], headers={
+        "X-Diffusion-Steps": str(result.steps),
+        "X-Rho": f"{rho_used:g}",
+        "X-Schedule-Cache": "hit" if hit else "miss",
+        "X-Audio-Seconds": f"{len(result.audio) / sample_rate:.4f}",
+        "X-Inference-Seconds": f"{result.synthesis_seconds:.4f}",
+        "X-Batch-Size": str(result.batch_size),
+    })
+
+
+@v1.post("/mel", response_class=Response, summary="audio (wav/flac) -> the .npy log-mel the vocoder expects",
+         responses={200: {"content": {codec.NPY_MEDIA: {}}}})
+async def mel(request: Request, engine: Annotated[Engine, Depends(engine_of)]) -> Response:
+    settings: Settings = request.app.state.settings
+    codec.require_media_type(request, codec.AUDIO_TYPES, "audio/wav or audio/flac")
+    body = await codec.read_body(request, settings.max_body_bytes)
+    spec = engine.vocoder.spec
+    try:
+        wav = await asyncio.to_thread(load_audio, body, spec.sample_rate)
+    except AudioError as e:
+        raise ApiError(422, "invalid audio", str(e)) from None
+    if len(wav) < spec.hop:
+        raise ApiError(422, "invalid audio", f"audio shorter than one frame ({spec.hop} samples)")
+    if len(wav) // spec.hop > settings.max_frames:
+        raise ApiError(413, "audio too long", f"{len(wav) // spec.hop} frames; the limit is {settings.max_frames}")
+    mel_ = await asyncio.to_thread(lambda: mel_spectrogram(wav, spec).numpy())
+    request.state.log.update(frames=mel_.shape[-1])
+    return Response(codec.encode_npy(mel_), media_type=codec.NPY_MEDIA, headers={"X-Frames": str(mel_.shape[-1])})
+
+
+@v1.get("/schedules", response_model=ScheduleList | ScheduleOut, summary="one rho's schedule, or the cached ones")
+async def schedules(engine: Annotated[Engine, Depends(engine_of)], rho: Rho = None) -> ScheduleList | ScheduleOut:
+    if rho is not None:
+        rho_used, schedule, hit = await schedule_for(engine, rho)
+        return ScheduleOut(rho=rho_used, steps=schedule.steps, beta=schedule.beta.tolist(),
+                           alpha=schedule.alpha.tolist(), cached=hit)
+    names: dict[float, list[str]] = {}
+    for name, value in engine.vocoder.presets.items():
+        names.setdefault(engine.resolve_rho(value), []).append(name)
+    entries = sorted(engine.cache.entries().items())
+    return ScheduleList(capacity=engine.settings.schedule_cache_size, schedules=[
+        ScheduleSummary(rho=r, steps=s.steps, presets=sorted(names.get(r, []))) for r, s in entries])
+
+
+@v1.get("/model", response_model=ModelInfo, summary="audio settings, weights id, default rho and presets")
+async def model_info(engine: Annotated[Engine, Depends(engine_of)]) -> ModelInfo:
+    voc, spec = engine.vocoder, engine.vocoder.spec
+    presets = {}
+    for name, value in voc.presets.items():
+        schedule = engine.cache.pinned.get(engine.resolve_rho(value))
+        presets[name] = Preset(rho=engine.resolve_rho(value), steps=schedule.steps if schedule else None)
+    return ModelInfo(weights=engine.weights_id, device=str(voc.device), sample_rate=spec.sample_rate, hop=spec.hop,
+                     n_mels=spec.n_mels, n_fft=spec.n_fft, fmin=spec.fmin, fmax=spec.fmax,
+                     default_rho=voc.default_rho, presets=presets, max_frames=engine.settings.max_frames)
+
+
+def create_app(settings: Settings | None = None, vocoder: Vocoder | None = None) -> FastAPI:
+    """The app; the vocoder is loaded in the lifespan unless one is passed (`python -m server` loads it first)."""
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        voc = vocoder or await asyncio.to_thread(Vocoder.load, settings.weights, settings.device)
+        engine = app.state.engine = Engine(voc, settings, metrics)
+        await engine.start()
+        yield
+        await engine.close(settings.shutdown_timeout_s)
+
+    app = FastAPI(title="BDDM vocoder", version="1", lifespan=lifespan,
+                  description="Mel spectrogram in, waveform out; `rho` trades quality for speed.")
+    app.state.settings, app.state.metrics = settings, metrics
+    app.add_middleware(RequestContext, metrics=metrics)
+    install_error_handlers(app)
+    app.include_router(v1)
+
+    @app.get("/healthz", response_model=Health, summary="the process is alive")
+    async def healthz() -> Health:
+        return Health(status="ok")
+
+    @app.get("/readyz", response_model=Health, responses={503: {"model": ErrorOut}},
+             summary="weights loaded and warmed up")
+    async def readyz(request: Request) -> Health:
+        ready_engine(request)
+        return Health(status="ready")
+
+    @app.get("/metrics", response_class=Response, summary="Prometheus metrics")
+    async def metrics_route(request: Request) -> Response:
+        engine: Engine = request.app.state.engine
+        metrics.queue_depth.set(engine.queue_depth)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,323 @@
+"""The inference engine: a schedule cache and one worker that micro-batches vocode jobs off the event loop.
+
+Requests enqueue a `Job` (bounded: a full queue is the client's 429) and await its future. One worker
+task takes the oldest job, waits up to `batch_wait_ms` for companions with the same schedule, and runs
+the batch on a single inference thread. Mels of different lengths are padded with silence and trimmed
+back. A job with an explicit seed runs alone: its noise is drawn from its own seed whatever the batch,
+but CPU kernels sum in a batch-size dependent order (~1e-7, enough to flip a 16-bit sample), and the
+promise is that the same seed, rho and device give the same bytes, however busy the server is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import time
+from collections import OrderedDict, deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from model.audio import LOG_FLOOR
+from model.checkpoint import CONFIG, SCHEDULE_NET, SCORE_NET
+from model.scheduling import canonical_rho
+from model.schedules import Schedule
+from model.vocoder import Vocoder
+
+from .metrics import Metrics
+from .settings import Settings
+
+log = logging.getLogger("server.engine")
+
+#: Frames of the start-up vocode that warms kernels and allocators before /readyz turns 200.
+WARMUP_FRAMES = 16
+
+
+class QueueFull(Exception):
+    """The job queue is at capacity; `retry_after` is a hint in seconds."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"the inference queue is full; retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
+class Unavailable(Exception):
+    """Inference failed, timed out, or the engine is shutting down."""
+
+
+class ClientGone(Exception):
+    """The client disconnected before its job ran; the job was dropped."""
+
+
+@dataclass
+class Result:
+    audio: np.ndarray
+    steps: int
+    synthesis_seconds: float
+    queue_seconds: float
+    batch_size: int
+
+
+@dataclass(eq=False)
+class Job:
+    mel: np.ndarray
+    rho: float
+    schedule: Schedule
+    seed: int | None
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+    @property
+    def frames(self) -> int:
+        return self.mel.shape[-1]
+
+    def fits(self, batch: list[Job]) -> bool:
+        """Unseeded jobs with the same schedule batch together, whatever their lengths (module docstring)."""
+        return self.rho == batch[0].rho and all(j.seed is None for j in [self, *batch])
+
+
+class ScheduleCache:
+    """Canonical rho -> Schedule: presets pinned, others in a bounded LRU; one generation per rho at a time."""
+
+    def __init__(self, vocoder: Vocoder, size: int, metrics: Metrics) -> None:
+        self.vocoder, self.size, self.metrics = vocoder, size, metrics
+        self.pinned: dict[float, Schedule] = {}
+        self.lru: OrderedDict[float, Schedule] = OrderedDict()
+        self.pending: dict[float, asyncio.Future] = {}
+
+    def peek(self, rho: float) -> Schedule | None:
+        if rho in self.pinned:
+            return self.pinned[rho]
+        if rho in self.lru:
+            self.lru.move_to_end(rho)
+            return self.lru[rho]
+        return None
+
+    def entries(self) -> dict[float, Schedule]:
+        return {**self.lru, **self.pinned}
+
+    async def get(self, rho: float) -> tuple[Schedule, bool]:
+        """(schedule, hit). Generation runs in a thread; concurrent misses for one rho share it."""
+        if (schedule := self.peek(rho)) is not None:
+            self.metrics.cache_hits.inc()
+            return schedule, True
+        self.metrics.cache_misses.inc()
+        future = self.pending.get(rho)
+        if future is None:
+            future = self.pending[rho] = asyncio.ensure_future(asyncio.to_thread(self.vocoder.schedule, rho))
+            future.add_done_callback(lambda f: self._settle(rho, f))
+        return await asyncio.shield(future), False
+
+    async def pin(self, rho: float) -> Schedule:
+        schedule, _ = await self.get(rho)
+        self.pinned[rho] = schedule
+        self.lru.pop(rho, None)
+        return schedule
+
+    def _settle(self, rho: float, future: asyncio.Future) -> None:
+        del self.pending[rho]
+        if not future.cancelled() and future.exception() is None:
+            self.lru[rho] = future.result()
+            while len(self.lru) > self.size:
+                self.lru.popitem(last=False)
+
+
+def weights_id(vocoder: Vocoder) -> str:
+    """Directory name plus a hash of the files that decide the output, so two deployments can be compared."""
+    digest = hashlib.sha256()
+    for name in (CONFIG, SCORE_NET, SCHEDULE_NET):
+        path = vocoder.directory / name if vocoder.directory else None
+        if path is not None and path.exists():
+            digest.update(path.read_bytes())
+    name = vocoder.directory.name if vocoder.directory else "in-memory"
+    return f"{name}@{digest.hexdigest()[:12]}"
+
+
+class Engine:
+    def __init__(self, vocoder: Vocoder, settings: Settings, metrics: Metrics) -> None:
+        self.vocoder, self.settings, self.metrics = vocoder, settings, metrics
+        self.cache = ScheduleCache(vocoder, settings.schedule_cache_size, metrics)
+        self.weights_id = weights_id(vocoder)
+        self.ready = False
+        self.not_ready_reason = "warming up"
+        self._jobs: deque[Job] = deque()
+        self._wake = asyncio.Event()
+        self._busy = False
+        self._closing = False
+        self._last_batch_seconds = 1.0
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="vocode")
+        self._tasks: list[asyncio.Task] = []
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._work(), name="vocode-worker"),
+                       asyncio.create_task(self._warm_up(), name="warm-up")]
+
+    async def _warm_up(self) -> None:
+        """Generate (and pin) the presets' schedules, then one short vocode; only then report ready."""
+        try:
+            rhos = {*self.vocoder.presets.values(), *([self.vocoder.default_rho] if self.vocoder.default_rho else [])}
+            for rho in sorted(rhos):
+                await self.cache.pin(canonical_rho(rho))
+            if rhos:
+                rho = canonical_rho(max(rhos))  # the fewest steps: warming needs the kernels, not quality
+                mel = np.full((self.vocoder.spec.n_mels, WARMUP_FRAMES), math.log(LOG_FLOOR), np.float32)
+                job = Job(mel, rho, self.cache.pinned[rho], 0, asyncio.get_running_loop().create_future())
+                await asyncio.get_running_loop().run_in_executor(self._executor, self._synthesize, [job])
+            self.ready = True
+            log.info("ready: weights %s on %s, presets %s", self.weights_id, self.vocoder.device, self.vocoder.presets)
+        except Exception as e:  # noqa: BLE001 -- stays alive but not ready, and says why on /readyz
+            self.not_ready_reason = f"warm-up failed: {e}"
+            log.exception("warm-up failed")
+
+    async def close(self, timeout: float) -> None:
+        """Stop taking jobs, let queued and running ones finish (up to `timeout`), fail the rest."""
+        self._closing = True
+        deadline = time.monotonic() + timeout
+        while (self._jobs or self._busy) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for task in self._tasks:
+            task.cancel()
+        while self._jobs:
+            job = self._jobs.popleft()
+            if not job.future.done():
+                job.future.set_exception(Unavailable("the server is shutting down"))
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # --- requests ----------------------------------------------------------------------------------
+
+    def resolve_rho(self, value: float | str | None) -> float:
+        """A query/body rho (number, numeric string, preset name, or None for the default) -> canonical rho."""
+        presets = self.vocoder.presets
+        if value is None:
+            if self.vocoder.default_rho is None:
+                raise ValueError("these weights have no default rho; pass rho")
+            value = self.vocoder.default_rho
+        elif isinstance(value, str) and value in presets:
+            value = presets[value]
+        try:
+            return canonical_rho(float(value))
+        except (TypeError, ValueError):
+            names = "|".join(sorted(presets)) or "no presets"
+            raise ValueError(f"rho must be a number in (0, 1) or a preset ({names}), got {value!r}") from None
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._jobs)
+
+    async def vocode(self, mel: np.ndarray, rho: float, schedule: Schedule, seed: int | None,
+                     disconnected: asyncio.Future | None = None) -> Result:
+        """Queue one mel and wait for its audio; a disconnect or timeout drops the job if it has not run."""
+        if self._closing:
+            raise Unavailable("the server is shutting down")
+        if len(self._jobs) >= self.settings.queue_size:
+            per_batch = self._last_batch_seconds * len(self._jobs) / self.settings.max_batch
+            raise QueueFull(max(1, math.ceil(per_batch)))
+        job = Job(mel, rho, schedule, seed, asyncio.get_running_loop().create_future())
+        self._jobs.append(job)
+        self.metrics.queue_depth.set(len(self._jobs))
+        self._wake.set()
+        waiters = {job.future} | ({disconnected} if disconnected is not None else set())
+        try:
+            await asyncio.wait(waiters, timeout=self.settings.request_timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not job.future.done():
+                job.future.cancel()  # frees its queue slot; a worker holding it in a forming batch skips it
+                if job in self._jobs:
+                    self._jobs.remove(job)
+                    self.metrics.queue_depth.set(len(self._jobs))
+        if job.future.cancelled():
+            if disconnected is not None and disconnected.done():
+                raise ClientGone("client disconnected")
+            raise Unavailable(f"no result within {self.settings.request_timeout_s:g} s")
+        return job.future.result()
+
+    # --- worker ------------------------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        batching = self.settings.batch_wait_ms > 0 and self.settings.max_batch > 1
+        while True:
+            batch = [await self._next_job()]
+            deadline = loop.time() + self.settings.batch_wait_ms / 1000
+            while batching and len(batch) < self.settings.max_batch:
+                self._take_fitting(batch)
+                remaining = deadline - loop.time()
+                if len(batch) >= self.settings.max_batch or remaining <= 0:
+                    break
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), remaining)
+                except TimeoutError:
+                    self._take_fitting(batch)
+                    break
+            self.metrics.queue_depth.set(len(self._jobs))
+            await self._run(batch)
+
+    async def _next_job(self) -> Job:
+        while True:
+            while self._jobs:
+                job = self._jobs.popleft()
+                if not job.future.cancelled():
+                    return job
+            self._wake.clear()
+            await self._wake.wait()
+
+    def _take_fitting(self, batch: list[Job]) -> None:
+        """Move queued jobs that fit `batch` into it (oldest first), dropping cancelled ones."""
+        rest: deque[Job] = deque()
+        for job in self._jobs:
+            if job.future.cancelled():
+                continue
+            if len(batch) < self.settings.max_batch and job.fits(batch):
+                batch.append(job)
+            else:
+                rest.append(job)
+        self._jobs = rest
+
+    async def _run(self, batch: list[Job]) -> None:
+        batch = [j for j in batch if not j.future.cancelled()]
+        if not batch:
+            return
+        now = time.perf_counter()
+        for job in batch:
+            self.metrics.queue_wait.observe(now - job.enqueued)
+        self.metrics.batch_size.observe(len(batch))
+        self._busy = True
+        try:
+            audio, seconds = await asyncio.get_running_loop().run_in_executor(self._executor, self._synthesize, batch)
+        except Exception as e:  # noqa: BLE001 -- a failed batch fails its requests, never the server
+            log.exception("inference failed for a batch of %d", len(batch))
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(Unavailable(f"inference failed: {type(e).__name__}: {e}"))
+            return
+        finally:
+            self._busy = False
+        self._last_batch_seconds = seconds
+        steps = batch[0].schedule.steps
+        self.metrics.synthesis_duration.labels(steps=str(steps)).observe(seconds)
+        for job, wav in zip(batch, audio):
+            self.metrics.real_time_factor.observe(seconds / (len(wav) / self.vocoder.spec.sample_rate))
+            if not job.future.done():
+                job.future.set_result(Result(wav, steps, seconds, now - job.enqueued, len(batch)))
+
+    def _synthesize(self, batch: list[Job]) -> tuple[list[np.ndarray], float]:
+        """On the inference thread: pad to the longest mel, vocode with per-item seeds, trim back."""
+        frames = max(j.frames for j in batch)
+        mel = np.full((len(batch), batch[0].mel.shape[0], frames), math.log(LOG_FLOOR), np.float32)
+        for i, job in enumerate(batch):
+            mel[i, :, :job.frames] = job.mel
+        start = time.perf_counter()
+        with torch.inference_mode():
+            audio = self.vocoder.vocode(mel, batch[0].schedule, seed=[j.seed for j in batch])
+        if self.vocoder.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        hop = self.vocoder.spec.hop
+        return [audio[i, :job.frames * hop] for i, job in enumerate(batch)], seconds

@@ -1,0 +1,65 @@
+"""Typed shapes of the JSON the API reads and writes."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_SEED = 2**63 - 1
+
+
+class VocodeBody(BaseModel):
+    """`POST /v1/vocode` as JSON; query parameters, when given, take precedence over rho and seed here."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mel: list[list[float]] = Field(description="log-mel, n_mels rows of `frames` values")
+    rho: float | str | None = Field(None, description="BDDM threshold in (0, 1) or a preset name")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+
+
+class ErrorOut(BaseModel):
+    error: str
+    detail: str
+
+
+class Health(BaseModel):
+    status: str
+    detail: str | None = None
+
+
+class ScheduleOut(BaseModel):
+    rho: float
+    steps: int
+    beta: list[float]
+    alpha: list[float]
+    cached: bool = Field(description="whether the schedule was already in the cache before this request")
+
+
+class ScheduleSummary(BaseModel):
+    rho: float
+    steps: int
+    presets: list[str] = Field(description="preset names that map to this rho")
+
+
+class ScheduleList(BaseModel):
+    schedules: list[ScheduleSummary]
+    capacity: int
+
+
+class Preset(BaseModel):
+    rho: float
+    steps: int | None = Field(description="diffusion steps; null until the schedule is generated at start-up")
+
+
+class ModelInfo(BaseModel):
+    weights: str = Field(description="weights directory name and a content hash of its files")
+    device: str
+    sample_rate: int
+    hop: int
+    n_mels: int
+    n_fft: int
+    fmin: float
+    fmax: float
+    default_rho: float | None
+    presets: dict[str, Preset]
+    max_frames: int

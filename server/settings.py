@@ -1,0 +1,34 @@
+"""Server configuration: environment variables prefixed VOCODER_, overridable by `python -m server` flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from model.vocoder import DEFAULT_WEIGHTS
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VOCODER_", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    weights: Path = DEFAULT_WEIGHTS
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: Longest mel accepted, in frames (86 frames ~ 1 s at 22050 Hz / hop 256): ~2 minutes.
+    max_frames: int = Field(86 * 120, gt=0)
+    #: Largest request body; a 2-minute float32 mel is ~3.3 MB, as JSON ~10 MB, as 16-bit WAV ~5.3 MB.
+    max_body_bytes: int = Field(32 * 2**20, gt=0)
+    #: Jobs waiting for the inference worker before new requests get 429.
+    queue_size: int = Field(32, gt=0)
+    #: How long the worker waits for companions to micro-batch with; 0 disables batching.
+    batch_wait_ms: float = Field(5.0, ge=0)
+    max_batch: int = Field(8, gt=0)
+    schedule_cache_size: int = Field(64, gt=0)
+    api_key: SecretStr | None = None
+    request_timeout_s: float = Field(300.0, gt=0)
+    shutdown_timeout_s: float = Field(30.0, ge=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -1,0 +1,68 @@
+"""The benchmarks run end to end on tiny weights (smallest sizes), so their code cannot rot."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from bench import quality, speed
+from bench.common import fmt, table
+
+
+def finite(values) -> bool:
+    return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+
+
+def check_outputs(out: Path, name: str) -> dict:
+    for suffix in ("md", "json", "png"):
+        assert (out / f"{name}.{suffix}").stat().st_size > 0
+    md = (out / f"{name}.md").read_text()
+    assert "- Hardware:" in md and "- Command: `python -m bench." in md and "git revision" in md
+    assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return json.loads((out / f"{name}.json").read_text())
+
+
+def test_quality_quick(tiny_weights: Path, shared_data: Path, tmp_path: Path) -> None:
+    argv = ["--quick", "--weights", str(tiny_weights), "--data", str(shared_data), "--clips", "2", "--seconds", "1.5",
+            "--threads", "1", "--out", str(tmp_path)]
+    assert quality.main(argv) == 0
+    data = check_outputs(tmp_path, "quality")
+    names = [r["name"] for r in data["results"]]
+    assert any(n.startswith("BDDM ours") for n in names) and any(n.startswith("DDIM linear") for n in names)
+    for r in data["results"]:
+        assert len(r["clips"]) == 2 and r["steps"] >= 1 and finite([r["rtf"]]) and r["rtf"] > 0
+        assert finite([r["summary"][k][0] for k in ("ls_mse", "mcd", "stoi", "pesq")])
+    assert "| Method | Sampler | Steps |" in (tmp_path / "quality.md").read_text()
+
+
+def test_speed_quick(tiny_weights: Path, shared_data: Path, tmp_path: Path) -> None:
+    argv = ["--quick", "--weights", str(tiny_weights), "--data", str(shared_data), "--lengths", "1", "--clients", "1",
+            "2", "--mel-seconds", "1", "1.5", "--rho", "fast", "--threads", "1", "--out", str(tmp_path)]
+    assert speed.main(argv) == 0
+    data = check_outputs(tmp_path, "speed")
+    (net,) = data["network"]
+    assert finite([net["ours_s"], net["reference_s"], net["ratio"]]) and net["max_abs_diff"] < 1e-4
+    assert data["synthesis"] and all(finite([r["rtf"]]) and r["rtf"] > 0 for r in data["synthesis"])
+    rows = data["load"]["rows"]
+    assert [(r["batching"], r["clients"]) for r in rows] == [("on", 1), ("on", 2), ("off", 1), ("off", 2)]
+    for r in rows:
+        assert r["ok"] == r["requests"] >= r["clients"] and r["errors"] == 0
+        assert finite([r["throughput"], r["p50_s"], r["p99_s"]]) and r["throughput"] > 0
+    (sched,) = data["schedule_latency"]["rows"]
+    assert not sched["first_cached"] and sched["hits_cached"] and finite([sched["miss_s"], sched["hit_s"]])
+
+
+def test_table_and_numbers() -> None:
+    assert table(["a", "b"], [["x", 1.23456], [2, float("nan")]]).splitlines() == [
+        "| a | b |", "|---|---|", "| x | 1.235 |", "| 2 | n/a |"]
+    assert [fmt(v) for v in (209.679, 0.5, 1e-6, 123456.0)] == ["209.7", "0.500", "1e-06", "1.23e+05"]
+
+
+@pytest.mark.parametrize("argv", [["--clips", "0"], ["--seconds", "-1"]])
+def test_quality_rejects_bad_sizes(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        quality.parse_args(argv)
+    assert e.value.code == 2

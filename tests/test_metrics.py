@@ -1,0 +1,66 @@
+"""Quality metrics: identity is perfect, added noise degrades every metric, and the CI helper is a t-interval."""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from model.audio import SAMPLE_RATE, load_audio
+from model.metrics import evaluate, ls_mse, mcd, mean_ci95, pesq_wb, stoi
+
+
+@pytest.fixture(scope="module")
+def speech(shared_data: Path) -> np.ndarray:
+    return load_audio(shared_data / "wavs" / "LJ001-0001.flac")[: 3 * SAMPLE_RATE]
+
+
+def noisy(x: np.ndarray, level: float, seed: int = 0) -> np.ndarray:
+    return np.clip(x + level * np.random.default_rng(seed).standard_normal(len(x)), -1, 1).astype(np.float32)
+
+
+def test_identical_audio_is_perfect(speech):
+    m = evaluate(speech, speech)
+    assert set(m) == {"ls_mse", "mcd", "stoi", "pesq"}
+    assert m["ls_mse"] == 0.0 and m["mcd"] == 0.0
+    assert m["stoi"] == pytest.approx(1.0, abs=1e-6)
+    assert m["pesq"] > 4.0
+
+
+def test_noise_degrades_every_metric(speech):
+    clean, light, heavy = (evaluate(speech, noisy(speech, s)) for s in (0.0, 0.003, 0.03))
+    for key in ("ls_mse", "mcd"):
+        assert clean[key] < light[key] < heavy[key], key
+    for key in ("stoi", "pesq"):
+        assert clean[key] > light[key] > heavy[key], key
+    assert heavy["pesq"] < 2.0 and heavy["stoi"] < 0.95
+
+
+def test_signals_are_trimmed_to_the_common_length(speech):
+    longer = np.concatenate([speech, np.ones(1000, np.float32) * 0.5])
+    assert ls_mse(speech, longer) == 0.0 and mcd(longer, speech) == 0.0
+    assert stoi(speech, longer) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_mcd_ignores_gain_which_ls_mse_sees(speech):
+    """A gain shifts every log-mel band equally: only c0 changes, and MCD leaves c0 out."""
+    assert mcd(speech, 0.5 * speech) < 0.05
+    assert ls_mse(speech, 0.5 * speech) == pytest.approx(math.log(2) ** 2, rel=0.05)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered in divide")  # pesq normalises 0 / 0 itself
+def test_pesq_without_speech_is_nan_with_a_warning():
+    silence = np.zeros(SAMPLE_RATE, np.float32)
+    with pytest.warns(RuntimeWarning, match="no utterances"):
+        assert math.isnan(pesq_wb(silence, silence))
+
+
+def test_mean_ci95_is_the_student_t_interval():
+    values = [3.1, 2.7, 3.9, 3.3, 2.8, 3.6]
+    mean, half = mean_ci95(values)
+    lo, hi = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))
+    assert mean == pytest.approx(np.mean(values)) and half == pytest.approx((hi - lo) / 2)
+    assert mean_ci95(values + [math.nan]) == (mean, half)
+    assert mean_ci95([2.0])[0] == 2.0 and math.isnan(mean_ci95([2.0])[1])
+    assert all(math.isnan(v) for v in mean_ci95([]))

@@ -1,0 +1,83 @@
+"""The trainer CLI end to end on the shared data: score -> schedule -> search -> Vocoder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model.audio import read_id_list
+from model.checkpoint import SCHEDULE_NET, read_config
+from model.scheduling import REFERENCE
+from model.train.__main__ import main
+from model.vocoder import Vocoder
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def train(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny networks: one thread is fastest
+    return subprocess.run([sys.executable, "-m", "model.train", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def trained(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny weights directory made by the three subcommands, on a few clips of the shared data."""
+    tmp = tmp_path_factory.mktemp("train-cli")
+    (tmp / "train.txt").write_text("\n".join(read_id_list(shared_data / "train.txt")[:3]) + "\n")
+    (tmp / "valid.txt").write_text(read_id_list(shared_data / "valid.txt")[0] + "\n")
+    out, wavs = tmp / "weights", str(shared_data / "wavs")
+    small = ["--batch", "2", "--segment-frames", "16", "--device", "cpu"]
+    for args in (["score", "--config", "tiny", "--out", str(out)],
+                 ["schedule", "--net", "tiny", "--weights", str(out)]):
+        r = train(*args, "--data", wavs, "--list", str(tmp / "train.txt"), "--steps", "3", *small)
+        assert r.returncode == 0, r.stderr
+    r = train("search", "--weights", str(out), "--data", wavs, "--list", str(tmp / "valid.txt"),
+              "--clips", "1", "--grid", "3", "--seconds", "0.25", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert "rho -> steps" in r.stdout
+    return out
+
+
+def test_cli_makes_a_complete_weights_dir(trained: Path):
+    config = read_config(trained)
+    assert (trained / SCHEDULE_NET).exists() and (trained / REFERENCE).exists()
+    assert config["training"]["score"]["steps"] == 3
+    schedule = config["training"]["schedule"]
+    assert schedule["steps"] == 3 and schedule["tau"] == 66 and schedule["runs"][-1]["git_revision"]
+    assert config["training"]["search"]["grid"] == 3 and config["training"]["search"]["clips"] == 1
+    search = config["search"]
+    assert set(search["presets"]) == {"fast", "balanced", "quality"}
+    assert search["default_rho"] == search["presets"]["balanced"]
+    assert all(str(r) in search["schedules"] for r in search["presets"].values())
+
+    voc = Vocoder.load(trained, device="cpu")
+    mel = voc.reference_mel[:, :10]
+    for rho in (voc.default_rho, 0.0421):  # stored, and scheduled on demand
+        audio = voc.vocode(mel, voc.schedule(rho), seed=0)
+        assert audio.shape == (10 * 256,) and np.all(np.isfinite(audio))
+
+
+def test_schedule_training_resumes(trained: Path, shared_data: Path):
+    r = train("schedule", "--weights", str(trained), "--data", str(shared_data / "wavs"),
+              "--list", str(trained.parent / "train.txt"), "--steps", "1", "--batch", "1", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert "resuming at step 3" in r.stdout
+    assert read_config(trained)["training"]["schedule"]["steps"] == 4
+
+
+@pytest.mark.parametrize("args, message", [
+    (["schedule", "--steps", "0"], "--steps must be at least 1"),
+    (["search", "--grid", "0"], "--grid must be at least 1"),
+    (["search"], "no config.json"),
+    (["schedule", "--steps", "1"], "no config.json"),
+])
+def test_bad_arguments_exit_with_code_2(tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str], message: str):
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--weights", str(tmp_path), "--data", str(tmp_path)])
+    assert e.value.code == 2 and message in capsys.readouterr().err
