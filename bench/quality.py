@@ -3,9 +3,9 @@
 For each validation clip the log-mel is computed from the real recording, vocoded by each method,
 and the result is compared with the recording (LS-MSE, MCD, STOI, wideband PESQ; `model.metrics`).
 Methods: DDPM over all T steps (the ceiling), DDIM on a linear subset of 3/7/12 steps, DiffWave's fixed
-6-step schedule, the official BDDM 7/12-step schedules, and our schedule network's schedules at the rho
-presets; every schedule is sampled with DDPM and, where it makes a point, with DDIM too. Clip i always
-uses seed i, so methods differ only in their schedule and sampler.
+6-step schedule (DDPM), and, each with both DDPM and DDIM, the official BDDM 7/12-step schedules and our
+schedule network's schedules at the rho presets. Clip i always uses seed i, so methods differ only in
+their schedule and sampler.
 """
 
 from __future__ import annotations
@@ -65,19 +65,23 @@ def official_methods(voc: Vocoder, reference: Path, quick: bool) -> tuple[list[M
     return out, notes
 
 
-def our_methods(voc: Vocoder) -> tuple[list[Method], list[str]]:
-    """Our schedule network's schedules at each rho preset, DDPM and DDIM."""
+def our_methods(voc: Vocoder, quick: bool) -> tuple[list[Method], list[str]]:
+    """Our schedule network's schedule at each rho preset (presets sharing a rho share a row), DDPM and DDIM."""
     if not voc.presets:
         return [], ["BDDM (ours) skipped: these weights have no rho presets (schedule net not trained/searched)"]
+    names: dict[float, list[str]] = {}
+    for preset, rho in voc.presets.items():
+        names.setdefault(rho, []).append(preset)
     out, notes = [], []
-    for preset, rho in sorted(voc.presets.items(), key=lambda kv: -kv[1]):
+    for rho, presets in sorted(names.items(), reverse=True):
+        label = "/".join(presets)
         try:
             schedule = voc.schedule(rho)
         except CheckpointError as e:
-            notes.append(f"BDDM (ours) {preset} skipped: {e}")
+            notes.append(f"BDDM (ours) {label} skipped: {e}")
             continue
-        out += [Method(f"BDDM ours {preset} ρ={rho:g} ({s.upper()})", f"BDDM ours ({s.upper()})", s, schedule)
-                for s in ("ddpm", "ddim")]
+        out += [Method(f"BDDM ours {label} ρ={rho:g} ({s.upper()})", f"BDDM ours ({s.upper()})", s, schedule)
+                for s in (("ddpm",) if quick else ("ddpm", "ddim"))]
     return out, notes
 
 
@@ -87,7 +91,7 @@ def run_method(voc: Vocoder, method: Method, clips: list[Clip], mels: list, seed
     for i, (clip, mel) in enumerate(zip(clips, mels)):
         audio, seconds = timed(voc.vocode, mel, method.schedule, seed=seed + i, sampler=method.sampler)
         wall += seconds
-        per_clip.append({"id": clip.id, "seconds": seconds, **metrics.evaluate(clip.audio, audio, clip.sample_rate)})
+        per_clip.append({"id": clip.id, "wall_s": seconds, **metrics.evaluate(clip.audio, audio, clip.sample_rate)})
     audio_seconds = sum(c.seconds for c in clips)
     summary = {k: metrics.mean_ci95([c[k] for c in per_clip]) for k in METRICS}
     return {"name": method.name, "family": method.family, "sampler": method.sampler, "steps": method.schedule.steps,
@@ -152,14 +156,15 @@ def plot(results: list[dict]):
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = base_parser("python -m bench.quality", __doc__)
     ap.add_argument("--reference-schedules", type=Path, default=DEFAULT_REFERENCE)
-    ap.add_argument("--clips", type=int, default=None, help="first N validation clips (default: all)")
-    ap.add_argument("--seconds", type=float, default=None, help="crop every clip to its first S seconds")
+    ap.add_argument("--clips", type=int, default=10, help="the first N validation clips (there are 20)")
+    ap.add_argument("--seconds", type=float, default=3.0, help="crop every clip to its first S seconds; 0: whole clips")
     ap.add_argument("--skip-full", action="store_true", help="leave out 200-step DDPM (slow on a CPU)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", help="where to synthesise (the RTF column is measured there)")
     args = parse_with_quick(ap, argv, {"clips": 3, "seconds": 2.0})
-    if (args.clips is not None and args.clips < 1) or (args.seconds is not None and args.seconds <= 0):
-        ap.error("--clips and --seconds must be positive")
+    if args.clips < 1 or args.seconds < 0:
+        ap.error("--clips must be positive and --seconds not negative")
+    args.seconds = args.seconds or None
     return args
 
 
@@ -171,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     clips = validation_clips(args.data, args.clips, args.seconds, voc.spec.sample_rate)
     mels = [mel_spectrogram(c.audio, voc.spec) for c in clips]
     official, notes = official_methods(voc, args.reference_schedules, args.quick)
-    ours, ours_notes = our_methods(voc)
+    ours, ours_notes = our_methods(voc, args.quick)
     notes += ours_notes
     results = [run_logged(voc, m, clips, mels, args.seed)
                for m in baseline_methods(voc.diffusion, args.quick, args.skip_full) + official + ours]

@@ -2,13 +2,15 @@
 
 Starts `python -m server` on 127.0.0.1 (a free port) with the given weights and then
   1. capacity: a few closed-loop clients for --capacity-seconds -> audio seconds per second;
-  2. burst: 4x capacity offered at once (4 x capacity_rps x --burst-seconds requests, all concurrent).
+  2. burst: 4x capacity offered at once (4 x capacity_rps x --burst-seconds requests, at least
+     --min-burst, all concurrent).
      Every request must be answered (200, or 429/503 with Retry-After); every 200 must be a WAV of
      frames * 256 finite samples, and a seeded 200 must equal the same seed vocoded alone;
   3. soak: closed-loop load with varied requests (lengths, rho, formats, some bad inputs) for
      --minutes; server RSS (process tree) is sampled at 1 min and at the end and may grow <= 10%.
-Bounded in requests (--max-requests) and time (each phase has a deadline); the server is always
-stopped with SIGTERM and must exit 0. Writes bench/results/soak.md and soak.json.
+Bounded in requests (--max-requests, --max-burst) and time (phase lengths, per-request timeouts);
+the server is always stopped with SIGTERM and must exit 0. Writes soak.md and soak.json to --out
+(bench/results); the server's log goes to runs/soak-server.log.
 
     python -m bench.soak --weights weights/default --minutes 10
 """
@@ -19,8 +21,6 @@ import argparse
 import io
 import json
 import math
-import os
-import platform
 import signal
 import socket
 import subprocess
@@ -29,19 +29,18 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
 import numpy as np
 import soundfile as sf
-import torch
 
 from model.audio import HOP, SAMPLE_RATE, load_audio, mel_spectrogram
-from model.checkpoint import git_revision
+
+from .common import DEFAULT_OUT, fmt, header, header_markdown, table
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
+SERVER_LOG = ROOT / "runs" / "soak-server.log"  # one JSON line per request: evidence, not a result to commit
 RSS_GROWTH_LIMIT = 0.10
 LSB = 1 / 32768  # 16-bit PCM step: batched vs. alone may differ by float rounding, not more
 MATCH_TOLERANCE = 4 * LSB
@@ -66,17 +65,6 @@ def tree_rss_bytes(pid: int) -> int:
         except (OSError, StopIteration, ValueError):
             continue
     return total
-
-
-def hardware() -> dict:
-    cpu = platform.processor()
-    try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                   if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available()
-            else None, "python": platform.python_version(), "torch": torch.__version__, "os": platform.platform()}
 
 
 def percentile(xs: list[float], q: float) -> float | None:
@@ -141,8 +129,8 @@ class Client:
     """Thread-safe request counter in front of one httpx connection pool."""
 
     def __init__(self, url: str, max_requests: int, connections: int, timeout: float) -> None:
-        self.http = httpx.Client(base_url=url, timeout=timeout,
-                                 limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections))
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        self.http = httpx.Client(base_url=url, timeout=timeout, limits=limits)
         self.budget, self.lock = max_requests, threading.Lock()
         self.sent = 0
 
@@ -230,13 +218,13 @@ def run(args: argparse.Namespace) -> dict:
     body = npy(mel)
     base = {"rho": args.rho} if args.rho else {}
     port = free_port()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    server = Server(args.weights, port, RESULTS / "soak-server.log", args.ready_timeout)
-    client = Client(server.url, args.max_requests, connections=max(64, args.clients), timeout=args.request_timeout)
-    report: dict = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git_revision": git_revision(),
-                    "hardware": hardware(), "command": " ".join([Path(sys.executable).name, "-m", "bench.soak"]
-                                                                + sys.argv[1:]),
-                    "server_command": " ".join(server.cmd[1:]), "mel_frames": frames, "criteria": {}}
+    SERVER_LOG.parent.mkdir(parents=True, exist_ok=True)
+    server = Server(args.weights, port, SERVER_LOG, args.ready_timeout)
+    client = Client(server.url, args.max_requests, connections=max(args.max_burst, args.clients),
+                    timeout=args.request_timeout)
+    report: dict = {"header": header("bench.soak", Path(args.weights)),
+                    "server_command": " ".join(["python", *server.cmd[1:]]), "mel_frames": frames,
+                    "min_burst": args.min_burst, "criteria": {}}
     crit = report["criteria"]
     try:
         # 1. capacity with a few clients
@@ -256,7 +244,7 @@ def run(args: argparse.Namespace) -> dict:
         seeds = list(range(args.reference_seeds))
         refs = {s: client.vocode(body, {**base, "seed": s}) for s in seeds}
         crit["references_ok"] = all(check_answer(r, frames) is None and r["status"] == 200 for r in refs.values())
-        n_burst = min(args.max_burst, max(16, math.ceil(4 * capacity_rps * args.burst_seconds)))
+        n_burst = min(args.max_burst, max(args.min_burst, math.ceil(4 * capacity_rps * args.burst_seconds)))
         start = threading.Barrier(n_burst)
 
         def one(i: int) -> dict:
@@ -274,7 +262,8 @@ def run(args: argparse.Namespace) -> dict:
         report["burst"] = {"requests": n_burst, "wall_s": round(time.monotonic() - t0, 2),
                            "status_counts": {str(k): sum(r["status"] == k for r in burst)
                                              for k in sorted({r["status"] for r in burst}, key=str)},
-                           "admitted": len(admitted), "p50_latency_s": percentile(admitted, 50),
+                           "admitted": len(admitted), "overload_exercised": len(admitted) < n_burst,
+                           "p50_latency_s": percentile(admitted, 50),
                            "p99_latency_s": percentile(admitted, 99), "max_latency_s": max(admitted, default=None),
                            "problems": problems[:10]}
         crit["burst_every_request_answered"] = all(r["status"] is not None for r in burst)
@@ -332,6 +321,8 @@ def run(args: argparse.Namespace) -> dict:
                           "p50_latency_s": percentile([r["latency"] for r in soak if r["status"] == 200], 50),
                           "p99_latency_s": percentile([r["latency"] for r in soak if r["status"] == 200], 99),
                           "rss_mib": [(t, round(b / 2**20, 1)) for t, b in rss],
+                          "rss_start_mib": round(at_1min / 2**20, 1), "rss_end_mib": round(rss[-1][1] / 2**20, 1),
+                          "refused": sum(r["expect"] == "4xx" and 400 <= (r["status"] or 0) < 500 for r in soak),
                           "rss_at_first_sample_s": sample_at, "rss_growth": round(growth, 4),
                           "problems": sorted(set(wrong))[:10]
                           + [f"bad input answered {r['status']}" for r in bad[:5]]}
@@ -348,59 +339,62 @@ def run(args: argparse.Namespace) -> dict:
     return report
 
 
-def write(report: dict) -> None:
-    (RESULTS / "soak.json").write_text(json.dumps(report, indent=1))
-    c, b, s, h = report.get("capacity", {}), report.get("burst", {}), report.get("soak", {}), report["hardware"]
-    lines = [
-        "# Soak test", "",
-        f"{report['date']}, git `{report['git_revision']}`, {h['cpu']} ({h['cores']} cores)"
-        + (f", {h['gpu']}" if h["gpu"] else "") + f", torch {h['torch']}.", "",
-        f"Command: `{report['command']}` (server: `{report['server_command']}`); "
-        f"each request vocodes a {report['mel_frames']}-frame mel "
-        f"({report['mel_frames'] * HOP / SAMPLE_RATE:.2f} s of audio).", "",
-        "| phase | numbers |", "|---|---|",
-        f"| capacity | {c.get('clients')} clients: {c.get('audio_s_per_s')} audio s/s, "
-        f"{c.get('requests_per_s')} req/s, p50 {fmt(c.get('p50_latency_s'))} |",
-        f"| burst | {b.get('requests')} concurrent requests (4x capacity): statuses {b.get('status_counts')}, "
-        f"admitted p50 {fmt(b.get('p50_latency_s'))}, p99 {fmt(b.get('p99_latency_s'))} |",
-        f"| soak | {s.get('minutes')} min, {s.get('requests')} requests ({s.get('ok')} ok, {s.get('overloaded')} "
-        f"overloaded): {s.get('audio_s_per_s')} audio s/s, p99 {fmt(s.get('p99_latency_s'))}; "
-        f"RSS MiB {s.get('rss_mib')}, growth {100 * s.get('rss_growth', 0):.1f}% |", "",
-        "| criterion | result |", "|---|---|",
-        *[f"| {k.replace('_', ' ')} | {'PASS' if v else 'FAIL'} |" for k, v in report["criteria"].items()], "",
+def write(report: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "soak.json").write_text(json.dumps(report, indent=1))
+    c, b, s = report.get("capacity", {}), report.get("burst", {}), report.get("soak", {})
+    seconds = report["mel_frames"] * HOP / SAMPLE_RATE
+    rows = [
+        ["capacity", f"{c.get('clients')} closed-loop clients for {fmt(c.get('seconds'))} s: "
+         f"{fmt(c.get('audio_s_per_s'))} audio s/s, {fmt(c.get('requests_per_s'))} req/s, "
+         f"p50 latency {fmt(c.get('p50_latency_s'))} s"],
+        ["burst", f"{b.get('requests')} requests at once (4x capacity, at least {report['min_burst']}): "
+         f"statuses {b.get('status_counts')}; admitted p50 {fmt(b.get('p50_latency_s'))} s, "
+         f"p99 {fmt(b.get('p99_latency_s'))} s"],
+        ["soak", f"{fmt(s.get('minutes'))} min, {s.get('requests')} requests ({s.get('ok')} ok, "
+         f"{s.get('overloaded')} overloaded, {s.get('refused')} bad inputs refused): {fmt(s.get('audio_s_per_s'))} "
+         f"audio s/s, p99 {fmt(s.get('p99_latency_s'))} s; RSS {fmt(s.get('rss_start_mib'))} MiB at "
+         f"{fmt(s.get('rss_at_first_sample_s'))} s, {fmt(s.get('rss_end_mib'))} MiB at the end "
+         f"({100 * s.get('rss_growth', 0):+.1f}%)"],
+    ]
+    body = [
+        f"Server: `{report['server_command']}` on loopback; each request vocodes a {report['mel_frames']}-frame mel "
+        f"({seconds:.2f} s of audio). Soak rhos: {report.get('soak_rhos')}.", "",
+        table(["phase", "result"], rows), "",
+        table(["criterion", "result"], [[k.replace("_", " "), "PASS" if v else "FAIL"]
+                                        for k, v in report["criteria"].items()]), "",
         f"**Overall: {'PASS' if report['passed'] else 'FAIL'}**",
     ]
     problems = b.get("problems", []) + s.get("problems", [])
     if problems:
-        lines += ["", "Problems seen:", *[f"- {p}" for p in problems]]
-    (RESULTS / "soak.md").write_text("\n".join(lines) + "\n")
-
-
-def fmt(seconds: float | None) -> str:
-    return "n/a" if seconds is None else f"{seconds:.2f} s"
+        body += ["", "Problems seen:", *[f"- {p}" for p in problems]]
+    (out / "soak.md").write_text(f"# Soak test\n\n{header_markdown(report['header'])}\n\n" + "\n".join(body) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--weights", default="weights/default")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--minutes", type=float, default=10.0, help="length of the sustained soak")
     p.add_argument("--clients", type=int, default=3, help="closed-loop clients for capacity and soak")
-    p.add_argument("--seconds", type=float, default=2.0, help="audio seconds per request")
+    p.add_argument("--seconds", type=float, default=1.0, help="audio seconds per request")
     p.add_argument("--audio", help="clip whose mel is vocoded (default: a synthetic voiced signal)")
     p.add_argument("--rho", help="rho or preset for capacity and burst (default: the server's)")
     p.add_argument("--soak-rho", nargs="*", default=["fast", "quality", "0.3", "0.05"],
                    help="rhos mixed into the soak (exercise the schedule cache)")
     p.add_argument("--capacity-seconds", type=float, default=30.0)
     p.add_argument("--burst-seconds", type=float, default=10.0, help="burst = 4 x capacity req/s x this, at once")
+    p.add_argument("--min-burst", type=int, default=48,
+                   help="at least this many (the default server admits 8 running + 32 queued, so 48 overloads it)")
     p.add_argument("--max-burst", type=int, default=256)
     p.add_argument("--reference-seeds", type=int, default=4)
     p.add_argument("--max-requests", type=int, default=20000, help="hard cap on requests sent")
-    p.add_argument("--request-timeout", type=float, default=300.0)
+    p.add_argument("--request-timeout", type=float, default=600.0, help="client side; the server's is 300 s")
     p.add_argument("--ready-timeout", type=float, default=300.0)
     args = p.parse_args(argv)
     report = run(args)
-    write(report)
-    print((RESULTS / "soak.md").read_text())
+    write(report, args.out)
+    print((args.out / "soak.md").read_text())
     return 0 if report["passed"] else 1
 
 

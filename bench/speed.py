@@ -113,7 +113,7 @@ def network_rows(voc: Vocoder, audio: np.ndarray, lengths: list[float], reps: in
         t = torch.tensor([voc.diffusion.steps // 2], device=dev)
         ours = median_time(lambda: eps(x, mel, t.float()), reps)
         plain = median_time(lambda: net(x, mel, t.float()), reps)
-        row = {"device": str(dev), "seconds": seconds, "ours_s": ours, "ours_plain_s": plain,
+        row = {"device": device_label(dev), "seconds": seconds, "ours_s": ours, "ours_plain_s": plain,
                "reference_s": None, "ratio": None, "max_abs_diff": None}
         if ref is not None:
             row["reference_s"] = median_time(lambda: ref(x, mel, t), reps)
@@ -131,13 +131,17 @@ def synthesis_rows(voc: Vocoder, audio: np.ndarray, schedules: dict[str, Schedul
         for label, schedule in schedules.items():
             voc.vocode(mel[:, :16], schedule, seed=0)  # warm-up
             _, wall = timed(voc.vocode, mel, schedule, seed=0)
-            rows.append({"device": str(voc.device), "schedule": label, "steps": schedule.steps, "seconds": seconds,
+            rows.append({"device": device_label(voc.device), "schedule": label, "steps": schedule.steps, "seconds": seconds,
                          "wall_s": wall, "rtf": wall / seconds})
     return rows
 
 
 def devices() -> list[str]:
     return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+
+
+def device_label(device: torch.device) -> str:
+    return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else device.type
 
 
 # --- (c) and (d): the server ------------------------------------------------------------------------
@@ -155,7 +159,7 @@ def server(weights: Path, env: dict[str, str], log: Path, start_timeout: float =
     port = free_port()
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port),
-                                 "--weights", str(weights.resolve())], env={**os.environ, **env}, cwd=REPO,
+                                 "--weights", str(weights.resolve())], env=env, cwd=REPO,
                                 stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -208,8 +212,8 @@ async def closed_loop(url: str, bodies: list[tuple[bytes, float]], rho: str, cli
     """`clients` workers each send a request as soon as their last one answered, until either bound is hit.
 
     New requests stop after `max_seconds`; requests still running are given the same time again to finish
-    and are then counted as unfinished. A 429 is recorded and its client pauses 0.1 s before retrying."""
-    done: list[tuple[float, int, float, int]] = []  # (latency, status, audio seconds, batch size)
+    and are then counted as unfinished. After a 429 the client waits Retry-After seconds (at most 5)."""
+    done: list[tuple[float, int, float, int]] = []  # (latency, HTTP status or 0, audio seconds, batch size)
     issued = 0
     start = time.perf_counter()
 
@@ -219,11 +223,15 @@ async def closed_loop(url: str, bodies: list[tuple[bytes, float]], rho: str, cli
             i, issued = issued, issued + 1
             body, seconds = bodies[i % len(bodies)]
             t0 = time.perf_counter()
-            r = await client.post(f"{url}/v1/vocode", params={"rho": rho}, content=body,
-                                  headers={"content-type": "application/x-npy"})
+            try:
+                r = await client.post(f"{url}/v1/vocode", params={"rho": rho}, content=body,
+                                      headers={"content-type": "application/x-npy"})
+            except httpx.TransportError:  # refused, reset or timed out: an error with no status
+                done.append((time.perf_counter() - t0, 0, seconds, 0))
+                continue
             done.append((time.perf_counter() - t0, r.status_code, seconds, int(r.headers.get("x-batch-size", 0))))
-            if r.status_code == 429:
-                await asyncio.sleep(0.1)
+            if r.status_code == 429:  # a polite client waits as told (capped, so a row stays bounded)
+                await asyncio.sleep(min(float(r.headers.get("retry-after", 1)), 5.0))
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(timeout=httpx.Timeout(2 * max_seconds + 60), limits=limits) as client:
@@ -273,7 +281,8 @@ def load_rows(args, voc: Vocoder, bodies: list[tuple[bytes, float]], log_dir: Pa
     """Each batching mode in its own fresh server; (d) runs first on the batching-on server (cold cache).
     Returns (load rows, schedule latencies, the device the server runs on)."""
     rows, schedules = [], None
-    for mode, env in (("on", {}), ("off", {"VOCODER_BATCH_WAIT_MS": "0"})):
+    inherited = {k: v for k, v in os.environ.items() if k != "VOCODER_BATCH_WAIT_MS"}
+    for mode, env in (("on", inherited), ("off", {**inherited, "VOCODER_BATCH_WAIT_MS": "0"})):
         with server(args.weights, env, log_dir / f"server-batching-{mode}.log") as url:
             device = httpx.get(f"{url}/v1/model", timeout=30).json()["device"]
             if schedules is None:
@@ -320,7 +329,8 @@ def load_section(load: dict, args) -> list[str]:
     lo, hi = args.mel_seconds
     return ["## Server under load", "",
             f"`python -m server` on 127.0.0.1 (device {load['device']}) in a fresh process per batching mode, closed "
-            f"loop: each client sends its next request as soon as its last one is answered. Mels of {lo:g}-{hi:g} s "
+            f"loop: each client sends its next request as soon as its last one is answered (after a 429, once "
+            f"Retry-After has passed, at most 5 s). Mels of {lo:g}-{hi:g} s "
             f"from the validation clips, rho={load['rho']}, unseeded (the server batches seeded requests only when "
             f"their lengths are equal). At most max({args.requests}, {args.per_client} x clients) requests and "
             f"{args.load_seconds:g} s of new requests per row. Throughput = audio seconds returned per wall second; "
@@ -402,7 +412,7 @@ def parse_args(argv: list[str] | None):
     ap = base_parser("python -m bench.speed", __doc__)
     ap.add_argument("--reference-schedules", type=Path, default=DEFAULT_REFERENCE)
     ap.add_argument("--lengths", type=float, nargs="+", default=[1, 5, 10, 30], help="audio seconds")
-    ap.add_argument("--reps", type=int, default=5, help="timed forward passes per length (median)")
+    ap.add_argument("--reps", type=int, default=3, help="timed forward passes per length (median)")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
     ap.add_argument("--requests", type=int, default=16, help="requests per load row, at least per-client x clients")
     ap.add_argument("--per-client", type=int, default=2, help="requests per client per load row, at least")
@@ -424,6 +434,11 @@ def server_part(args) -> tuple[dict | None, dict | None, str | None]:
     voc = Vocoder.load(args.weights, device="cpu")
     if not voc.presets:
         return None, None, "Skipped: these weights have no rho presets, so the server has no schedule to serve."
+    if args.rho not in voc.presets:
+        try:
+            float(args.rho)
+        except ValueError:
+            raise SystemExit(f"--rho {args.rho!r}: not a number nor one of the presets {sorted(voc.presets)}") from None
     bodies = request_bodies(voc, args.data, *args.mel_seconds)
     with tempfile.TemporaryDirectory() as tmp:
         rows, sched, device = load_rows(args, voc, bodies, Path(tmp))

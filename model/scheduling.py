@@ -45,7 +45,8 @@ def canonical_rho(rho: float) -> float:
 
 @torch.inference_mode()
 def noise_schedule(score_net: ScoreNet, schedule_net: ScheduleNet, mel: torch.Tensor, alpha_N: float, beta_N: float,
-                   rho: float, diffusion: Diffusion = Diffusion(), seed: int = 0, max_steps: int = MAX_STEPS) -> Schedule:
+                   rho: float, diffusion: Diffusion = Diffusion(), seed: int = 0,
+                   max_steps: int = MAX_STEPS) -> Schedule:
     """The BDDM schedule for threshold rho, scheduled on one mel (n_mels, F) (module docstring)."""
     if not (0.0 < alpha_N < 1.0 and 0.0 < beta_N < 1.0):
         raise ValueError(f"alpha_hat_N and beta_hat_N must be in (0, 1), got {alpha_N}, {beta_N}")

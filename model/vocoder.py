@@ -88,6 +88,7 @@ class Vocoder:
         """The BDDM schedule for rho: a stored one, else generated now by the schedule network."""
         from . import scheduling  # noqa: PLC0415
 
+        rho = scheduling.canonical_rho(rho)
         if rho in self.schedules:
             return self.schedules[rho]
         if self.schedule_net is None or self.reference_mel is None or "alpha_hat_N" not in self.search:

@@ -200,6 +200,9 @@ async def mel(request: Request, engine: Annotated[Engine, Depends(engine_of)]) -
     codec.require_media_type(request, codec.AUDIO_TYPES, "audio/wav or audio/flac")
     body = await codec.read_body(request, settings.max_body_bytes)
     spec = engine.vocoder.spec
+    declared = codec.audio_frames(body, spec.sample_rate, spec.hop)
+    if declared is not None and declared > settings.max_frames:
+        raise ApiError(413, "audio too long", f"{declared} frames; the limit is {settings.max_frames}")
     try:
         wav = await asyncio.to_thread(load_audio, body, spec.sample_rate)
     except AudioError as e:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import soundfile as sf
 from fastapi import Request
 from pydantic import ValidationError
 
@@ -67,6 +68,18 @@ def check_frames(mel: np.ndarray, max_frames: int) -> np.ndarray:
         raise ApiError(413, "mel too long", f"the mel has {mel.shape[-1]} frames; this server accepts at most "
                        f"{max_frames} (~{max_frames * 256 / 22050:.0f} s of audio)")
     return mel
+
+
+def audio_frames(body: bytes, sample_rate: int, hop: int) -> int | None:
+    """Mel frames the audio would give at `sample_rate`, from its header alone (None when unreadable).
+
+    Checked before decoding: resampling multiplies a low-rate file's length (a 60 kB WAV at 1 Hz is 6.6e8
+    samples at 22050 Hz), so a small body must not buy minutes of CPU and gigabytes of memory."""
+    try:
+        info = sf.info(io.BytesIO(body))
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
+        return None
+    return int(info.frames * sample_rate / info.samplerate) // hop if info.samplerate > 0 else None
 
 
 def decode_npy(body: bytes, n_mels: int) -> np.ndarray:

@@ -296,6 +296,17 @@ def test_mel_endpoint_lying_audio(client):
     assert_still_serving(client)
 
 
+@pytest.mark.parametrize("rate", [1, 8, 100])
+def test_mel_endpoint_refuses_low_rate_audio_before_resampling(client, rate):
+    """A small WAV at a tiny sample rate would resample to hours of audio: 413 from its header, at once."""
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(30_000, np.float32), rate, format="WAV", subtype="PCM_16")
+    start = time.monotonic()
+    r = client.post("/v1/mel", content=buf.getvalue(), headers={"Content-Type": "audio/wav"})
+    assert r.status_code == 413 and r.json()["detail"]
+    assert time.monotonic() - start < 10  # 160 s of resampling before the header check existed
+
+
 @FUZZ
 @given(st.binary(max_size=2048), st.sampled_from([b"", b"RIFF", b"fLaC", b"RIFF\xff\xff\xff\x7fWAVEfmt "]))
 def test_mel_endpoint_random_bytes(client, body, prefix):

@@ -74,6 +74,7 @@ def test_schedule_training_resumes(trained: Path, shared_data: Path):
 @pytest.mark.parametrize("args, message", [
     (["schedule", "--steps", "0"], "--steps must be at least 1"),
     (["search", "--grid", "0"], "--grid must be at least 1"),
+    (["search", "--rho", "1.5"], "--rho in (0, 1)"),
     (["search"], "no config.json"),
     (["schedule", "--steps", "1"], "no config.json"),
 ])

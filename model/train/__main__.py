@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--data", required=True, help="directory of audio files (wav/flac), searched recursively")
     s.add_argument("--list", dest="id_list", help="file of utterance ids to use (e.g. train.txt)")
     s.add_argument("--steps", type=int, required=True, help="steps to train in this run")
-    s.add_argument("--net", default="small", help="schedule net architecture for a new run: tiny|small|paper")
+    s.add_argument("--net", default="paper", help="schedule net architecture for a new run: tiny|small|paper")
     s.add_argument("--tau", type=int, default=66, help="grid steps the step loss jumps (BDDM's tau)")
     s.add_argument("--batch", type=int, default=8)
     s.add_argument("--segment-frames", type=int, default=32, help="mel frames per segment (x256 samples)")
@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> None:
     for key in ("steps", "batch", "segment_frames", "clips", "grid", "save_every"):
         if command != "score" and key in args and args[key] < 1:
             p.error(f"--{key.replace('_', '-')} must be at least 1")
+    if command == "search" and not (args["seconds"] > 0 and 0 < args["rho"] < 1):
+        p.error("--seconds must be positive and --rho in (0, 1)")
     if command == "score":
         train_score(ScoreTraining(**args))
         return

@@ -26,7 +26,7 @@ class ScheduleTraining:
     data: str
     steps: int
     id_list: str | None = None
-    net: str = "small"
+    net: str = "paper"
     tau: int = 66
     batch: int = 8
     segment_frames: int = 32

@@ -53,10 +53,7 @@ def run_search(job: Search) -> Path:
     config = read_config(out)
     if not (out / SCHEDULE_NET).exists() or not config.get("schedule_net"):
         raise SystemExit(f"{out} has no schedule network; run `python -m model.train schedule` first")
-    try:
-        rho = canonical_rho(job.rho)
-    except ValueError as e:
-        raise SystemExit(f"--rho: {e}") from None
+    rho = canonical_rho(job.rho)
     rt = runtime(job.device)
     diffusion, spec = Diffusion(**config["diffusion"]), MelSpec(**config["audio"])
     score_net = load_module(out / SCORE_NET, ScoreNet(ScoreNetParams(**config["score_net"]))).to(rt.device).eval()
@@ -65,8 +62,9 @@ def run_search(job: Search) -> Path:
     reference = clips[0][1]
     t0 = time.time()
     alpha_N, beta_N, score = grid_search(score_net, schedule_net, clips, diffusion, rho, job.grid, job.seed)
-    print(f"grid search ({job.grid}x{job.grid}, {len(clips)} clips of {reference.shape[-1] * spec.hop / spec.sample_rate:.2f} s, "
-          f"rho {rho:g}): alpha_hat_N {alpha_N:.4f}, beta_hat_N {beta_N:.4f}, LS-MSE {score:.4f} "
+    seconds = reference.shape[-1] * spec.hop / spec.sample_rate
+    print(f"grid search ({job.grid}x{job.grid}, {len(clips)} clips of {seconds:.2f} s, rho {rho:g}): "
+          f"alpha_hat_N {alpha_N:.4f}, beta_hat_N {beta_N:.4f}, LS-MSE {score:.4f} "
           f"({time.time() - t0:.0f} s)")
 
     # One run that stops only where BDDM does (rho = beta_1); every larger rho stops earlier on the same
@@ -84,7 +82,7 @@ def run_search(job: Search) -> Path:
                         "presets": presets, "default_rho": presets["balanced"],
                         "schedules": {str(r): s.to_dict() for r, s in sorted(schedules.items())}}
     config.setdefault("training", {})["search"] = {
-        "clips": len(clips), "clip_ids": names, "seconds": round(reference.shape[-1] * spec.hop / spec.sample_rate, 3),
+        "clips": len(clips), "clip_ids": names, "seconds": round(seconds, 3),
         "grid": job.grid, "rho": rho, "wall_seconds": round(time.time() - t0, 1), "hardware": hardware(rt),
         "data": str(job.data), "list": str(job.id_list) if job.id_list else None, "git_revision": git_revision()}
     write_config(out, config)
