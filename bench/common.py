@@ -13,6 +13,7 @@ import math
 import os
 import platform
 import shlex
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -83,26 +84,45 @@ def weights_info(directory: Path) -> dict:
             "presets": (config.get("search") or {}).get("presets")}
 
 
+def dirty_mark() -> str:
+    """'+changes' when tracked code differs from the commit, so a report never claims a revision it did not run
+    (weights/ is left out: the weights id names those)."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!weights"],
+                             capture_output=True, text=True, cwd=Path(__file__).parent.parent, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return "+changes" if out.strip() else ""
+
+
 def header(module: str, weights: Path) -> dict:
     """Everything needed to reproduce a run: machine, time, code, weights and the exact command."""
     return {"hardware": {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                          "gpu": gpu_name(), "torch": torch.__version__, "python": platform.python_version()},
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "git_revision": git_revision(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "git_revision": git_revision() + dirty_mark(),
             "weights": weights_info(weights),
             "command": " ".join(["python -m", module, *map(shlex.quote, sys.argv[1:])])}
+
+
+def architecture(params: dict | None) -> str:
+    if not params:
+        return "unknown"
+    return (f"{params['residual_channels']} channels x {params['residual_layers']} layers, "
+            f"dilation cycle {params['dilation_cycle']}")
 
 
 def header_markdown(h: dict) -> str:
     hw, w = h["hardware"], h["weights"]
     gpu = f"; GPU {hw['gpu']}" if hw["gpu"] else "; no GPU"
-    steps = f"score net {w['score_steps']} training steps"
+    steps = (f"score net {w['score_steps']} training steps" if w["score_steps"] is not None
+             else "score-net training not recorded")
     if w["schedule_steps"] is not None:
         steps += f", schedule net {w['schedule_steps']} steps"
     return "\n".join([
         f"- Hardware: {hw['cpu']}, {hw['cores']} cores ({hw['torch_threads']} torch threads){gpu}; "
         f"torch {hw['torch']}, Python {hw['python']}",
         f"- Date: {h['date']}; git revision `{h['git_revision']}`",
-        f"- Weights: `{w['id']}` ({w['dir']}; {steps}; architecture {w['score_net']})",
+        f"- Weights: `{w['id']}` ({w['dir']}; {steps}; score net {architecture(w['score_net'])})",
         f"- Command: `{h['command']}`",
     ])
 
