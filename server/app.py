@@ -151,8 +151,17 @@ Format = Annotated[Literal["wav", "flac"], Query(description="audio container, 1
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=ERRORS)
 
 
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+MEL_JSON = {"schema": {"type": "object", "required": ["mel"], "properties": {
+    "mel": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}, "description": "(80, frames)"},
+    "rho": {"type": ["number", "string"]}, "seed": {"type": "integer", "minimum": 0}}}}
+
+
 @v1.post("/vocode", response_class=Response, summary="mel (.npy or JSON) -> audio",
-         responses={200: {"content": {"audio/wav": {}, "audio/flac": {}}}})
+         responses={200: {"content": {"audio/wav": {}, "audio/flac": {}}}},
+         openapi_extra={"requestBody": {"required": True, "content": {
+             "application/octet-stream": BINARY, "application/json": MEL_JSON}}},  # and application/x-npy
+         description="Body: a .npy mel as application/x-npy or application/octet-stream, or JSON.")
 async def vocode(request: Request, engine: Annotated[Engine, Depends(ready_engine)], rho: Rho = None,
                  seed: Seed = None, format: Format = "wav") -> Response:
     settings: Settings = request.app.state.settings
@@ -194,7 +203,9 @@ async def vocode(request: Request, engine: Annotated[Engine, Depends(ready_engin
 
 
 @v1.post("/mel", response_class=Response, summary="audio (wav/flac) -> the .npy log-mel the vocoder expects",
-         responses={200: {"content": {codec.NPY_MEDIA: {}}}})
+         responses={200: {"content": {codec.NPY_MEDIA: {}}}},
+         openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": BINARY}}},
+         description="Body: wav or flac bytes as audio/wav, audio/flac or application/octet-stream.")
 async def mel(request: Request, engine: Annotated[Engine, Depends(engine_of)]) -> Response:
     settings: Settings = request.app.state.settings
     codec.require_media_type(request, codec.AUDIO_TYPES, "audio/wav or audio/flac")
