@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import math
 import os
 import platform
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 import torch
 
@@ -212,3 +215,32 @@ def timed(fn, *args, **kwargs) -> tuple[object, float]:
 def sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface, for a server started by a benchmark or a test."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_ready(proc: subprocess.Popen, url: str, timeout: float, poll: float = 0.2) -> None:
+    """Poll `url`/readyz until it answers 200; RuntimeError if the process exits or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} during start-up")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(poll)
+    raise RuntimeError(f"server not ready after {timeout:.0f} s")
+
+
+def npy_bytes(mel: np.ndarray) -> bytes:
+    """A mel as the .npy body that /v1/vocode takes."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(mel, dtype=np.float32), allow_pickle=False)
+    return buf.getvalue()

@@ -22,7 +22,6 @@ import io
 import json
 import math
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -37,19 +36,13 @@ import soundfile as sf
 
 from model.audio import HOP, SAMPLE_RATE, load_audio, mel_spectrogram
 
-from .common import DEFAULT_OUT, fmt, header, header_markdown, table
+from .common import DEFAULT_OUT, fmt, free_port, header, header_markdown, npy_bytes, table, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_LOG = ROOT / "runs" / "soak-server.log"  # one JSON line per request: evidence, not a result to commit
 RSS_GROWTH_LIMIT = 0.10
 LSB = 1 / 32768  # 16-bit PCM step: batched vs. alone may differ by float rounding, not more
 MATCH_TOLERANCE = 4 * LSB
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tree_rss_bytes(pid: int) -> int:
@@ -85,12 +78,6 @@ def test_mel(audio: str | None, seconds: float) -> np.ndarray:
     return mel_spectrogram(wav).numpy()
 
 
-def npy(mel: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, mel.astype(np.float32), allow_pickle=False)
-    return buf.getvalue()
-
-
 class Server:
     """`python -m server` as a child process; stop() sends SIGTERM and returns the exit code."""
 
@@ -99,18 +86,11 @@ class Server:
         self.url = f"http://127.0.0.1:{port}"
         self.log = log.open("wb")
         self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + ready_timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"server exited with {self.proc.returncode} during start-up; see {log}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise SystemExit(f"server not ready after {ready_timeout:.0f} s; see {log}")
+        try:
+            wait_ready(self.proc, self.url, ready_timeout, poll=0.5)
+        except RuntimeError as e:
+            self.stop()
+            raise SystemExit(f"{e}; see {log}") from None
 
     def stop(self, timeout: float = 60) -> int | None:
         if self.proc.poll() is None:
@@ -215,7 +195,7 @@ def audio_seconds(results: list[dict]) -> float:
 def run(args: argparse.Namespace) -> dict:
     mel = test_mel(args.audio, args.seconds)
     frames = mel.shape[-1]
-    body = npy(mel)
+    body = npy_bytes(mel)
     base = {"rho": args.rho} if args.rho else {}
     port = free_port()
     SERVER_LOG.parent.mkdir(parents=True, exist_ok=True)
@@ -270,7 +250,7 @@ def run(args: argparse.Namespace) -> dict:
         crit["burst_answers_correct"] = not problems and bool(admitted)
 
         # 3. sustained soak: varied requests, RSS at 1 min and at the end; rhos these weights cannot serve are skipped
-        usable = [rho for rho in args.soak_rho if client.vocode(npy(mel[:, :8]), {"rho": rho})["status"] == 200]
+        usable = [rho for rho in args.soak_rho if client.vocode(npy_bytes(mel[:, :8]), {"rho": rho})["status"] == 200]
         report["soak_rhos"] = {"used": usable, "skipped": [r for r in args.soak_rho if r not in usable]}
         presets = [None, *usable]
         lengths = [max(1, frames // 4), frames // 2, frames]
@@ -288,7 +268,7 @@ def run(args: argparse.Namespace) -> dict:
             meta = {"expect": "ok", "frames": m.shape[-1]}
             if kind == 6:  # the JSON form of the same request
                 return json.dumps({"mel": m.tolist(), "seed": params.pop("seed")}), params, "application/json", meta
-            return npy(m), params, "application/x-npy", meta
+            return npy_bytes(m), params, "application/x-npy", meta
 
         soak_s = args.minutes * 60
         sample_at = min(60.0, soak_s / 2)

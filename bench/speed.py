@@ -12,9 +12,7 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,8 +32,8 @@ from model.schedules import Schedule
 from model.score_net import ScoreNet
 from model.vocoder import Vocoder
 
-from .common import (apply_threads, base_parser, fmt, header, log_axes, parse_with_quick, table, timed,
-                     validation_clips, write_outputs)
+from .common import (apply_threads, base_parser, fmt, free_port, header, log_axes, npy_bytes, parse_with_quick,
+                     table, timed, validation_clips, wait_ready, write_outputs)
 from .quality import DEFAULT_REFERENCE, OFFICIAL
 
 REPO = Path(__file__).resolve().parent.parent
@@ -147,12 +145,6 @@ def device_label(device: torch.device) -> str:
 # --- (c) and (d): the server ------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def server(weights: Path, env: dict[str, str], log: Path, start_timeout: float = 300.0) -> Iterator[str]:
     """`python -m server` on a free local port, yielding its base URL once /readyz says ready."""
@@ -163,7 +155,10 @@ def server(weights: Path, env: dict[str, str], log: Path, start_timeout: float =
                                 stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(proc, url, start_timeout, log)
+        try:
+            wait_ready(proc, url, start_timeout)
+        except RuntimeError as e:
+            raise SystemExit(f"{e}:\n{log.read_text()[-2000:]}") from None
         yield url
     finally:
         proc.terminate()
@@ -172,26 +167,6 @@ def server(weights: Path, env: dict[str, str], log: Path, start_timeout: float =
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def wait_ready(proc: subprocess.Popen, url: str, timeout: float, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"server not ready after {timeout:.0f} s:\n{log.read_text()[-2000:]}")
-
-
-def npy_bytes(mel: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(mel, dtype=np.float32), allow_pickle=False)
-    return buf.getvalue()
 
 
 def request_bodies(voc: Vocoder, data: Path, lo: float, hi: float) -> list[tuple[bytes, float]]:

@@ -14,7 +14,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +27,7 @@ import soundfile as sf
 import torch
 from fastapi.testclient import TestClient
 
+from bench.common import free_port, wait_ready
 from model.audio import HOP, N_MELS
 from model.checkpoint import SCORE_NET
 from server import __main__ as server_main
@@ -233,12 +233,6 @@ def test_logs_carry_request_id_never_payload(make_client, caplog):
 
 # --- the real process ---------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(weights: Path, port: int) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("VOCODER_API_KEY", None)
@@ -252,16 +246,8 @@ def test_sigterm_drains_in_flight_request(tiny_weights):
     url = f"http://127.0.0.1:{port}"
     proc = start_server(tiny_weights, port)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.communicate()[0]
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "server not ready"
-            time.sleep(0.2)
+        wait_ready(proc, url, timeout=120)
+        deadline = time.monotonic() + 60
         frames = 200  # long enough to still be running when SIGTERM lands
         result = {}
 
@@ -272,7 +258,7 @@ def test_sigterm_drains_in_flight_request(tiny_weights):
         t = threading.Thread(target=request)
         t.start()
         while "vocoder_queue_wait_seconds_count 1.0" not in httpx.get(url + "/metrics", timeout=5).text:
-            assert time.monotonic() < deadline + 60 and t.is_alive(), "request never reached inference"
+            assert time.monotonic() < deadline and t.is_alive(), "request never reached inference"
             time.sleep(0.02)
         proc.send_signal(signal.SIGTERM)
         t.join(120)

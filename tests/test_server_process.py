@@ -5,25 +5,18 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import soundfile as sf
 
+from bench.common import free_port, wait_ready
 from model.audio import HOP, N_MELS
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_server_process_serves_and_exits_cleanly_on_sigterm(tiny_weights):
@@ -35,16 +28,7 @@ def test_server_process_serves_and_exits_cleanly_on_sigterm(tiny_weights):
                              "--device", "cpu"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.communicate()[0]
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "server never became ready"
-            time.sleep(0.1)
+        wait_ready(proc, url, timeout=120)
 
         buf = io.BytesIO()
         np.save(buf, np.random.default_rng(0).normal(-5, 2, (N_MELS, 16)).astype(np.float32))
