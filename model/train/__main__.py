@@ -10,35 +10,15 @@ from .score import ScoreTraining, train_score
 from .search import Search, run_search
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m model.train", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+def add_data(s: argparse.ArgumentParser, what: str = "audio files (wav/flac), searched recursively") -> None:
+    s.add_argument("--data", required=True, help=f"directory of {what}")
+    s.add_argument("--list", dest="id_list", help="file of utterance ids to use (e.g. train.txt, valid.txt)")
 
-    s = sub.add_parser("score", help="train the score network eps_theta (resumes from --out)")
-    s.add_argument("--data", required=True, help="directory of audio files (wav/flac), searched recursively")
-    s.add_argument("--list", dest="id_list", help="file of utterance ids to use (e.g. train.txt)")
-    s.add_argument("--out", required=True, help="weights directory to write (and resume from)")
+
+def add_loop(s: argparse.ArgumentParser) -> None:
+    """The options every training loop shares (score and schedule nets)."""
     s.add_argument("--steps", type=int, required=True, help="steps to train in this run")
-    s.add_argument("--config", default="small", help="architecture for a new run: tiny|small|base|large")
     s.add_argument("--batch", type=int, default=8, help="segments per step (per GPU under torchrun)")
-    s.add_argument("--segment-frames", type=int, default=32, help="mel frames per segment (x256 samples)")
-    s.add_argument("--lr", type=float, default=5e-4)
-    s.add_argument("--ema-decay", type=float, default=0.998)
-    s.add_argument("--minutes", type=float, help="stop after this much wall time")
-    s.add_argument("--save-every", type=int, default=250)
-    s.add_argument("--device", default="auto", help="auto|cpu|cuda")
-    s.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the network (default: on for CUDA)")
-    s.add_argument("--seed", type=int, default=0)
-
-    s = sub.add_parser("schedule", help="train the schedule network sigma_phi, the score net frozen (resumes)")
-    s.add_argument("--weights", required=True, help="weights directory with a trained score net; written in place")
-    s.add_argument("--data", required=True, help="directory of audio files (wav/flac), searched recursively")
-    s.add_argument("--list", dest="id_list", help="file of utterance ids to use (e.g. train.txt)")
-    s.add_argument("--steps", type=int, required=True, help="steps to train in this run")
-    s.add_argument("--net", default="paper", help="schedule net architecture for a new run: tiny|small|paper")
-    s.add_argument("--tau", type=int, default=66, help="grid steps the step loss jumps (BDDM's tau)")
-    s.add_argument("--batch", type=int, default=8)
     s.add_argument("--segment-frames", type=int, default=32, help="mel frames per segment (x256 samples)")
     s.add_argument("--lr", type=float, default=5e-4)
     s.add_argument("--minutes", type=float, help="stop after this much wall time")
@@ -48,10 +28,28 @@ def main(argv: list[str] | None = None) -> None:
                    help="torch.compile the networks (default: on for CUDA)")
     s.add_argument("--seed", type=int, default=0)
 
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m model.train", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("score", help="train the score network eps_theta (resumes from --out)")
+    add_data(s)
+    s.add_argument("--out", required=True, help="weights directory to write (and resume from)")
+    s.add_argument("--config", default="small", help="architecture for a new run: tiny|small|medium|base|large")
+    s.add_argument("--ema-decay", type=float, default=0.998)
+    add_loop(s)
+
+    s = sub.add_parser("schedule", help="train the schedule network sigma_phi, the score net frozen (resumes)")
+    s.add_argument("--weights", required=True, help="weights directory with a trained score net; written in place")
+    add_data(s)
+    s.add_argument("--net", default="paper", help="schedule net architecture for a new run: tiny|small|paper")
+    s.add_argument("--tau", type=int, default=66, help="grid steps the step loss jumps (BDDM's tau)")
+    add_loop(s)
+
     s = sub.add_parser("search", help="grid-search (alpha_hat_N, beta_hat_N), store schedules per rho and presets")
     s.add_argument("--weights", required=True, help="weights directory with score and schedule nets; written in place")
-    s.add_argument("--data", required=True, help="directory of held-out audio files")
-    s.add_argument("--list", dest="id_list", help="file of held-out utterance ids (e.g. valid.txt)")
+    add_data(s, "held-out audio files")
     s.add_argument("--clips", type=int, default=3, help="held-out clips that score each candidate")
     s.add_argument("--grid", type=int, default=9, help="candidates per axis (grid x grid pairs)")
     s.add_argument("--seconds", type=float, default=1.0, help="crop clips to this length (bounds the time)")
