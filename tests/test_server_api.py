@@ -71,6 +71,19 @@ def audio_of(r) -> np.ndarray:
 
 # --- vocoding -----------------------------------------------------------------------------------
 
+def gate_vocoder(engine, monkeypatch) -> tuple[threading.Event, threading.Event]:
+    """Hold the inference worker inside vocode: `entered` is set once it is there, `release` lets it go on."""
+    real, entered, release = engine.vocoder.vocode, threading.Event(), threading.Event()
+
+    def gated(*args, **kwargs):
+        entered.set()
+        assert release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine.vocoder, "vocode", gated)
+    return entered, release
+
+
 def test_vocode_npy_returns_16bit_wav_and_headers(client):
     r = vocode(client, mel(20), seed=1)
     assert r.headers["content-type"] == "audio/wav"
@@ -251,14 +264,7 @@ def test_limits_queue_full_and_api_key(make_client, monkeypatch):
     assert r.status_code == 413
 
     engine = client.app.state.engine
-    real, entered, release = engine.vocoder.vocode, threading.Event(), threading.Event()
-
-    def gated(*args, **kwargs):
-        entered.set()
-        assert release.wait(30)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(engine.vocoder, "vocode", gated)
+    entered, release = gate_vocoder(engine, monkeypatch)
     post = lambda: client.post("/v1/vocode", content=npy(mel()), headers={**NPY, **key})  # noqa: E731
     results = []
     threads = [threading.Thread(target=lambda: results.append(post())) for _ in range(2)]
@@ -282,14 +288,7 @@ def test_concurrent_unseeded_requests_micro_batch_and_seeded_ones_keep_their_byt
     same = [mel(6, seed=i) for i in range(3)]
     solo = [vocode(client, m, seed=i).content for i, m in enumerate(same)]
 
-    real, entered, release = engine.vocoder.vocode, threading.Event(), threading.Event()
-
-    def gated(*args, **kwargs):
-        entered.set()
-        assert release.wait(30)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(engine.vocoder, "vocode", gated)
+    entered, release = gate_vocoder(engine, monkeypatch)
     results: dict = {}
     jobs = {"blocker": (mel(4), {"rho": "fast"}), **{f"seeded{i}": (m, {"seed": i}) for i, m in enumerate(same)},
             "short": (mel(3), {}), "same": (mel(6), {}), "long": (mel(9), {})}
