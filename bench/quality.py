@@ -6,6 +6,10 @@ Methods: DDPM over all T steps (the ceiling), DDIM on a linear subset of 3/7/12 
 6-step schedule (DDPM), and, each with both DDPM and DDIM, the official BDDM 7/12-step schedules and our
 schedule network's schedules at the rho presets. Clip i always uses seed i, so methods differ only in
 their schedule and sampler.
+
+The conditioning health of the score network (`model.conditioning`) is reported beside them: the
+conditioning gain at t = 20, 60, 100 on every clip, and the silence gap of each rho preset (DDPM), the
+clip's mel with one second of silence mel on each side.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from model import metrics
 from model.audio import mel_spectrogram
 from model.checkpoint import CheckpointError
+from model.conditioning import GAIN_STEPS, conditioning_gain, silence_gap
 from model.schedules import Diffusion, Schedule, diffwave_fast, full, linear_subset
 from model.vocoder import Vocoder
 
@@ -107,12 +113,42 @@ def run_logged(voc: Vocoder, method: Method, clips: list[Clip], mels: list, seed
     return r
 
 
+def conditioning_health(voc: Vocoder, clips: list[Clip], mels: list, seed: int) -> dict:
+    """Conditioning gain per noise level, and the silence gap per rho preset (DDPM), over the clips."""
+    gains = []
+    for i, (clip, mel) in enumerate(zip(clips, mels)):
+        audio = torch.from_numpy(clip.audio[:mel.shape[-1] * voc.spec.hop])[None].to(voc.device)
+        gains.append(conditioning_gain(voc.score_net, audio, mel[None].to(voc.device), voc.diffusion, seed=seed + i))
+    gaps = {}
+    for preset, rho in sorted(voc.presets.items(), key=lambda kv: -kv[1]):
+        schedule = voc.schedule(rho)
+        gaps[preset] = {"rho": rho, "steps": schedule.steps, "db": [
+            silence_gap(lambda m, i=i: voc.vocode(m, schedule, seed=seed + i), m[None], voc.spec.hop,
+                        voc.spec.sample_rate) for i, m in enumerate(mels)]}
+    return {"gain": {t: [g[t] for g in gains] for t in GAIN_STEPS}, "silence_gap": gaps}
+
+
+def health_report(h: dict) -> str:
+    rows = [[f"conditioning gain at t = {t}", mean_pm(metrics.mean_ci95(v))] for t, v in h["gain"].items()]
+    rows += [[f"silence gap, {p} (ρ={g['rho']:g}, {g['steps']} steps, DDPM)",
+              mean_pm(metrics.mean_ci95(g["db"])) + " dB"] for p, g in h["silence_gap"].items()]
+    return "\n".join([
+        "## Conditioning health",
+        "",
+        "Does the network follow its mel (`model.conditioning`)? Conditioning gain: RMS error of x0_hat with a "
+        "silence mel / with the true mel, on each clip noised to level t (1.0: the mel is ignored). Silence gap: "
+        "RMS of the speech span / RMS of one second of silence mel on each side of it, vocoded.",
+        "",
+        table(["Measure", "Mean ± 95% CI over clips"], rows),
+    ])
+
+
 def mean_pm(mean_ci: tuple[float, float]) -> str:
     mean, half = mean_ci
     return fmt(mean) if not np.isfinite(half) else f"{fmt(mean)} ± {fmt(half)}"
 
 
-def report(results: list[dict], clips: list[Clip], args: argparse.Namespace, notes: list[str]) -> str:
+def report(results: list[dict], health: dict, clips: list[Clip], args: argparse.Namespace, notes: list[str]) -> str:
     rows = [[r["name"], r["sampler"].upper(), r["steps"], *(mean_pm(r["summary"][k]) for k in METRICS), r["rtf"]]
             for r in results]
     audio = sum(c.seconds for c in clips)
@@ -124,6 +160,7 @@ def report(results: list[dict], clips: list[Clip], args: argparse.Namespace, not
         f"RTF = synthesis wall seconds / audio seconds on {args.device.upper()} (one clip at a time, lower is faster).",
         "", table(["Method", "Sampler", "Steps", *METRICS.values(), f"RTF ({args.device})"], rows),
     ]
+    lines += ["", health_report(health)]
     if notes:
         lines += ["", "Notes:", *(f"- {n}" for n in notes)]
     return "\n".join(lines)
@@ -180,9 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     notes += ours_notes
     results = [run_logged(voc, m, clips, mels, args.seed)
                for m in baseline_methods(voc.diffusion, args.quick, args.skip_full) + official + ours]
-    write_outputs(args.out, "quality", "Quality benchmark", head, report(results, clips, args, notes),
+    health = conditioning_health(voc, clips, mels, args.seed)
+    write_outputs(args.out, "quality", "Quality benchmark", head, report(results, health, clips, args, notes),
                   {"clips": [c.id for c in clips], "seconds": args.seconds, "seed": args.seed, "notes": notes,
-                   "results": results}, plot(results))
+                   "results": results, "conditioning": health}, plot(results))
     print(f"wrote {args.out}/quality.md, quality.json, quality.png", file=sys.stderr)
     return 0
 

@@ -3,16 +3,29 @@
 Dilated residual conv layers with a gated tanh x sigmoid unit, the mel upsampled x256 by two
 transposed 2-D convs, and a sinusoidal step embedding. The step index t is continuous (a float
 0-based index on the training grid), because BDDM schedules land between training steps.
+
+The net standardises its mel input with per-band statistics of the training mels (stored in the
+config), and its convs start from Kaiming init as in lmnt's DiffWave. The raw ln-mel (mean about
+-5.7) made the conditioning a large mel-independent offset that training learned to shut off, so the
+net never followed its mel (`bench/results/conditioning.md`). Weights made before this have no
+statistics in their config and keep the raw ln-mel input they were trained with.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+#: Decades spanned by the step-embedding frequencies 10^(d i / 63) rad per step, i = 0..63. DiffWave's
+#: (1 to 10^4) suit integer steps; on a continuous index all but the lowest turn by radians within a
+#: hundredth of a step and read as noise. "smooth" (1 down to 10^-2.5) varies smoothly across the index,
+#: its slowest pair monotone over all T = 200 steps.
+STEP_FREQUENCIES = {"diffwave": 4.0, "smooth": -2.5}
 
 
 @dataclass(frozen=True)
@@ -22,6 +35,32 @@ class ScoreNetParams:
     dilation_cycle: int = 10
     n_mels: int = 80
     hop: int = 256  # the upsampler is two x16 transposed convs
+    # Per-band mean and std of the training log-mels; None: the raw ln-mel goes in (older weights).
+    mel_mean: tuple[float, ...] | None = None
+    mel_std: tuple[float, ...] | None = None
+    step_embedding: str = "diffwave"  # frequencies of the step embedding, `STEP_FREQUENCIES`
+
+    def __post_init__(self) -> None:
+        if self.step_embedding not in STEP_FREQUENCIES:
+            raise ValueError(f"step_embedding must be one of {sorted(STEP_FREQUENCIES)}")
+        if (self.mel_mean is None) != (self.mel_std is None):
+            raise ValueError("mel_mean and mel_std come together")
+        for name in ("mel_mean", "mel_std"):
+            value = getattr(self, name)
+            if value is not None:
+                value = tuple(float(v) for v in value)
+                if len(value) != self.n_mels or not all(math.isfinite(v) for v in value):
+                    raise ValueError(f"{name} needs {self.n_mels} finite values")
+                object.__setattr__(self, name, value)  # JSON lists become tuples: the params stay hashable
+        if self.mel_std is not None and min(self.mel_std) <= 0:
+            raise ValueError("mel_std must be positive")
+
+    @property
+    def normalized(self) -> bool:
+        return self.mel_mean is not None
+
+    def with_mel_stats(self, mean, std) -> "ScoreNetParams":
+        return replace(self, mel_mean=tuple(mean), mel_std=tuple(std))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -37,22 +76,23 @@ CONFIGS = {
 }
 
 
-def step_embedding(t: torch.Tensor, dim: int = 128) -> torch.Tensor:
-    """Sinusoidal embedding of a continuous step index, DiffWave's frequencies (10^(4 i / 63))."""
+def step_embedding(t: torch.Tensor, kind: str = "diffwave", dim: int = 128) -> torch.Tensor:
+    """Sinusoidal embedding of a continuous step index (`STEP_FREQUENCIES`)."""
     half = dim // 2
-    freqs = 10.0 ** (torch.arange(half, device=t.device, dtype=torch.float32) * 4.0 / (half - 1))
-    arg = t.float()[:, None] * freqs[None, :]
+    exponent = torch.arange(half, device=t.device, dtype=torch.float32) * STEP_FREQUENCIES[kind] / (half - 1)
+    arg = t.float()[:, None] * (10.0 ** exponent)[None, :]
     return torch.cat([torch.sin(arg), torch.cos(arg)], dim=1)
 
 
 class StepEmbedding(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, kind: str = "diffwave") -> None:
         super().__init__()
+        self.kind = kind
         self.proj1 = nn.Linear(128, 512)
         self.proj2 = nn.Linear(512, 512)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return F.silu(self.proj2(F.silu(self.proj1(step_embedding(t)))))
+        return F.silu(self.proj2(F.silu(self.proj1(step_embedding(t, self.kind)))))
 
 
 class MelUpsampler(nn.Module):
@@ -90,26 +130,38 @@ class ScoreNet(nn.Module):
         self.params = params
         c = params.residual_channels
         self.input_proj = nn.Conv1d(1, c, 1)
-        self.step_embedding = StepEmbedding()
+        self.step_embedding = StepEmbedding(params.step_embedding)
         self.upsampler = MelUpsampler()
         self.layers = nn.ModuleList(
             ResidualBlock(params.n_mels, c, 2 ** (i % params.dilation_cycle)) for i in range(params.residual_layers)
         )
         self.skip_proj = nn.Conv1d(c, c, 1)
         self.output_proj = nn.Conv1d(c, 1, 1)
+        for m in self.modules():
+            if isinstance(m, nn.Conv1d):
+                nn.init.kaiming_normal_(m.weight)
         nn.init.zeros_(self.output_proj.weight)
         nn.init.zeros_(self.output_proj.bias)
+        # Not in the state dict: the statistics live in the config, so older weight files still load.
+        mean, std = (params.mel_mean, params.mel_std) if params.normalized else ((0.0,) * params.n_mels,
+                                                                                  (1.0,) * params.n_mels)
+        self.register_buffer("mel_mean", torch.tensor(mean).view(1, -1, 1), persistent=False)
+        self.register_buffer("mel_std", torch.tensor(std).view(1, -1, 1), persistent=False)
 
     @property
     def receptive_field(self) -> int:
         """Samples of context on each side that can reach one output sample (the dilated convs)."""
         return sum(2 ** (i % self.params.dilation_cycle) for i in range(self.params.residual_layers))
 
+    def condition(self, mel: torch.Tensor) -> torch.Tensor:
+        """The conditioning every layer reads: the standardised ln-mel (B, n_mels, F) upsampled to (B, n_mels, S)."""
+        return self.upsampler((mel - self.mel_mean) / self.mel_std)
+
     def forward(self, x: torch.Tensor, mel: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x: (B, S) noisy audio, mel: (B, n_mels, S / hop), t: (B,) continuous step index -> eps (B, S)."""
         h = F.relu(self.input_proj(x.unsqueeze(1)))
         emb = self.step_embedding(t)
-        cond = self.upsampler(mel)
+        cond = self.condition(mel)
         skip = torch.zeros_like(h)
         for layer in self.layers:
             h, s = layer(h, cond, emb)

@@ -46,7 +46,7 @@ class Vocoder:
         dev = resolve_device(device)
         try:
             score_net = ScoreNet(ScoreNetParams(**config["score_net"]))
-        except (KeyError, TypeError) as e:
+        except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{directory}/config.json: bad score_net section ({e})") from None
         load_module(directory / SCORE_NET, score_net)
         voc = cls(score_net.to(dev).eval(), config, dev, directory=directory)

@@ -41,6 +41,22 @@ class AudioCorpus:
     def seconds(self) -> float:
         return float(self.frames.sum() * self.spec.hop / self.spec.sample_rate)
 
+    def mel_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-band mean and std of the log-mels over every frame: the score net's input standardisation."""
+        mels = torch.cat(self.mels, dim=-1).double()
+        return mels.mean(dim=-1).numpy(), mels.std(dim=-1).clamp(min=1e-3).numpy()
+
+    def fixed_clips(self, count: int, seconds: float) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """The first `count` clips, centre-cropped to one common length of at most `seconds`, as
+        (audio (B, S), mel (B, n_mels, F), ids): the same segments every time, for scoring and probes."""
+        hop = self.spec.hop
+        chosen = list(range(min(count, len(self))))
+        frames = min(max(1, round(seconds * self.spec.sample_rate / hop)), *(int(self.frames[i]) for i in chosen))
+        starts = [(int(self.frames[i]) - frames) // 2 for i in chosen]
+        audio = torch.stack([self.wavs[i][s * hop:(s + frames) * hop] for i, s in zip(chosen, starts)])
+        mels = torch.stack([self.mels[i][:, s:s + frames] for i, s in zip(chosen, starts)])
+        return audio, mels, [self.names[i] for i in chosen]
+
     def segments(self, batch: int, frames: int, generator: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch of (audio (B, frames*hop), mel (B, n_mels, frames)), clips drawn by length."""
         p = self.frames / self.frames.sum()

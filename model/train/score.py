@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from ..audio import MelSpec
 from ..checkpoint import CONFIG, SCORE_NET, git_revision, load_module, read_config, save_module, write_config
+from ..conditioning import describe, health
 from ..schedules import Diffusion
 from ..score_net import CONFIGS, ScoreNet, ScoreNetParams
 from .common import EMA, hardware, load_train_state, runtime, save_train_state
@@ -37,27 +38,42 @@ class ScoreTraining:
     device: str = "auto"
     compile: bool | None = None
     seed: int = 0
+    mel_norm: bool = True
+    step_embedding: str = "diffwave"
+    probe_list: str | None = None
+    probe_every: int = 250
+    probe_clips: int = 2
+    probe_seconds: float = 1.5
 
 
-def _score_net_for(out: Path, config_name: str) -> tuple[ScoreNet, dict]:
-    """Resume the architecture stored in `out`, else start the named config."""
+def _score_net_for(out: Path, job: ScoreTraining, corpus: AudioCorpus) -> tuple[ScoreNet, dict]:
+    """Resume the architecture stored in `out`, else start the named config (with the corpus's mel statistics)."""
     if (out / CONFIG).exists():
         config = read_config(out)
         return ScoreNet(ScoreNetParams(**config["score_net"])), config
-    if config_name not in CONFIGS:
-        raise SystemExit(f"unknown --config {config_name!r}; choose from {', '.join(CONFIGS)}")
-    params = CONFIGS[config_name]
-    config = {"audio": MelSpec().to_dict(), "diffusion": Diffusion().to_dict(), "score_net": params.to_dict(),
+    if job.config not in CONFIGS:
+        raise SystemExit(f"unknown --config {job.config!r}; choose from {', '.join(CONFIGS)}")
+    params = replace(CONFIGS[job.config], step_embedding=job.step_embedding)
+    params = params.with_mel_stats(*corpus.mel_stats()) if job.mel_norm else params
+    config = {"audio": corpus.spec.to_dict(), "diffusion": Diffusion().to_dict(), "score_net": params.to_dict(),
               "training": {}}
     return ScoreNet(params), config
+
+
+def _probe_clips(job: ScoreTraining, corpus: AudioCorpus) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """The fixed clips the conditioning probe runs on: held-out ones when `--probe-list` names them."""
+    source = AudioCorpus(job.data, job.probe_list, corpus.spec) if job.probe_list else corpus
+    audio, mel, ids = source.fixed_clips(job.probe_clips, job.probe_seconds)
+    return audio, mel, f"{'held-out' if job.probe_list else 'training'} clips {', '.join(ids)}"
 
 
 def train_score(job: ScoreTraining) -> Path:
     rt = runtime(job.device)
     out = Path(job.out)
-    net, config = _score_net_for(out, job.config)
+    spec = MelSpec(**read_config(out)["audio"]) if (out / CONFIG).exists() else MelSpec()
+    corpus = AudioCorpus(job.data, job.id_list, spec)
+    net, config = _score_net_for(out, job, corpus)
     diffusion = Diffusion(**config["diffusion"])
-    spec = MelSpec(**config["audio"])
     net.to(rt.device)
     opt = torch.optim.Adam(net.parameters(), lr=job.lr, fused=rt.device.type == "cuda")
     ema = EMA(net, job.ema_decay)
@@ -68,12 +84,16 @@ def train_score(job: ScoreTraining) -> Path:
     for g in opt.param_groups:
         g["lr"] = job.lr
     record = config["training"].setdefault("score", {"steps": 0, "wall_seconds": 0.0, "samples": 0, "runs": []})
+    record.setdefault("health", [])
+    probe_audio, probe_mel, probe_source = _probe_clips(job, corpus)
+    probe_audio, probe_mel = probe_audio.to(rt.device), probe_mel.to(rt.device)
 
-    corpus = AudioCorpus(job.data, job.id_list, spec)
     if rt.main:
         print(f"data: {len(corpus)} clips, {corpus.seconds / 60:.1f} min from {job.data}; "
-              f"score net {sum(p.numel() for p in net.parameters()) / 1e6:.2f} M params on {hardware(rt)}; "
-              f"{'resuming at step ' + str(record['steps']) if resumed else 'new run'}")
+              f"score net {sum(p.numel() for p in net.parameters()) / 1e6:.2f} M params on {hardware(rt)}, "
+              f"{'standardised' if net.params.normalized else 'raw'} ln-mel input; "
+              f"{'resuming at step ' + str(record['steps']) if resumed else 'new run'}\n"
+              f"conditioning probe every {job.probe_every} steps on the raw weights, {probe_source}")
     model = DistributedDataParallel(net) if rt.world > 1 else net
     use_compile = job.compile if job.compile is not None else rt.device.type == "cuda"
     forward = torch.compile(model) if use_compile else model
@@ -94,14 +114,30 @@ def train_score(job: ScoreTraining) -> Path:
         runs = [r for r in record["runs"] if r.get("started") != started]
         record_now = {**record, "steps": base_steps + run_steps, "wall_seconds": round(base_wall + run_seconds, 1),
                       "samples": base_samples + run_steps * job.batch * rt.world * job.segment_frames * spec.hop,
-                      "runs": runs + [{"started": started, **run}]}
+                      "runs": runs + [{"started": started, **run}], "health": history}
         config["training"]["score"] = record_now
         write_config(out, config)
+
+    history = list(record["health"])
+    loss_sum, loss_count = torch.zeros((), device=rt.device), 0
+
+    def probe() -> None:
+        """Loss since the last probe and the conditioning health of the raw weights, logged and recorded."""
+        nonlocal loss_sum, loss_count
+        h = health(net, probe_audio, probe_mel, diffusion, seed=job.seed)
+        loss = float(loss_sum) / loss_count if loss_count else None
+        loss_sum, loss_count = torch.zeros((), device=rt.device), 0
+        history.append({"step": base_steps + step, "loss": None if loss is None else round(loss, 5),
+                        "gain": {str(t): round(g, 4) for t, g in h["gain"].items()},
+                        "silence_gap_db": round(h["silence_gap_db"], 2)})
+        tqdm.write(f"step {base_steps + step}: loss {'-' if loss is None else f'{loss:.4f}'}, {describe(h)}")
 
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     base_steps, base_wall, base_samples = record["steps"], record["wall_seconds"], record["samples"]
     t0 = time.time()
     step = 0
+    if rt.main and not history:
+        probe()  # the starting point of the trend
     bar = tqdm(total=job.steps, disable=not rt.main, dynamic_ncols=True, mininterval=5)
     try:
         while step < job.steps and (job.minutes is None or time.time() - t0 < 60 * job.minutes):
@@ -114,17 +150,23 @@ def train_score(job: ScoreTraining) -> Path:
             torch.nn.utils.clip_grad_norm_(net.parameters(), job.grad_clip)
             opt.step()
             ema.update(net)
+            loss_sum += loss.detach().float()
+            loss_count += 1
             step += 1
             bar.update(1)
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}", steps_s=f"{step / (time.time() - t0):.2f}",
                                 total=base_steps + step)
+            if rt.main and step % job.probe_every == 0:
+                probe()
             if step % job.save_every == 0:
                 save(step, time.time() - t0)
     except KeyboardInterrupt:
         pass
     finally:
         bar.close()
+        if rt.main and loss_count:
+            probe()
         save(step, time.time() - t0)
     if rt.main:
         dt = time.time() - t0

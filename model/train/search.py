@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..audio import MelSpec
 from ..checkpoint import SCHEDULE_NET, SCORE_NET, git_revision, load_module, read_config, write_config
@@ -35,19 +34,6 @@ class Search:
     seed: int = 0
 
 
-def held_out_clips(corpus: AudioCorpus, count: int, seconds: float) -> tuple[list[tuple[torch.Tensor, torch.Tensor]],
-                                                                             list[str]]:
-    """The first `count` clips, centre-cropped to one common length of at most `seconds`."""
-    hop = corpus.spec.hop
-    chosen = list(range(min(count, len(corpus))))
-    frames = min(max(1, round(seconds * corpus.spec.sample_rate / hop)), *(int(corpus.frames[i]) for i in chosen))
-    clips = []
-    for i in chosen:
-        start = (int(corpus.frames[i]) - frames) // 2
-        clips.append((corpus.wavs[i][start * hop:(start + frames) * hop], corpus.mels[i][:, start:start + frames]))
-    return clips, [corpus.names[i] for i in chosen]
-
-
 def run_search(job: Search) -> Path:
     out = Path(job.weights)
     config = read_config(out)
@@ -58,8 +44,9 @@ def run_search(job: Search) -> Path:
     diffusion, spec = Diffusion(**config["diffusion"]), MelSpec(**config["audio"])
     score_net = load_module(out / SCORE_NET, ScoreNet(ScoreNetParams(**config["score_net"]))).to(rt.device).eval()
     schedule_net = load_schedule_net(out, config).to(rt.device).eval()
-    clips, names = held_out_clips(AudioCorpus(job.data, job.id_list, spec), job.clips, job.seconds)
-    reference = clips[0][1]
+    audio, mels, names = AudioCorpus(job.data, job.id_list, spec).fixed_clips(job.clips, job.seconds)
+    clips = list(zip(audio, mels))
+    reference = mels[0]
     t0 = time.time()
     alpha_N, beta_N, score = grid_search(score_net, schedule_net, clips, diffusion, rho, job.grid, job.seed)
     seconds = reference.shape[-1] * spec.hop / spec.sample_rate
