@@ -5,7 +5,8 @@ transposed 2-D convs, and a sinusoidal step embedding. The step index t is conti
 0-based index on the training grid), because BDDM schedules land between training steps.
 
 The net standardises its mel input with per-band statistics of the training mels (stored in the
-config), and its convs start from Kaiming init as in lmnt's DiffWave. The raw ln-mel (mean about
+config), its upsampler starts as linear interpolation, and its other convs from Kaiming init as in
+lmnt's DiffWave. The raw ln-mel (mean about
 -5.7) made the conditioning a large mel-independent offset that training learned to shut off, so the
 net never followed its mel (`bench/results/conditioning.md`). Weights made before this have no
 statistics in their config and keep the raw ln-mel input they were trained with.
@@ -96,12 +97,23 @@ class StepEmbedding(nn.Module):
 
 
 class MelUpsampler(nn.Module):
-    """x256 in time: two ConvTranspose2d(kernel [3, 32], stride [1, 16]) with leaky ReLU."""
+    """x256 in time: two ConvTranspose2d(kernel [3, 32], stride [1, 16]) with leaky ReLU.
+
+    Each conv starts as linear interpolation in time (a triangle kernel, whose overlapping taps sum to
+    one) and the identity across bands, with no bias: a new net reads the standardised mel itself at unit
+    scale, not the faint, partly mel-independent pattern that PyTorch's default init makes of it.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.conv1 = nn.ConvTranspose2d(1, 1, [3, 32], stride=[1, 16], padding=[1, 8])
         self.conv2 = nn.ConvTranspose2d(1, 1, [3, 32], stride=[1, 16], padding=[1, 8])
+        triangle = 1 - (torch.arange(32, dtype=torch.float32) - 15.5).abs() / 16
+        with torch.no_grad():
+            for conv in (self.conv1, self.conv2):
+                conv.weight.zero_()
+                conv.weight[0, 0, 1] = triangle
+                conv.bias.zero_()
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         x = F.leaky_relu(self.conv1(mel.unsqueeze(1)), 0.4)
