@@ -244,3 +244,27 @@ def npy_bytes(mel: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.asarray(mel, dtype=np.float32), allow_pickle=False)
     return buf.getvalue()
+
+
+def mutate(data: bytes, ops: Sequence[tuple[str, int, int, bool]], head: int = 128) -> bytes:
+    """`data` with (kind, position, byte, in_head) edits: flip a bit, set, insert or delete a byte; an edit with
+    in_head lands in the first `head` bytes (a file's header). The mutation fuzzers' one operator."""
+    b = bytearray(data)
+    for kind, pos, value, in_head in ops:
+        span = min(head, len(b)) if in_head else len(b)
+        if kind == "insert":
+            b.insert(pos % (span + 1), value)
+        elif span and kind == "flip":
+            b[pos % span] ^= 1 << (value % 8)
+        elif span and kind == "set":
+            b[pos % span] = value
+        elif span and kind == "delete":
+            del b[pos % span]
+    return bytes(b)
+
+
+def random_edits(rng: np.random.Generator, most: int = 8) -> list[tuple[str, int, int, bool]]:
+    """1..`most` random edits for `mutate`."""
+    return [(str(rng.choice(["flip", "set", "insert", "delete"])), int(rng.integers(2**20)), int(rng.integers(256)),
+             bool(rng.integers(2))) for _ in range(int(rng.integers(1, most + 1)))]
+

@@ -6,7 +6,11 @@ Starts `python -m server` on 127.0.0.1 (a free port) with the given weights and 
      --min-burst, all concurrent).
      Every request must be answered (200, or 429/503 with Retry-After); every 200 must be a WAV of
      frames * 256 finite samples, and a seeded 200 must equal the same seed vocoded alone;
-  3. soak: closed-loop load with varied requests (lengths, rho, formats, some bad inputs) for
+  3. memory: after a warm-up (--warmup-requests mixed requests and one burst), --fuzz-requests mixed
+     requests (valid mels, and .npy, JSON and WAV bodies with random byte edits, headers included)
+     with --bursts bursts of --burst-size between them; no answer may be a 5xx, and the RSS after the
+     warm-up may grow <= 10%;
+  4. soak: closed-loop load with varied requests (lengths, rho, formats, some bad inputs) for
      --minutes; server RSS (process tree) is sampled at 1 min and at the end and may grow <= 10%.
 Bounded in requests (--max-requests, --max-burst) and time (phase lengths, per-request timeouts);
 the server is always stopped with SIGTERM and must exit 0. Writes soak.md and soak.json to --out
@@ -34,9 +38,10 @@ import httpx
 import numpy as np
 import soundfile as sf
 
-from model.audio import HOP, SAMPLE_RATE, load_audio, mel_spectrogram
+from model.audio import HOP, SAMPLE_RATE, encode_audio, load_audio, mel_spectrogram
 
-from .common import DEFAULT_OUT, fmt, free_port, header, header_markdown, npy_bytes, table, wait_ready
+from .common import (DEFAULT_OUT, fmt, free_port, header, header_markdown, mutate, npy_bytes, random_edits, table,
+                     wait_ready)
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_LOG = ROOT / "runs" / "soak-server.log"  # one JSON line per request: evidence, not a result to commit
@@ -121,16 +126,17 @@ class Client:
             self.sent += 1
             return True
 
-    def vocode(self, body: bytes, params: dict, content_type: str = "application/x-npy") -> dict:
+    def vocode(self, body: bytes, params: dict, content_type: str = "application/x-npy",
+               path: str = "/v1/vocode") -> dict:
         """One request -> {status, latency, retry_after, audio (float32 or None), error}."""
         t0 = time.perf_counter()
         try:
-            r = self.http.post("/v1/vocode", content=body, params=params, headers={"Content-Type": content_type})
+            r = self.http.post(path, content=body, params=params, headers={"Content-Type": content_type})
         except httpx.HTTPError as e:
             return {"status": None, "latency": time.perf_counter() - t0, "error": f"{type(e).__name__}: {e}"}
         out = {"status": r.status_code, "latency": time.perf_counter() - t0,
                "retry_after": r.headers.get("retry-after"), "audio": None, "error": None}
-        if r.status_code == 200:
+        if r.status_code == 200 and path == "/v1/vocode":
             try:
                 out["audio"], sr = sf.read(io.BytesIO(r.content), dtype="float32")
                 if sr != SAMPLE_RATE:
@@ -188,6 +194,23 @@ def closed_loop(client: Client, n_clients: int, seconds: float, make: Callable[[
     return results
 
 
+def fuzz_request(i: int, mel: np.ndarray) -> tuple[str, bytes, str, bool]:
+    """(path, body, content type, valid) of mixed request i: a valid mel, or a .npy, JSON or WAV body with
+    random byte edits (the decoders' inputs, headers included)."""
+    rng = np.random.default_rng(i)
+    npy = npy_bytes(mel)
+    kind = i % 4
+    if kind == 0:
+        return "/v1/vocode", npy, "application/x-npy", True
+    if kind == 1:
+        return "/v1/vocode", mutate(npy, random_edits(rng)), "application/x-npy", False
+    if kind == 2:
+        doc = json.dumps({"mel": mel[:, :4].round(2).tolist(), "seed": i}).encode()
+        return "/v1/vocode", mutate(doc, random_edits(rng), head=len(doc)), "application/json", False
+    wav = encode_audio(0.1 * np.sin(np.arange(4096, dtype=np.float32) / 9), SAMPLE_RATE)
+    return "/v1/mel", mutate(wav, random_edits(rng), head=44), "audio/wav", False
+
+
 def audio_seconds(results: list[dict]) -> float:
     return sum(r["audio"].shape[0] / SAMPLE_RATE for r in results if r["status"] == 200 and r["audio"] is not None)
 
@@ -204,7 +227,7 @@ def run(args: argparse.Namespace) -> dict:
                     timeout=args.request_timeout)
     report: dict = {"header": header("bench.soak", Path(args.weights)),
                     "server_command": " ".join(["python", *server.cmd[1:]]), "mel_frames": frames,
-                    "min_burst": args.min_burst, "criteria": {}}
+                    "min_burst": args.min_burst, "burst_size": args.burst_size, "criteria": {}}
     crit = report["criteria"]
     try:
         # 1. capacity with a few clients
@@ -249,7 +272,50 @@ def run(args: argparse.Namespace) -> dict:
         crit["burst_every_request_answered"] = all(r["status"] is not None for r in burst)
         crit["burst_answers_correct"] = not problems and bool(admitted)
 
-        # 3. sustained soak: varied requests, RSS at 1 min and at the end; rhos these weights cannot serve are skipped
+        # 3. memory: RSS after a warm-up, then after mixed fuzz and valid requests with bursts between them
+        small = mel[:, :16]
+
+        def mixed(first: int, count: int) -> list[dict]:
+            def one(i: int) -> dict:
+                path, data, ctype, valid = fuzz_request(i, small)
+                res = client.vocode(data, {"seed": i} if valid else {}, ctype, path)
+                res["problem"] = (check_answer(res, small.shape[-1]) if valid else
+                                  None if res["status"] and res["status"] < 500 else f"fuzz answered {res['status']}")
+                return res
+            with ThreadPoolExecutor(args.clients) as pool:
+                return list(pool.map(one, range(first, first + count)))
+
+        def flood() -> list[dict]:
+            with ThreadPoolExecutor(args.burst_size) as pool:
+                return list(pool.map(lambda i: client.vocode(body, {**base, "seed": i}), range(args.burst_size)))
+
+        def rss_mib() -> float:
+            return round(tree_rss_bytes(server.proc.pid) / 2**20, 1)
+
+        t0 = time.monotonic()
+        memory = {"rss_mib": [("start", rss_mib())]}
+        sent = mixed(0, args.warmup_requests) + flood()
+        memory["rss_mib"].append(("after warm-up", rss_mib()))
+        per_part = math.ceil(args.fuzz_requests / max(args.bursts, 1))
+        for part in range(max(args.bursts, 1)):
+            count = min(per_part, args.fuzz_requests - part * per_part)
+            sent += mixed(args.warmup_requests + part * per_part, count)
+            if part < args.bursts:
+                sent += flood()
+            memory["rss_mib"].append((f"after {part * per_part + count} requests and burst {part + 1}", rss_mib()))
+        warm, end = memory["rss_mib"][1][1], memory["rss_mib"][-1][1]
+        problems = sorted({r["problem"] for r in sent if r.get("problem")}
+                          | {f"burst answered {r['status']}" for r in sent if "problem" not in r
+                             and check_answer(r, frames) is not None})
+        memory.update(requests=len(sent), minutes=round((time.monotonic() - t0) / 60, 2),
+                      status_counts={str(k): sum(r["status"] == k for r in sent)
+                                     for k in sorted({r["status"] for r in sent}, key=str)},
+                      growth_after_warmup=round(end / warm - 1, 4), problems=problems[:10])
+        report["memory"] = memory
+        crit["memory_no_server_errors"] = not problems
+        crit["memory_rss_growth_within_10pct"] = end / warm - 1 <= RSS_GROWTH_LIMIT
+
+        # 4. sustained soak: varied requests, RSS at 1 min and at the end; rhos these weights cannot serve are skipped
         usable = [rho for rho in args.soak_rho if client.vocode(npy_bytes(mel[:, :8]), {"rho": rho})["status"] == 200]
         report["soak_rhos"] = {"used": usable, "skipped": [r for r in args.soak_rho if r not in usable]}
         presets = [None, *usable]
@@ -337,6 +403,12 @@ def write(report: dict, out: Path) -> None:
          f"{fmt(s.get('rss_at_first_sample_s'))} s, {fmt(s.get('rss_end_mib'))} MiB at the end "
          f"({100 * s.get('rss_growth', 0):+.1f}%)"],
     ]
+    m = report.get("memory")
+    if m:
+        rows.insert(2, ["memory", f"{m['requests']} requests in {fmt(m['minutes'])} min (mixed fuzz and valid, "
+                        f"bursts of {report['burst_size']}; statuses {m['status_counts']}): RSS "
+                        + ", ".join(f"{v} MiB {k}" for k, v in m["rss_mib"])
+                        + f" ({100 * m['growth_after_warmup']:+.1f}% after warm-up)"])
     body = [
         f"Server: `{report['server_command']}` on loopback; each request vocodes a {report['mel_frames']}-frame mel "
         f"({seconds:.2f} s of audio). Soak rhos: {report.get('soak_rhos')}.", "",
@@ -345,7 +417,7 @@ def write(report: dict, out: Path) -> None:
                                         for k, v in report["criteria"].items()]), "",
         f"**Overall: {'PASS' if report['passed'] else 'FAIL'}**",
     ]
-    problems = b.get("problems", []) + s.get("problems", [])
+    problems = b.get("problems", []) + (m or {}).get("problems", []) + s.get("problems", [])
     if problems:
         body += ["", "Problems seen:", *[f"- {p}" for p in problems]]
     (out / "soak.md").write_text(f"# Soak test\n\n{header_markdown(report['header'])}\n\n" + "\n".join(body) + "\n")
@@ -368,6 +440,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="at least this many (the default server admits 8 running + 32 queued, so 48 overloads it)")
     p.add_argument("--max-burst", type=int, default=256)
     p.add_argument("--reference-seeds", type=int, default=4)
+    p.add_argument("--warmup-requests", type=int, default=200, help="memory phase: mixed requests before the baseline")
+    p.add_argument("--fuzz-requests", type=int, default=2000, help="memory phase: mixed fuzz and valid requests")
+    p.add_argument("--bursts", type=int, default=3, help="memory phase: bursts between the mixed requests")
+    p.add_argument("--burst-size", type=int, default=64)
     p.add_argument("--max-requests", type=int, default=20000, help="hard cap on requests sent")
     p.add_argument("--request-timeout", type=float, default=600.0, help="client side; the server's is 300 s")
     p.add_argument("--ready-timeout", type=float, default=300.0)

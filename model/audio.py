@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from functools import lru_cache
-from math import gcd
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,11 @@ FMIN = 0.0
 FMAX = 8000.0
 LOG_FLOOR = 1e-5
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif")
+#: Sample rates accepted for resampling. A header is the client's to write, and the polyphase filter grows
+#: with the terms of the rate ratio: a coprime rate near 2^31 Hz asked one decode for 19 GB.
+MIN_RATE, MAX_RATE = 1000, 768000
+#: Largest denominator of the resampling ratio (an approximation below 1e-7 for odd rates; exact for 8-192 kHz).
+RATIO_TERMS = 4096
 
 
 class AudioError(ValueError):
@@ -101,8 +106,10 @@ def _to_mono_at(data: np.ndarray, sr: int, target_sr: int, resample: bool) -> np
     if sr != target_sr:
         if not resample:
             raise AudioError(f"audio is {sr} Hz; this model needs {target_sr} Hz")
-        g = gcd(sr, target_sr)
-        data = resample_poly(data, target_sr // g, sr // g)
+        if not MIN_RATE <= sr <= MAX_RATE:
+            raise AudioError(f"sample rate {sr} Hz is outside the {MIN_RATE}-{MAX_RATE} Hz this server resamples")
+        ratio = Fraction(target_sr, sr).limit_denominator(RATIO_TERMS)
+        data = resample_poly(data, ratio.numerator, ratio.denominator)
     if not np.all(np.isfinite(data)):
         raise AudioError("audio contains NaN or Inf samples")
     return np.clip(data, -1.0, 1.0).astype(np.float32)
@@ -113,8 +120,10 @@ def load_audio(source: str | Path | bytes, sample_rate: int = SAMPLE_RATE, resam
     try:
         data, sr = sf.read(io.BytesIO(source) if isinstance(source, bytes) else str(source),
                            dtype="float32", always_2d=False)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-        raise AudioError(f"cannot read audio: {e}") from None
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001  untrusted bytes: whatever the decoder throws is the file's fault
+        raise AudioError(f"cannot read audio: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     return _to_mono_at(data, sr, sample_rate, resample)
 
 

@@ -4,14 +4,15 @@
 
 writes the project's log-mel (see `model.audio`) of a recording as a float32 (80, frames) `.npy`,
 the same input a TTS front end would send. `parse_mel_npy` / `validate_mel` are the one place where
-untrusted mel input is checked (by `model.synth` and the server alike); nothing is ever unpickled.
+untrusted mel input is checked (by `model.synth` and the server alike): the `.npy` header is parsed here,
+strictly, so any malformed file is a `MelError` and nothing else; nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -47,29 +48,68 @@ def validate_mel(array: np.ndarray, n_mels: int = N_MELS, max_frames: int | None
     return mel
 
 
-def _check_npy_size(data: bytes) -> None:
-    """The header must declare exactly the bytes that follow it, checked before numpy allocates anything:
-    a small body declaring a huge shape would otherwise be a MemoryError (or a large allocation)."""
-    f = io.BytesIO(data)
-    version = np.lib.format.read_magic(f)
-    if version not in ((1, 0), (2, 0)):
-        raise ValueError(f"unsupported .npy format version {version}")
-    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape, _, dtype = read_header(f)
-    if not dtype.hasobject and math.prod(shape) * dtype.itemsize != len(data) - f.tell():
-        raise ValueError(f"header declares shape {shape} of {dtype} but {len(data) - f.tell()} data bytes follow")
+#: The header dict numpy writes: exactly these three keys, in any order, with literal values only.
+_HEADER_ITEM = re.compile(r"""\s*['"](descr|fortran_order|shape)['"]\s*:\s*(?:'([^'"]*)'|"([^'"]*)"|(True|False)|"""
+                          r"""\(\s*((?:\d+\s*,\s*)*(?:\d+\s*)?)\))\s*(?:,|$)""")
+_SIMPLE_DESCR = re.compile(r"^[<>|=]?[a-zA-Z]\d{0,2}$")
+
+
+def _npy_header(data: bytes) -> tuple[np.dtype, bool, tuple[int, ...], int]:
+    """(dtype, fortran_order, shape, data offset) of a `.npy` file, read strictly by this module.
+
+    numpy's own reader hands the header to Python's tokenizer and `literal_eval`, which throw whatever a
+    corrupt header provokes (TokenError, SyntaxError, MemoryError...). Here the header is bytes in, a
+    `MelError` out: magic, version, length, then a dict of exactly descr, fortran_order and shape.
+    """
+    if len(data) < 10 or not data.startswith(NPY_MAGIC):
+        raise MelError("not a .npy file (expected a numpy array saved with numpy.save)")
+    major = data[6]
+    if major not in (1, 2, 3) or data[7] != 0:
+        raise MelError(f"unsupported .npy format version {major}.{data[7]}")
+    size_bytes = 2 if major == 1 else 4
+    start = 8 + size_bytes
+    length = int.from_bytes(data[8:start], "little")
+    if len(data) < start + length:
+        raise MelError(f".npy header declares {length} bytes but the file ends first")
+    try:
+        text = data[start:start + length].decode("latin1" if major < 3 else "utf8").strip()
+    except UnicodeDecodeError:
+        raise MelError(".npy header is not text") from None
+    if not (text.startswith("{") and text.endswith("}")):
+        raise MelError(".npy header is not a dict")
+    items, body = {}, text[1:-1].strip()
+    while body:
+        m = _HEADER_ITEM.match(body)
+        if m is None or m.group(1) in items:
+            raise MelError(f".npy header is not numpy's dict of descr, fortran_order and shape: {text[:80]!r}")
+        key, value = m.group(1), m.group(2) or m.group(3) or m.group(4) or m.group(5)
+        items[key] = m.group(5) if key == "shape" else value
+        body = body[m.end():].strip()
+    if set(items) != {"descr", "fortran_order", "shape"} or items["fortran_order"] not in ("True", "False") \
+            or not isinstance(items["descr"], str) or not _SIMPLE_DESCR.match(items["descr"]):
+        raise MelError(f".npy header has missing or malformed keys: {text[:80]!r}")
+    try:
+        dtype = np.dtype(items["descr"])
+    except TypeError:
+        raise MelError(f"unknown .npy dtype {items['descr']!r}") from None
+    shape = tuple(int(n) for n in items["shape"].replace(",", " ").split())
+    return dtype, items["fortran_order"] == "True", shape, start + length
+
+
+def read_npy(data: bytes) -> np.ndarray:
+    """The array of a `.npy` file's bytes, or a MelError; never unpickled, never allocated beyond the body."""
+    dtype, fortran, shape, offset = _npy_header(data)
+    if dtype.hasobject:
+        raise MelError("object arrays are refused (nothing sent to this server is ever unpickled)")
+    if math.prod(shape) * dtype.itemsize != len(data) - offset:
+        raise MelError(f"header declares shape {shape} of {dtype} but {len(data) - offset} data bytes follow")
+    array = np.frombuffer(data, dtype=dtype, offset=offset, count=math.prod(shape))
+    return array.reshape(shape, order="F" if fortran else "C").copy()  # writable, and free of `data`
 
 
 def parse_mel_npy(data: bytes, n_mels: int = N_MELS, max_frames: int | None = None) -> np.ndarray:
-    """The bytes of a `.npy` file -> validated float32 (n_mels, F); pickled/object data is refused."""
-    if not data.startswith(NPY_MAGIC):
-        raise MelError("not a .npy file (expected a numpy array saved with numpy.save)")
-    try:
-        _check_npy_size(data)
-        array = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, EOFError, OSError) as e:
-        raise MelError(f"cannot read .npy data: {e}") from None
-    return validate_mel(array, n_mels, max_frames)
+    """The bytes of a `.npy` file -> validated float32 (n_mels, F); any malformed input is a MelError."""
+    return validate_mel(read_npy(data), n_mels, max_frames)
 
 
 def read_mel_file(path: str | Path, n_mels: int = N_MELS) -> np.ndarray:

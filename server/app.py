@@ -44,7 +44,9 @@ ERRORS = {code: {"model": ErrorOut} for code in (400, 401, 413, 415, 422, 429, 5
 class RequestContext:
     """ASGI middleware: request id, in-flight gauge, latency histogram and one log line per request.
 
-    Routes add fields (frames, steps, rho) to `request.state.log`; the payload is never logged.
+    Routes add fields (frames, steps, rho) to `request.state.log`; the payload is never logged. It is also
+    the last resort: an exception no handler took becomes a JSON 500 that names the request id, is logged
+    with its traceback and counted, and is not re-raised, so the server keeps the client's connection.
     """
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
@@ -57,19 +59,27 @@ class RequestContext:
         request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex
         fields: dict = {}
         scope.setdefault("state", {}).update(request_id=request_id, log=fields)
-        status = 500
+        status, started = 500, False
         start = time.perf_counter()
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
             await send(message)
 
         self.metrics.in_flight.inc()
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            if started:  # half an answer is out: nothing left to do but close the connection
+                raise
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.unhandled.labels(route=route).inc()
+            log.exception(json.dumps({"request_id": request_id, "route": route, "event": "unhandled exception"}))
+            await error_response(500, "internal error", f"the server failed on this request (request id {request_id}); "
+                                 "it was logged, and the server goes on serving")(scope, receive, send_with_id)
         finally:
             duration = time.perf_counter() - start
             self.metrics.in_flight.dec()

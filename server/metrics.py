@@ -26,5 +26,7 @@ class Metrics:
                                     buckets=BATCH_BUCKETS, registry=r)
         self.cache_hits = Counter("vocoder_schedule_cache_hits", "Schedule cache hits", registry=r)
         self.cache_misses = Counter("vocoder_schedule_cache_misses", "Schedule cache misses", registry=r)
+        self.unhandled = Counter("vocoder_unhandled_exceptions", "Requests answered 500 by the last-resort handler",
+                                 ["route"], registry=r)
         self.in_flight = Gauge("vocoder_requests_in_flight", "HTTP requests being handled", registry=r)
         self.queue_depth = Gauge("vocoder_queue_depth", "Jobs waiting for the inference worker", registry=r)

@@ -75,3 +75,15 @@ def test_encode_load_round_trip_and_resampling():
 def test_unreadable_audio_is_an_audio_error(data):
     with pytest.raises(AudioError):
         load_audio(data)
+
+
+@pytest.mark.parametrize("rate", [2_000_000_011, 999, 7919])
+def test_resampling_is_bounded_whatever_rate_the_header_claims(rate):
+    """A coprime rate near 2^31 once made one small WAV allocate 19 GB in the polyphase filter."""
+    wav = bytearray(encode_audio(np.zeros(2205, np.float32), SAMPLE_RATE))
+    wav[24:28], wav[28:32] = rate.to_bytes(4, "little"), (2 * rate % 2**32).to_bytes(4, "little")
+    if rate > 768_000 or rate < 1000:
+        with pytest.raises(AudioError, match="sample rate"):
+            load_audio(bytes(wav))
+    else:  # an odd rate inside the range resamples through a bounded rational approximation
+        assert abs(len(load_audio(bytes(wav))) - 2205 * SAMPLE_RATE / rate) <= 1
