@@ -7,6 +7,8 @@
 (c) `python -m server` as a subprocess under a closed-loop load of real validation mels: throughput,
     latency percentiles and 429s against concurrency, with micro-batching on and off.
 (d) Time to the first schedule for a new rho (a schedule-cache miss) and the cost of a hit.
+(e) The per-request conditioning cache: whole synthesis at the balanced preset with each layer's
+    conditioning recomputed at every step (as before the cache) and computed once, in the same run.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 
 from model.audio import mel_spectrogram
 from model.checkpoint import read_config
-from model.sampling import windowed_eps
+from model.sampling import CONDITIONING_CACHE_BYTES, ddpm, windowed_eps
 from model.schedules import Schedule
 from model.score_net import ScoreNet
 from model.vocoder import Vocoder
@@ -72,8 +74,11 @@ def median_time(fn, reps: int) -> float:
 
 
 def reference_diffwave(net: ScoreNet, betas: np.ndarray) -> torch.nn.Module | None:
-    """lmnt-com DiffWave with our architecture and our weights (strict loading proves the layers match);
-    None when the `diffwave` package (a test extra) is not installed."""
+    """lmnt-com DiffWave with our architecture and our weights (strict loading proves the layers match); None when
+    the `diffwave` package (a test extra) is not installed or the net's step embedding is not DiffWave's. It is
+    fed the mel our net standardises internally."""
+    if net.params.step_embedding != "diffwave":
+        return None
     try:
         from diffwave.model import DiffWave  # noqa: PLC0415
         from diffwave.params import AttrDict  # noqa: PLC0415
@@ -114,9 +119,10 @@ def network_rows(voc: Vocoder, audio: np.ndarray, lengths: list[float], reps: in
         row = {"device": device_label(dev), "seconds": seconds, "ours_s": ours, "ours_plain_s": plain,
                "reference_s": None, "ratio": None, "max_abs_diff": None}
         if ref is not None:
-            row["reference_s"] = median_time(lambda: ref(x, mel, t), reps)
+            ref_mel = (mel - net.mel_mean) / net.mel_std
+            row["reference_s"] = median_time(lambda: ref(x, ref_mel, t), reps)
             row["ratio"] = plain / row["reference_s"]
-            row["max_abs_diff"] = float((net(x, mel, t.float()) - ref(x, mel, t).squeeze(1)).abs().max())
+            row["max_abs_diff"] = float((net(x, mel, t.float()) - ref(x, ref_mel, t).squeeze(1)).abs().max())
         rows.append(row)
     return rows
 
@@ -131,6 +137,26 @@ def synthesis_rows(voc: Vocoder, audio: np.ndarray, schedules: dict[str, Schedul
             _, wall = timed(voc.vocode, mel, schedule, seed=0)
             rows.append({"device": device_label(voc.device), "schedule": label, "steps": schedule.steps, "seconds": seconds,
                          "wall_s": wall, "rtf": wall / seconds})
+    return rows
+
+
+def cache_rows(voc: Vocoder, audio: np.ndarray, schedules: dict[str, Schedule], lengths: list[float],
+               reps: int) -> list[dict]:
+    """(e) Seeded DDPM at the balanced preset (else the first schedule), conditioning recomputed at every step
+    (cache_bytes=0) against cached per request; the same audio both ways."""
+    label = next((k for k in schedules if k.startswith("balanced")), next(iter(schedules)))
+    schedule, hop, rows = schedules[label], voc.spec.hop, []
+    for seconds in lengths:
+        mel = mel_of(voc, audio, seconds)[None].to(voc.device)
+
+        def run(cache_bytes: int) -> torch.Tensor:
+            return ddpm(windowed_eps(voc.score_net, cache_bytes=cache_bytes), mel, schedule, 0, hop)
+
+        uncached = median_time(lambda: run(0), reps)
+        cached = median_time(lambda: run(CONDITIONING_CACHE_BYTES), reps)
+        rows.append({"device": device_label(voc.device), "schedule": label, "steps": schedule.steps, "seconds": seconds,
+                     "uncached_s": uncached, "cached_s": cached, "speedup": uncached / cached,
+                     "same_audio": bool(torch.equal(run(0), run(CONDITIONING_CACHE_BYTES)))})
     return rows
 
 
@@ -300,6 +326,15 @@ def synthesis_section(rows: list[dict]) -> list[str]:
                   [[d, s, n, *(rtf[(d, s, L)] for L in lengths)] for d, s, n in keys])]
 
 
+def cache_section(rows: list[dict]) -> list[str]:
+    return ["## Conditioning cache", "",
+            "Whole seeded DDPM synthesis with every layer's conditioning recomputed at each step (as before the "
+            "cache) and computed once per request (`sampling.windowed_eps`), median wall time, in the same run.", "",
+            table(["Device", "Schedule", "Steps", "Audio s", "Recomputed s", "Cached s", "Speed-up", "Same audio"],
+                  [[r["device"], r["schedule"], r["steps"], r["seconds"], r["uncached_s"], r["cached_s"],
+                    r["speedup"], str(r["same_audio"])] for r in rows])]
+
+
 def load_section(load: dict, args) -> list[str]:
     lo, hi = args.mel_seconds
     return ["## Server under load", "",
@@ -327,8 +362,8 @@ def schedule_section(sched: dict) -> list[str]:
                     str(r["hits_cached"])] for r in sched["rows"]])]
 
 
-def report(net_rows, synth_rows, load, sched, server_note: str | None, notes: list[str], args) -> str:
-    parts = network_section(net_rows) + [""] + synthesis_section(synth_rows) + [""]
+def report(net_rows, synth_rows, cached_rows, load, sched, server_note: str | None, notes: list[str], args) -> str:
+    parts = network_section(net_rows) + [""] + synthesis_section(synth_rows) + [""] + cache_section(cached_rows) + [""]
     if server_note:
         parts += ["## Server under load", "", server_note]
     else:
@@ -425,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     apply_threads(args.threads)
     head = header("bench.speed", args.weights)
-    net_rows, synth_rows, notes = [], [], []
+    net_rows, synth_rows, cached_rows, notes = [], [], [], []
     audio = speech(args.data, max(args.lengths), read_config(args.weights)["audio"]["sample_rate"])
     for dev in devices():
         voc = Vocoder.load(args.weights, device=dev)
@@ -433,13 +468,15 @@ def main(argv: list[str] | None = None) -> int:
         notes += more if dev == "cpu" else []
         net_rows += network_rows(voc, audio, args.lengths, args.reps)
         synth_rows += synthesis_rows(voc, audio, schedules, args.lengths)
+        cached_rows += cache_rows(voc, audio, schedules, args.lengths, args.reps)
         print(f"network and synthesis timed on {dev}", file=sys.stderr)
     if net_rows[0]["reference_s"] is None:
         notes.append("reference DiffWave not timed: install it with `pip install --no-deps diffwave`")
     load, sched, server_note = server_part(args)
     write_outputs(args.out, "speed", "Speed benchmark", head,
-                  report(net_rows, synth_rows, load, sched, server_note, notes, args),
-                  {"network": net_rows, "synthesis": synth_rows, "load": load, "schedule_latency": sched,
+                  report(net_rows, synth_rows, cached_rows, load, sched, server_note, notes, args),
+                  {"network": net_rows, "synthesis": synth_rows, "conditioning_cache": cached_rows, "load": load,
+                   "schedule_latency": sched,
                    "notes": notes}, plot(net_rows, synth_rows, load))
     print(f"wrote {args.out}/speed.md, speed.json, speed.png", file=sys.stderr)
     return 0

@@ -3,7 +3,8 @@
 `ddpm` and `ddim` run the reverse process n = N..1 of any `Schedule`. The score network is applied
 through `windowed_eps`, which splits long inputs into overlapping windows whose margins cover the
 network's receptive field: the result equals one full pass, with memory bounded by the window size,
-so minutes of audio run without seams.
+so minutes of audio run without seams. It also keeps each window's conditioning (the upsampled mel
+through every layer's projection), which is the same at every step, for the rest of the request.
 """
 
 from __future__ import annotations
@@ -21,23 +22,45 @@ EpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 #: Window of the bounded-memory pass, in mel frames (~6 s of audio) and its context margin.
 WINDOW_FRAMES = 512
 MARGIN_FRAMES = 8
+#: Most memory one sampler call spends on cached conditioning; windows beyond it are conditioned at every step.
+CONDITIONING_CACHE_BYTES = 512 * 2**20
 
 
-def windowed_eps(net: ScoreNet, window_frames: int = WINDOW_FRAMES, margin_frames: int = MARGIN_FRAMES) -> EpsFn:
-    """eps_theta(x, mel, t) computed window by window; exact when margins cover the receptive field."""
+def windowed_eps(net: ScoreNet, window_frames: int = WINDOW_FRAMES, margin_frames: int = MARGIN_FRAMES,
+                 cache_bytes: int = CONDITIONING_CACHE_BYTES) -> EpsFn:
+    """eps_theta(x, mel, t) computed window by window; exact when margins cover the receptive field.
+
+    The first step of a request computes each window's conditioners (`ScoreNet.conditioners`) and the
+    later steps reuse them, as long as they fit in `cache_bytes` (0 turns the cache off). A new mel
+    tensor is a new request and starts a new cache.
+    """
     hop = net.params.hop
     # The mel upsampler reaches ~1 frame each side; the dilated stack reaches receptive_field samples.
     margin_frames = max(margin_frames, 2 + math.ceil(net.receptive_field / hop))
+    per_sample = 2 * net.params.residual_channels * net.params.residual_layers  # conditioner values per sample
+    cache: dict = {"mel": None, "windows": {}, "left": 0}
+
+    def window_eps(x: torch.Tensor, mel: torch.Tensor, t: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        if cache["mel"] is not mel:
+            cache.update(mel=mel, windows={}, left=cache_bytes)
+        conditioners = cache["windows"].get((lo, hi))
+        if conditioners is None:
+            size = x.shape[0] * (hi - lo) * hop * per_sample * x.element_size()
+            if size > cache["left"]:
+                return net(x, mel[:, :, lo:hi], t)
+            conditioners = cache["windows"][lo, hi] = net.conditioners(mel[:, :, lo:hi])
+            cache["left"] -= size
+        return net(x, mel[:, :, lo:hi], t, conditioners)
 
     def eps(x: torch.Tensor, mel: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         frames = mel.shape[-1]
         if frames <= window_frames + 2 * margin_frames:
-            return net(x, mel, t)
+            return window_eps(x, mel, t, 0, frames)
         out = torch.empty_like(x)
         for start in range(0, frames, window_frames):
             end = min(start + window_frames, frames)
             lo, hi = max(0, start - margin_frames), min(frames, end + margin_frames)
-            e = net(x[:, lo * hop:hi * hop], mel[:, :, lo:hi], t)
+            e = window_eps(x[:, lo * hop:hi * hop], mel, t, lo, hi)
             out[:, start * hop:end * hop] = e[:, (start - lo) * hop:(end - lo) * hop]
         return out
 

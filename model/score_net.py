@@ -129,8 +129,9 @@ class ResidualBlock(nn.Module):
         self.cond_proj = nn.Conv1d(n_mels, 2 * channels, 1)
         self.out_proj = nn.Conv1d(channels, 2 * channels, 1)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        y = self.dilated_conv(x + self.step_proj(emb).unsqueeze(-1)) + self.cond_proj(cond)
+    def forward(self, x: torch.Tensor, conditioner: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`conditioner` is this layer's projection of the conditioning, `cond_proj(ScoreNet.condition(mel))`."""
+        y = self.dilated_conv(x + self.step_proj(emb).unsqueeze(-1)) + conditioner
         gate, filt = y.chunk(2, dim=1)
         residual, skip = self.out_proj(torch.sigmoid(gate) * torch.tanh(filt)).chunk(2, dim=1)
         return (x + residual) / math.sqrt(2.0), skip
@@ -169,14 +170,22 @@ class ScoreNet(nn.Module):
         """The conditioning every layer reads: the standardised ln-mel (B, n_mels, F) upsampled to (B, n_mels, S)."""
         return self.upsampler((mel - self.mel_mean) / self.mel_std)
 
-    def forward(self, x: torch.Tensor, mel: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """x: (B, S) noisy audio, mel: (B, n_mels, S / hop), t: (B,) continuous step index -> eps (B, S)."""
+    def conditioners(self, mel: torch.Tensor) -> list[torch.Tensor]:
+        """Every layer's projection of the conditioning, (B, 2C, S) each. They do not depend on x or t, so a
+        sampler computes them once per request instead of at every step (`sampling.windowed_eps`)."""
+        cond = self.condition(mel)
+        return [layer.cond_proj(cond) for layer in self.layers]
+
+    def forward(self, x: torch.Tensor, mel: torch.Tensor, t: torch.Tensor,
+                conditioners: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """x: (B, S) noisy audio, mel: (B, n_mels, S / hop), t: (B,) continuous step index -> eps (B, S).
+        `conditioners`, when given, are `self.conditioners(mel)` computed earlier."""
         h = F.relu(self.input_proj(x.unsqueeze(1)))
         emb = self.step_embedding(t)
-        cond = self.condition(mel)
+        cond = self.condition(mel) if conditioners is None else None
         skip = torch.zeros_like(h)
-        for layer in self.layers:
-            h, s = layer(h, cond, emb)
+        for i, layer in enumerate(self.layers):
+            h, s = layer(h, layer.cond_proj(cond) if conditioners is None else conditioners[i], emb)
             skip = skip + s
         h = F.relu(self.skip_proj(skip / math.sqrt(len(self.layers))))
         return self.output_proj(h).squeeze(1)

@@ -36,6 +36,11 @@ def test_quality_quick(tiny_weights: Path, shared_data: Path, tmp_path: Path) ->
         assert len(r["clips"]) == 2 and r["steps"] >= 1 and finite([r["rtf"]]) and r["rtf"] > 0
         assert finite([r["summary"][k][0] for k in ("ls_mse", "mcd", "stoi", "pesq")])
     assert "| Method | Sampler | Steps |" in (tmp_path / "quality.md").read_text()
+    health = data["conditioning"]
+    assert set(health["gain"]) == {"20", "60", "100"} and all(len(v) == 2 and finite(v) for v in health["gain"].values())
+    assert set(health["silence_gap"]) == {"fast", "balanced", "quality"}
+    assert all(finite(g["db"]) for g in health["silence_gap"].values())
+    assert "## Conditioning health" in (tmp_path / "quality.md").read_text()
 
 
 def test_speed_quick(tiny_weights: Path, shared_data: Path, tmp_path: Path) -> None:
@@ -46,6 +51,8 @@ def test_speed_quick(tiny_weights: Path, shared_data: Path, tmp_path: Path) -> N
     (net,) = data["network"]
     assert finite([net["ours_s"], net["reference_s"], net["ratio"]]) and net["max_abs_diff"] < 1e-4
     assert data["synthesis"] and all(finite([r["rtf"]]) and r["rtf"] > 0 for r in data["synthesis"])
+    cache = data["conditioning_cache"]
+    assert cache and all(r["same_audio"] and finite([r["speedup"]]) for r in cache)
     rows = data["load"]["rows"]
     assert [(r["batching"], r["clients"]) for r in rows] == [("on", 1), ("on", 2), ("off", 1), ("off", 2)]
     for r in rows:

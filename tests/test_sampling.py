@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import tiny_nets
-from model.sampling import SAMPLERS, windowed_eps
+from model.sampling import SAMPLERS, ddpm, windowed_eps
 from model.schedules import Schedule, diffwave_fast
 from model.score_net import ScoreNet
 
@@ -80,6 +80,29 @@ def test_windowed_eps_equals_a_full_pass(net):
         windowed = windowed_eps(net, window_frames=16)(x, mel, t)
     assert full.abs().max() > 1e-3
     torch.testing.assert_close(windowed, full, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("cache_bytes", [0, 200_000, 10**9])  # off, some windows, all windows
+def test_cached_conditioning_gives_the_same_audio(net, cache_bytes):
+    g = torch.Generator().manual_seed(3)
+    mel = torch.randn(2, 80, 40, generator=g) - 5
+    schedule = Schedule.from_betas([1e-3, 0.05, 0.3])
+    reference = ddpm(windowed_eps(net, window_frames=12, cache_bytes=0), mel, schedule, seed=[1, 2])
+    torch.testing.assert_close(ddpm(windowed_eps(net, window_frames=12, cache_bytes=cache_bytes), mel, schedule,
+                                    seed=[1, 2]), reference, atol=1e-6, rtol=0)
+
+
+def test_conditioning_is_computed_once_per_window_per_request(net, monkeypatch):
+    calls = []
+    original = net.conditioners
+    monkeypatch.setattr(net, "conditioners", lambda mel: calls.append(mel.shape[-1]) or original(mel))
+    eps_fn = windowed_eps(net, window_frames=16)
+    schedule = Schedule.from_betas([1e-3, 0.05, 0.3, 0.5])
+    mel = torch.randn(1, 80, 40) - 5
+    ddpm(eps_fn, mel, schedule, seed=0)
+    assert len(calls) == 3  # three windows, four steps
+    ddpm(eps_fn, mel.clone(), schedule, seed=0)  # a new request: its own conditioning
+    assert len(calls) == 6
 
 
 MEMORY_PROBE = """
