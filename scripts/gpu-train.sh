@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# One prepared, time-budgeted training run for a lent GPU (DEVELOPERS.md: about 15 device minutes in all,
+# the 1-2 minute start included; 64 MiB goes with the call, 8 files of 16 MiB come back). It continues a
+# weights directory (step counts only grow): score net -> schedule net -> search in one --minutes budget,
+# with the conditioning health logged beside the loss, and returns the weights without the train state.
+#
+#   bash scripts/gpu-train.sh prepare          here, once: data-carry/ (the FLAC) and .whl/ (soundfile), git-ignored
+#   bash scripts/gpu-train.sh run [MINUTES]    on the device: run(command="bash scripts/gpu-train.sh run 8",
+#                                              carry=["data-carry", ".whl"], timeout_s=600)
+#   CONFIG=tiny FROM= DEVICE=cpu BATCH=2 SEGMENT=16 bash scripts/gpu-train.sh run 1     the CPU rehearsal
+#
+# FROM: the weights to continue (default weights/default; empty: a new CONFIG net). The results land in
+# $OUT (the device's return folder; runs/gpu-out here): weights/ and train.log. Copy weights/* over
+# weights/default, then measure with `python -m bench.quality` here.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=data-carry/ljspeech
+FROM=${FROM-weights/default}
+CONFIG=${CONFIG:-base}
+DEVICE=${DEVICE:-auto}
+BATCH=${BATCH:-32}
+SEGMENT=${SEGMENT:-64}
+WORK=runs/gpu
+RESULTS=${OUT:-runs/gpu-out}
+
+case "${1:-}" in
+prepare)
+  mkdir -p data-carry && cp -r ../shared/data/ljspeech data-carry/
+  python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl soundfile cffi pycparser
+  du -sh data-carry .whl
+  ;;
+run)
+  minutes=${2:-8}
+  if ! python3 -c "import soundfile" 2>/dev/null; then  # the GPU image has no soundfile: install the carried wheel
+    python3 -m pip install --quiet --no-index --no-deps --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site
+  fi
+  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+  rm -rf "$WORK" && mkdir -p "$WORK" "$RESULTS/weights"
+  if [ -n "$FROM" ]; then  # weights and EMA go on; Adam starts afresh (no train state travels)
+    find "$FROM" -maxdepth 1 -type f \( -name '*.json' -o -name '*.safetensors' \) ! -name 'train_state*' \
+      -exec cp {} "$WORK"/ \;
+  fi
+  python3 -m model.train all --data "$DATA/wavs" --list "$DATA/train.txt" --valid-list "$DATA/valid.txt" \
+    --out "$WORK" --config "$CONFIG" --minutes "$minutes" --batch "$BATCH" --segment-frames "$SEGMENT" \
+    --device "$DEVICE" --clips 8 --seconds 2 2>&1 | tr '\r' '\n' | grep -av 'it/s\]$\|s/it\]$' | tee "$RESULTS/train.log"
+  find "$WORK" -maxdepth 1 -type f ! -name 'train_state*' -exec cp {} "$RESULTS/weights/" \;
+  ls -la "$RESULTS/weights"
+  ;;
+*)
+  sed -n 2,16p "$0"
+  exit 2
+  ;;
+esac
