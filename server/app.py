@@ -28,7 +28,7 @@ from model.audio import AudioError, encode_audio, load_audio, mel_spectrogram
 from model.checkpoint import CheckpointError
 from model.vocoder import Vocoder
 
-from . import codec
+from . import codec, demo
 from .codec import ApiError
 from .engine import ClientGone, Engine, QueueFull, Unavailable
 from .metrics import Metrics
@@ -282,6 +282,7 @@ def create_app(settings: Settings | None = None, vocoder: Vocoder | None = None)
     app.add_middleware(RequestContext, metrics=metrics)
     install_error_handlers(app)
     app.include_router(v1)
+    app.include_router(demo.router)
 
     @app.get("/healthz", response_model=Health, summary="the process is alive")
     async def healthz() -> Health:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import uvicorn
 
+from bench.common import free_port
 from model.audio import SAMPLE_RATE, MelSpec
 from model.checkpoint import SCHEDULE_NET, SCORE_NET, save_module, write_config
 from model.schedule_net import CONFIGS as SCHEDULE_CONFIGS
@@ -64,3 +70,22 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_module(out / SCHEDULE_NET, schedule_net)
     run_search(Search(str(out), str(root / "data"), clips=1, grid=3, seconds=0.1, device="cpu"))
     return out
+
+
+@contextmanager
+def serving(app, ready: bool = True) -> Iterator[str]:
+    """A real uvicorn server for `app` on a free loopback port (the protocol layer included), in a thread;
+    yields its URL once started (and, with `ready`, once the engine is warm)."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="critical"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not (server.started and (not ready or app.state.engine.ready)):
+        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+

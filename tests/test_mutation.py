@@ -11,17 +11,15 @@ from __future__ import annotations
 import http.client
 import io
 import json
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.common import free_port, mutate, npy_bytes
+from bench.common import mutate, npy_bytes
+from conftest import serving
 from model import mel as mel_cli
 from model import synth
 from model.audio import N_MELS, SAMPLE_RATE, encode_audio
@@ -75,16 +73,8 @@ class KeepAlive:
 def port(tiny_weights: Path):
     """A real uvicorn server (the protocol layer is what drops connections) on tiny weights."""
     app = create_app(Settings(weights=tiny_weights, device="cpu", max_frames=MAX_FRAMES, batch_wait_ms=0))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not (server.started and app.state.engine.ready):
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.05)
-    yield server.config.port
-    server.should_exit = True
-    thread.join(30)
+    with serving(app) as url:
+        yield int(url.rsplit(":", 1)[1])
 
 
 @pytest.fixture(scope="module")
@@ -134,13 +124,8 @@ def test_a_route_that_crashes_answers_json_500_and_keeps_the_connection(tiny_wei
     async def boom() -> None:
         raise RuntimeError("a bug")
 
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="critical"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    try:
-        c = http.client.HTTPConnection("127.0.0.1", server.config.port, timeout=30)
+    with serving(app, ready=False) as url:
+        c = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]), timeout=30)
         c.request("GET", "/boom", headers={"X-Request-Id": "req-42"})
         r = c.getresponse()
         body = json.loads(r.read())
@@ -151,9 +136,6 @@ def test_a_route_that_crashes_answers_json_500_and_keeps_the_connection(tiny_wei
         assert r.status == 200 and r.read() and c.sock is sock
         c.request("GET", "/metrics")
         assert 'vocoder_unhandled_exceptions_total{route="/boom"} 1.0' in c.getresponse().read().decode()
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 # --- the CLIs share the decoder: exit 0 or 2, one line on stderr -------------------------------------
