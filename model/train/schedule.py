@@ -74,6 +74,7 @@ def train_schedule(job: ScheduleTraining) -> Path:
     score_fwd, schedule_fwd = (torch.compile(score_net), torch.compile(net)) if use_compile else (score_net, net)
     rng = np.random.default_rng(job.seed + record["steps"])
     gen = torch.Generator(rt.device).manual_seed(job.seed + record["steps"])
+    revision = git_revision()  # the code this run started with, not whatever HEAD is at save time
     started, base_steps, base_wall = time.strftime("%Y-%m-%dT%H:%M:%S"), record["steps"], record["wall_seconds"]
 
     def save(run_steps: int, run_seconds: float) -> None:
@@ -82,7 +83,7 @@ def train_schedule(job: ScheduleTraining) -> Path:
         run = {"started": started, "hardware": hardware(rt), "steps": run_steps, "batch": job.batch,
                "segment_samples": job.segment_frames * spec.hop, "lr": job.lr, "tau": job.tau,
                "wall_seconds": round(run_seconds, 1), "data": str(job.data),
-               "list": str(job.id_list) if job.id_list else None, "git_revision": git_revision()}
+               "list": str(job.id_list) if job.id_list else None, "git_revision": revision}
         runs = [r for r in record["runs"] if r.get("started") != started]
         config["schedule_net"] = net.params.to_dict()
         config["training"]["schedule"] = {"steps": base_steps + run_steps, "tau": job.tau,

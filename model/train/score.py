@@ -110,7 +110,7 @@ def train_score(job: ScoreTraining) -> Path:
                "batch": job.batch * rt.world, "segment_samples": job.segment_frames * spec.hop, "lr": job.lr,
                "ema_decay": job.ema_decay, "wall_seconds": round(run_seconds, 1),
                "steps_per_second": round(run_steps / max(run_seconds, 1e-9), 3), "data": str(job.data),
-               "list": str(job.id_list) if job.id_list else None, "git_revision": git_revision()}
+               "list": str(job.id_list) if job.id_list else None, "probe": probe_source, "git_revision": revision}
         runs = [r for r in record["runs"] if r.get("started") != started]
         record_now = {**record, "steps": base_steps + run_steps, "wall_seconds": round(base_wall + run_seconds, 1),
                       "samples": base_samples + run_steps * job.batch * rt.world * job.segment_frames * spec.hop,
@@ -132,6 +132,7 @@ def train_score(job: ScoreTraining) -> Path:
                         "silence_gap_db": round(h["silence_gap_db"], 2)})
         tqdm.write(f"step {base_steps + step}: loss {'-' if loss is None else f'{loss:.4f}'}, {describe(h)}")
 
+    revision = git_revision()  # the code this run started with, not whatever HEAD is at save time
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     base_steps, base_wall, base_samples = record["steps"], record["wall_seconds"], record["samples"]
     t0 = time.time()
