@@ -50,6 +50,8 @@ def base_parser(prog: str, doc: str) -> argparse.ArgumentParser:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="LJ Speech dir with wavs/ and valid.txt")
     ap.add_argument("--quick", action="store_true", help="a small smoke run (minutes on a CPU)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16"),
+                    help="inference precision (auto: bf16 on CUDA, fp32 on the CPU)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     return ap
 

@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     apply_threads(args.threads)
     head = header("bench.quality", args.weights)
-    voc = Vocoder.load(args.weights, device=args.device)
+    voc = Vocoder.load(args.weights, device=args.device, dtype=args.dtype)
     clips = validation_clips(args.data, args.clips, args.seconds, voc.spec.sample_rate)
     mels = [mel_spectrogram(c.audio, voc.spec) for c in clips]
     official, notes = official_methods(voc, args.reference_schedules, args.quick)

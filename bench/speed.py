@@ -463,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     net_rows, synth_rows, cached_rows, notes = [], [], [], []
     audio = speech(args.data, max(args.lengths), read_config(args.weights)["audio"]["sample_rate"])
     for dev in devices():
-        voc = Vocoder.load(args.weights, device=dev)
+        voc = Vocoder.load(args.weights, device=dev, dtype=args.dtype)
         schedules, more = bench_schedules(voc, args.reference_schedules)
         notes += more if dev == "cpu" else []
         net_rows += network_rows(voc, audio, args.lengths, args.reps)

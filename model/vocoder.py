@@ -20,6 +20,19 @@ from .score_net import ScoreNet, ScoreNetParams
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "default"
 
 
+#: Inference precisions: "auto" is bf16 on CUDA (autocast; the noise and the sampler's arithmetic stay fp32)
+#: and fp32 elsewhere.
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise CheckpointError(f"dtype must be auto, fp32 or bf16, not {dtype!r}")
+    return DTYPES[dtype]
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -37,19 +50,21 @@ class Vocoder:
     reference_mel: torch.Tensor | None = None
     directory: Path | None = None
     schedules: dict[float, Schedule] = field(default_factory=dict)
+    dtype: torch.dtype = torch.float32
 
     @classmethod
-    def load(cls, directory: str | Path = DEFAULT_WEIGHTS, device: str = "auto") -> "Vocoder":
+    def load(cls, directory: str | Path = DEFAULT_WEIGHTS, device: str = "auto", dtype: str = "auto") -> "Vocoder":
         """Load a weights directory; a missing, corrupt or mismatched file raises CheckpointError."""
         directory = Path(directory)
         config = read_config(directory)
         dev = resolve_device(device)
+        precision = resolve_dtype(dtype, dev)
         try:
             score_net = ScoreNet(ScoreNetParams(**config["score_net"]))
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{directory}/config.json: bad score_net section ({e})") from None
         load_module(directory / SCORE_NET, score_net)
-        voc = cls(score_net.to(dev).eval(), config, dev, directory=directory)
+        voc = cls(score_net.to(dev).eval(), config, dev, directory=directory, dtype=precision)
         voc._load_scheduling(directory)
         return voc
 
@@ -105,5 +120,6 @@ class Vocoder:
         single = mel.dim() == 2
         mel = (mel[None] if single else mel).to(self.device)
         eps = windowed_eps(self.score_net)
-        audio = SAMPLERS[sampler](eps, mel, schedule, seed, self.spec.hop).float().cpu().numpy()
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            audio = SAMPLERS[sampler](eps, mel, schedule, seed, self.spec.hop).float().cpu().numpy()
         return audio[0] if single else audio

@@ -54,6 +54,7 @@ class Preset(BaseModel):
 class ModelInfo(BaseModel):
     weights: str = Field(description="weights directory name and a content hash of its files")
     device: str
+    dtype: str = Field(description="inference precision: float32 or bfloat16 (autocast)")
     sample_rate: int
     hop: int
     n_mels: int
