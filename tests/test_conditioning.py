@@ -31,7 +31,10 @@ class Oracle(torch.nn.Module):
         self.clean, self.diffusion = clean, diffusion
         self.params, self.receptive_field = ScoreNetParams(), 0
 
-    def forward(self, x: torch.Tensor, mel: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def conditioners(self, mel: torch.Tensor) -> list[torch.Tensor]:
+        return []
+
+    def forward(self, x: torch.Tensor, mel: torch.Tensor, t: torch.Tensor, conditioners=None) -> torch.Tensor:
         alpha = float(self.diffusion.alpha_at(float(t[0])))
         x0 = self.clean if bool((mel > SILENCE).any()) else torch.zeros_like(x)
         return (x - alpha * x0) / math.sqrt(1 - alpha**2)
