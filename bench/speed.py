@@ -160,8 +160,13 @@ def cache_rows(voc: Vocoder, audio: np.ndarray, schedules: dict[str, Schedule], 
     return rows
 
 
-def devices() -> list[str]:
-    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+def devices(which: str) -> list[str]:
+    """--device: cpu, cuda, or all (the CPU and CUDA when present)."""
+    if which == "all":
+        return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    if which == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: CUDA is not available here")
+    return [which]
 
 
 def device_label(device: torch.device) -> str:
@@ -430,6 +435,8 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--mel-seconds", type=float, nargs=2, default=[2.0, 10.0], help="request length range")
     ap.add_argument("--rho", default="balanced", help="rho or preset the load requests ask for")
     ap.add_argument("--skip-server", action="store_true")
+    ap.add_argument("--device", choices=("all", "cpu", "cuda"), default="all",
+                    help="where (a) and (b) run; cuda writes speed-gpu.md, the others speed.md")
     args = parse_with_quick(ap, argv, {"lengths": [1, 5], "reps": 1, "clients": [1, 4], "requests": 2,
                                        "per_client": 1, "load_seconds": 20.0, "mel_seconds": [2.0, 3.0]})
     if min(args.lengths) <= 0 or min(args.reps, min(args.clients), args.requests, args.per_client) < 1:
@@ -462,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     head = header("bench.speed", args.weights)
     net_rows, synth_rows, cached_rows, notes = [], [], [], []
     audio = speech(args.data, max(args.lengths), read_config(args.weights)["audio"]["sample_rate"])
-    for dev in devices():
+    for dev in devices(args.device):
         voc = Vocoder.load(args.weights, device=dev, dtype=args.dtype)
         schedules, more = bench_schedules(voc, args.reference_schedules)
         notes += more if dev == "cpu" else []
@@ -473,12 +480,13 @@ def main(argv: list[str] | None = None) -> int:
     if net_rows[0]["reference_s"] is None:
         notes.append("reference DiffWave not timed: install it with `pip install --no-deps diffwave`")
     load, sched, server_note = server_part(args)
-    write_outputs(args.out, "speed", "Speed benchmark", head,
+    name = "speed-gpu" if args.device == "cuda" else "speed"
+    write_outputs(args.out, name, f"Speed benchmark{' (GPU)' if args.device == 'cuda' else ''}", head,
                   report(net_rows, synth_rows, cached_rows, load, sched, server_note, notes, args),
                   {"network": net_rows, "synthesis": synth_rows, "conditioning_cache": cached_rows, "load": load,
                    "schedule_latency": sched,
                    "notes": notes}, plot(net_rows, synth_rows, load))
-    print(f"wrote {args.out}/speed.md, speed.json, speed.png", file=sys.stderr)
+    print(f"wrote {args.out}/{name}.md, {name}.json, {name}.png", file=sys.stderr)
     return 0
 
 
