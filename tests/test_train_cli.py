@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,22 @@ def test_bad_arguments_exit_with_code_2(tmp_path: Path, capsys: pytest.CaptureFi
     with pytest.raises(SystemExit) as e:
         main([*args, "--weights", str(tmp_path), "--data", str(tmp_path)])
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_sigterm_stops_training_and_saves(shared_data: Path, tmp_path: Path):
+    """`docker stop` or `kill` ends the step, saves the weights, EMA and Adam state, and exits 0."""
+    (tmp_path / "train.txt").write_text(read_id_list(shared_data / "train.txt")[0] + "\n")
+    out = tmp_path / "weights"
+    proc = subprocess.Popen([sys.executable, "-m", "model.train", "score", "--config", "tiny", "--out", str(out),
+                             "--data", str(shared_data / "wavs"), "--list", str(tmp_path / "train.txt"),
+                             "--steps", "1000000", "--batch", "1", "--segment-frames", "8", "--probe-every", "5",
+                             "--probe-seconds", "0.2", "--device", "cpu"],
+                            cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("step 5:"):  # training is under way
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "SIGTERM: stopping" in rest
+    steps = read_config(out)["training"]["score"]["steps"]
+    assert steps >= 5 and (out / "train_state.safetensors").exists()

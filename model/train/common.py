@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,25 @@ def hardware(rt: Runtime) -> str:
     if rt.device.type == "cuda":
         return f"{rt.world}x {torch.cuda.get_device_name(rt.device)}"
     return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+class StopRequest:
+    """Set by SIGTERM or SIGINT (`docker stop`, `kill`, Ctrl-C), so a training loop ends its step and saves.
+
+    A background job has SIGINT ignored by its shell, and SIGTERM would otherwise end the process
+    without saving; both now just ask the loop to stop."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._request)
+
+    def _request(self, signum: int, _frame) -> None:
+        self.requested = True
+        print(f"\n{signal.Signals(signum).name}: stopping after this step and saving", flush=True)
+
+    def __bool__(self) -> bool:
+        return self.requested
 
 
 class EMA:

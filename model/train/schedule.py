@@ -15,7 +15,7 @@ from ..checkpoint import SCHEDULE_NET, SCORE_NET, git_revision, load_module, rea
 from ..schedule_net import CONFIGS, ScheduleNet, ScheduleNetParams
 from ..schedules import Diffusion
 from ..score_net import ScoreNet, ScoreNetParams
-from .common import hardware, load_train_state, runtime, save_train_state
+from .common import StopRequest, hardware, load_train_state, runtime, save_train_state
 from .data import AudioCorpus
 from .losses import step_loss
 
@@ -90,10 +90,10 @@ def train_schedule(job: ScheduleTraining) -> Path:
                                           "wall_seconds": round(base_wall + run_seconds, 1), "runs": runs + [run]}
         write_config(out, config)
 
-    t0, step = time.time(), 0
+    t0, step, stop = time.time(), 0, StopRequest()
     bar = tqdm(total=job.steps, dynamic_ncols=True, mininterval=5)
     try:
-        while step < job.steps and (job.minutes is None or time.time() - t0 < 60 * job.minutes):
+        while not stop and step < job.steps and (job.minutes is None or time.time() - t0 < 60 * job.minutes):
             audio, mel = corpus.segments(job.batch, job.segment_frames, rng)
             audio, mel = audio.to(rt.device, non_blocking=True), mel.to(rt.device, non_blocking=True)
             with rt.autocast():
@@ -107,8 +107,6 @@ def train_schedule(job: ScheduleTraining) -> Path:
             bar.set_postfix(loss=f"{loss.item():.4f}", steps_s=f"{step / (time.time() - t0):.2f}", refresh=False)
             if step % job.save_every == 0:
                 save(step, time.time() - t0)
-    except KeyboardInterrupt:
-        pass
     finally:
         bar.close()
         save(step, time.time() - t0)

@@ -16,7 +16,7 @@ from ..checkpoint import CONFIG, SCORE_NET, git_revision, load_module, read_conf
 from ..conditioning import describe, health
 from ..schedules import Diffusion
 from ..score_net import CONFIGS, ScoreNet, ScoreNetParams
-from .common import EMA, hardware, load_train_state, runtime, save_train_state
+from .common import EMA, StopRequest, hardware, load_train_state, runtime, save_train_state
 from .data import AudioCorpus
 from .losses import score_loss
 
@@ -137,11 +137,12 @@ def train_score(job: ScoreTraining) -> Path:
     base_steps, base_wall, base_samples = record["steps"], record["wall_seconds"], record["samples"]
     t0 = time.time()
     step = 0
+    stop = StopRequest()
     if rt.main and not history:
         probe()  # the starting point of the trend
     bar = tqdm(total=job.steps, disable=not rt.main, dynamic_ncols=True, mininterval=5)
     try:
-        while step < job.steps and (job.minutes is None or time.time() - t0 < 60 * job.minutes):
+        while not stop and step < job.steps and (job.minutes is None or time.time() - t0 < 60 * job.minutes):
             audio, mel = corpus.segments(job.batch, job.segment_frames, rng)
             audio, mel = audio.to(rt.device, non_blocking=True), mel.to(rt.device, non_blocking=True)
             with rt.autocast():
@@ -162,8 +163,6 @@ def train_score(job: ScoreTraining) -> Path:
                 probe()
             if step % job.save_every == 0:
                 save(step, time.time() - t0)
-    except KeyboardInterrupt:
-        pass
     finally:
         bar.close()
         if rt.main and loss_count:
