@@ -478,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
         cached_rows += cache_rows(voc, audio, schedules, args.lengths, args.reps)
         print(f"network and synthesis timed on {dev}", file=sys.stderr)
     if net_rows[0]["reference_s"] is None:
-        notes.append("reference DiffWave not timed: install it with `pip install --no-deps diffwave`")
+        notes.append("reference DiffWave not timed: the `diffwave` package is missing (`pip install --no-deps diffwave`)"
+                     " or these weights use the smooth step embedding, which lmnt's class does not have")
     load, sched, server_note = server_part(args)
     name = "speed-gpu" if args.device == "cuda" else "speed"
     write_outputs(args.out, name, f"Speed benchmark{' (GPU)' if args.device == 'cuda' else ''}", head,

@@ -4,12 +4,12 @@ Dilated residual conv layers with a gated tanh x sigmoid unit, the mel upsampled
 transposed 2-D convs, and a sinusoidal step embedding. The step index t is continuous (a float
 0-based index on the training grid), because BDDM schedules land between training steps.
 
-The net standardises its mel input with per-band statistics of the training mels (stored in the
-config), its upsampler starts as linear interpolation, and its other convs from Kaiming init as in
-lmnt's DiffWave. The raw ln-mel (mean about
--5.7) made the conditioning a large mel-independent offset that training learned to shut off, so the
-net never followed its mel (`bench/results/conditioning.md`). Weights made before this have no
-statistics in their config and keep the raw ln-mel input they were trained with.
+A new net standardises its mel input with per-band statistics of the training mels (stored in the
+config), its upsampler starts as linear interpolation, its other convs from Kaiming init as in lmnt's
+DiffWave, and its step embedding is smooth over the continuous index. The raw ln-mel (mean about -5.7)
+made the conditioning a faint pattern the net did not learn to read, so it ignored its mel
+(`bench/results/conditioning.md`). Weights made before this have neither statistics nor an embedding
+kind in their config, and keep the raw ln-mel input and DiffWave embedding they were trained with.
 """
 
 from __future__ import annotations

@@ -78,7 +78,7 @@ def add_probe(s: argparse.ArgumentParser) -> None:
     """Conditioning health (`model.conditioning`), logged beside the loss, and the mel input of a new net."""
     s.add_argument("--mel-norm", action=argparse.BooleanOptionalAction, default=True,
                    help="a new net standardises its mel with the corpus's per-band statistics (default: on)")
-    s.add_argument("--step-embedding", choices=("diffwave", "smooth"), default="diffwave",
+    s.add_argument("--step-embedding", choices=("diffwave", "smooth"), default="smooth",
                    help="step-embedding frequencies of a new net (model.score_net.STEP_FREQUENCIES)")
     s.add_argument("--probe-every", type=int, default=250, help="steps between conditioning probes")
     s.add_argument("--probe-clips", type=int, default=2)

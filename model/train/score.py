@@ -39,7 +39,7 @@ class ScoreTraining:
     compile: bool | None = None
     seed: int = 0
     mel_norm: bool = True
-    step_embedding: str = "diffwave"
+    step_embedding: str = "smooth"
     probe_list: str | None = None
     probe_every: int = 250
     probe_clips: int = 2
