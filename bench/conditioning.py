@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(load_run(label, Path(directory)))
     head = header("bench.conditioning", Path(runs[0]["dir"]))
     write_outputs(args.out, "conditioning", "Conditioning: which design follows its mel", head,
-                  report(runs, args.note), {"runs": runs, "notes": args.note}, plot(runs))
+                  report(runs, args.note), {"runs": runs, "notes": args.note}, plot, runs)
     print(f"wrote {args.out}/conditioning.md, conditioning.json, conditioning.png", file=sys.stderr)
     return 0
 

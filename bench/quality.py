@@ -30,12 +30,10 @@ from model.conditioning import GAIN_STEPS, conditioning_gain, silence_gap
 from model.schedules import Diffusion, Schedule, diffwave_fast, full, linear_subset
 from model.vocoder import Vocoder
 
-from .common import (Clip, apply_threads, base_parser, fmt, header, log_axes, parse_with_quick, table, timed,
-                     validation_clips, write_outputs)
+from .common import (DEFAULT_REFERENCE, OFFICIAL, Clip, apply_threads, base_parser, fmt, header, log_axes,
+                     parse_with_quick, table, timed, validation_clips, write_outputs)
 
 METRICS = {"ls_mse": "LS-MSE ↓", "mcd": "MCD dB ↓", "stoi": "STOI ↑", "pesq": "PESQ-WB ↑"}
-DEFAULT_REFERENCE = Path("../shared/data/reference-schedules")
-OFFICIAL = "bddm-official-ljspeech-{}steps.json"
 
 
 @dataclass(frozen=True)
@@ -220,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     health = conditioning_health(voc, clips, mels, args.seed)
     write_outputs(args.out, "quality", "Quality benchmark", head, report(results, health, clips, args, notes),
                   {"clips": [c.id for c in clips], "seconds": args.seconds, "seed": args.seed, "notes": notes,
-                   "results": results, "conditioning": health}, plot(results))
+                   "results": results, "conditioning": health}, plot, results)
     print(f"wrote {args.out}/quality.md, quality.json, quality.png", file=sys.stderr)
     return 0
 

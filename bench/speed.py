@@ -34,9 +34,8 @@ from model.schedules import Schedule
 from model.score_net import ScoreNet, step_embedding
 from model.vocoder import Vocoder
 
-from .common import (apply_threads, base_parser, fmt, free_port, header, log_axes, npy_bytes, parse_with_quick,
-                     table, timed, validation_clips, wait_ready, write_outputs)
-from .quality import DEFAULT_REFERENCE, OFFICIAL
+from .common import (DEFAULT_REFERENCE, OFFICIAL, apply_threads, base_parser, fmt, free_port, header, log_axes,
+                     npy_bytes, parse_with_quick, table, timed, validation_clips, wait_ready, write_outputs)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -484,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
                   report(net_rows, synth_rows, cached_rows, load, sched, server_note, notes, args),
                   {"network": net_rows, "synthesis": synth_rows, "conditioning_cache": cached_rows, "load": load,
                    "schedule_latency": sched,
-                   "notes": notes}, plot(net_rows, synth_rows, load))
+                   "notes": notes}, plot, net_rows, synth_rows, load)
     print(f"wrote {args.out}/{name}.md, {name}.json, {name}.png", file=sys.stderr)
     return 0
 

@@ -3,6 +3,7 @@
 # the 1-2 minute start included; 64 MiB goes with the call, 8 files of 16 MiB come back). It continues a
 # weights directory (step counts only grow): score net -> schedule net -> search in one --minutes budget,
 # with the conditioning health logged beside the loss, and returns the weights without the train state.
+# On CUDA it then runs `bench.speed --device cuda` on the fresh weights (SPEED=0 skips it).
 #
 #   bash scripts/gpu-train.sh prepare          here, once: data-carry/ (the FLAC) and .whl/ (soundfile), git-ignored
 #   bash scripts/gpu-train.sh run [MINUTES]    on the device: run(command="bash scripts/gpu-train.sh run 8",
@@ -26,13 +27,15 @@ RESULTS=${OUT:-runs/gpu-out}
 case "${1:-}" in
 prepare)
   mkdir -p data-carry && cp -r ../shared/data/ljspeech data-carry/
+  # soundfile for the trainer, httpx for bench.common (lmnt's diffwave is source-only: no reference timing there)
   python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl soundfile cffi pycparser
+    --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl soundfile cffi pycparser \
+    httpx httpcore h11 anyio sniffio certifi idna
   du -sh data-carry .whl
   ;;
 run)
   minutes=${2:-8}
-  if ! python3 -c "import soundfile" 2>/dev/null; then  # the GPU image has no soundfile: install the carried wheel
+  if ! python3 -c "import soundfile, httpx" 2>/dev/null; then  # the GPU image has neither: the carried wheels
     python3 -m pip install --quiet --no-index --no-deps --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site
   fi
@@ -47,6 +50,10 @@ run)
     --device "$DEVICE" --clips 8 --seconds 2 2>&1 | tr '\r' '\n' | grep -av 'it/s\]$\|s/it\]$' | tee "$RESULTS/train.log"
   find "$WORK" -maxdepth 1 -type f ! -name 'train_state*' -exec cp {} "$RESULTS/weights/" \;
   ls -la "$RESULTS/weights"
+  if [ "${SPEED:-1}" = 1 ] && python3 -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
+    timeout 150 python3 -m bench.speed --device cuda --skip-server --weights "$WORK" --data "$DATA" \
+      --lengths 1 10 60 --reps 5 --out "$RESULTS" || echo "bench.speed did not finish"
+  fi
   ;;
 *)
   sed -n 2,16p "$0"
