@@ -168,12 +168,14 @@ def log_axes(ax, xticks: Sequence[float], log_y: bool = True) -> None:
     ax.grid(alpha=0.3)
 
 
-def write_outputs(out: Path, name: str, title: str, head: dict, body: str, data: dict, plot, *plot_args) -> None:
+def write_outputs(out: Path, name: str, title: str, head: dict, body: str, data: dict, plot=None, *plot_args) -> None:
     """`<name>.md` (header + body), `<name>.json` (header + raw numbers) and `<name>.png` from `plot(*plot_args)`;
     the PNG is left out where matplotlib is not installed (the bare GPU image of scripts/gpu-train.sh)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.md").write_text(f"# {title}\n\n{header_markdown(head)}\n\n{body.strip()}\n")
     (out / f"{name}.json").write_text(json.dumps({"header": head, **data}, indent=1, default=_json_default))
+    if plot is None:
+        return
     try:
         figure = plot(*plot_args)
     except ImportError as e:

@@ -9,6 +9,8 @@
 (d) Time to the first schedule for a new rho (a schedule-cache miss) and the cost of a hit.
 (e) The per-request conditioning cache: whole synthesis at the balanced preset with each layer's
     conditioning recomputed at every step (as before the cache) and computed once, in the same run.
+(f) Batched throughput at the balanced preset, eager and torch.compile'd (VOCODER_COMPILE), with the
+    compile time, the achieved TFLOP/s, and on CUDA the profile's top kernels of one compiled synthesis.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from model.score_net import ScoreNet, step_embedding
 from model.vocoder import Vocoder
 
 from .common import (DEFAULT_REFERENCE, OFFICIAL, apply_threads, base_parser, fmt, free_port, header, log_axes,
-                     npy_bytes, parse_with_quick, table, timed, validation_clips, wait_ready, write_outputs)
+                     npy_bytes, parse_with_quick, sync, table, timed, validation_clips, wait_ready, write_outputs)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -156,6 +158,58 @@ def cache_rows(voc: Vocoder, audio: np.ndarray, schedules: dict[str, Schedule], 
                      "uncached_s": uncached, "cached_s": cached, "speedup": uncached / cached,
                      "same_audio": bool(torch.equal(run(0), run(CONDITIONING_CACHE_BYTES)))})
     return rows
+
+
+def step_macs(net: ScoreNet) -> int:
+    """Multiply-accumulates per audio sample of one score-net call: every conv that runs at the audio rate
+    (all but the mel upsampler; the conditioner projections count, as a call without the cache runs them)."""
+    return sum(m.weight.numel() for name, m in net.named_modules()
+               if isinstance(m, torch.nn.Conv1d) and not name.startswith("upsampler"))
+
+
+def compile_modes(which: str, device: str) -> list[str]:
+    """--compile: auto times eager and compiled on CUDA, eager only on the CPU; on: both; off: eager only."""
+    return ["off", "on"] if which == "on" or (which == "auto" and device == "cuda") else ["off"]
+
+
+@torch.inference_mode()
+def batch_rows(args, audio: np.ndarray, dev: str) -> tuple[list[dict], list[dict]]:
+    """(f) rows per (compile mode, batch) and, on CUDA, the compiled synthesis's top kernels."""
+    rows, kernels = [], []
+    batches = args.batches or ([1, 4, 16, 64] if dev == "cuda" else [1, 4])
+    for mode in compile_modes(args.compile, dev):
+        voc = Vocoder.load(args.weights, device=dev, dtype=args.dtype, compile=mode)
+        schedules, _ = bench_schedules(voc, args.reference_schedules)
+        label = next((k for k in schedules if k.startswith("balanced")), next(iter(schedules)))
+        mel = mel_of(voc, audio, args.batch_seconds)
+        _, warm_s = timed(lambda: [voc.vocode(mel[None, :, :16 + b].repeat(b, 1, 1), schedules[label], seed=list(range(b)))
+                                   for b in (1, 2)])  # the compile, when there is one
+        macs = step_macs(voc.score_net) * mel.shape[-1] * voc.spec.hop * schedules[label].steps
+        for batch in batches:
+            clips = mel[None].repeat(batch, 1, 1)
+            wall = median_time(lambda: voc.vocode(clips, schedules[label], seed=list(range(batch))), args.reps)
+            rows.append({"device": device_label(voc.device), "dtype": str(voc.dtype).removeprefix("torch."),
+                         "compiled": voc.compiled, "warm_up_s": warm_s, "schedule": label,
+                         "steps": schedules[label].steps, "seconds": args.batch_seconds, "batch": batch,
+                         "wall_s": wall, "rtf": wall / (batch * args.batch_seconds),
+                         "audio_s_per_s": batch * args.batch_seconds / wall, "tflops": 2 * macs * batch / wall / 1e12})
+        if dev == "cuda" and voc.compiled:
+            kernels = top_kernels(lambda: voc.vocode(mel, schedules[label], seed=0))
+    return rows, kernels
+
+
+def top_kernels(fn, top: int = 10) -> list[dict]:
+    """The CUDA kernels that take the time of one call of `fn`, by total device time."""
+    from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        sync()
+    events = [e for e in prof.key_averages() if getattr(e, "self_device_time_total", 0) > 0]
+    total = sum(e.self_device_time_total for e in events) or 1.0
+    events.sort(key=lambda e: -e.self_device_time_total)
+    return [{"kernel": e.key[:90], "calls": e.count, "ms": e.self_device_time_total / 1e3,
+             "share": e.self_device_time_total / total} for e in events[:top]]
 
 
 def devices(which: str) -> list[str]:
@@ -338,6 +392,25 @@ def cache_section(rows: list[dict]) -> list[str]:
                     r["speedup"], str(r["same_audio"])] for r in rows])]
 
 
+def batch_section(rows: list[dict], kernels: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    parts = ["## Batched and compiled", "",
+             "Seeded DDPM at the balanced preset on copies of one real-speech mel per batch, median wall time of "
+             "`Vocoder.vocode`. Compiled = `torch.compile(dynamic=True)` of the score-net step (VOCODER_COMPILE); "
+             "*warm-up* is the first two calls (batch 1 and 2), which compile it. Audio s / s = batch x clip "
+             "seconds / wall; TFLOP/s counts the audio-rate convs' multiply-adds (2 FLOPs each).", "",
+             table(["Device", "Dtype", "Compiled", "Warm-up s", "Steps", "Clip s", "Batch", "Wall s", "RTF per clip",
+                    "Audio s / s", "TFLOP/s"],
+                   [[r["device"], r["dtype"], str(r["compiled"]), r["warm_up_s"], r["steps"], r["seconds"], r["batch"],
+                     r["wall_s"], r["rtf"], r["audio_s_per_s"], r["tflops"]] for r in rows])]
+    if kernels:
+        parts += ["", "Top CUDA kernels of one compiled synthesis (batch 1):", "",
+                  table(["Kernel", "Calls", "ms", "Share"],
+                        [[f"`{k['kernel']}`", k["calls"], k["ms"], f"{100 * k['share']:.1f}%"] for k in kernels])]
+    return parts
+
+
 def load_section(load: dict, args) -> list[str]:
     lo, hi = args.mel_seconds
     return ["## Server under load", "",
@@ -365,8 +438,10 @@ def schedule_section(sched: dict) -> list[str]:
                     str(r["hits_cached"])] for r in sched["rows"]])]
 
 
-def report(net_rows, synth_rows, cached_rows, load, sched, server_note: str | None, notes: list[str], args) -> str:
+def report(net_rows, synth_rows, cached_rows, batched, load, sched, server_note: str | None, notes: list[str],
+           args) -> str:
     parts = network_section(net_rows) + [""] + synthesis_section(synth_rows) + [""] + cache_section(cached_rows) + [""]
+    parts += batch_section(*batched) + [""] if batched[0] else []
     if server_note:
         parts += ["## Server under load", "", server_note]
     else:
@@ -435,8 +510,13 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--skip-server", action="store_true")
     ap.add_argument("--device", choices=("all", "cpu", "cuda"), default="all",
                     help="where (a) and (b) run; cuda writes speed-gpu.md, the others speed.md")
+    ap.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                    help="(f): auto times eager and compiled on CUDA, eager only on the CPU")
+    ap.add_argument("--batches", type=int, nargs="+", help="(f) batch sizes (default 1 4 16 64 on CUDA, 1 4 on CPU)")
+    ap.add_argument("--batch-seconds", type=float, default=10.0, help="(f) clip length")
     args = parse_with_quick(ap, argv, {"lengths": [1, 5], "reps": 1, "clients": [1, 4], "requests": 2,
-                                       "per_client": 1, "load_seconds": 20.0, "mel_seconds": [2.0, 3.0]})
+                                       "per_client": 1, "load_seconds": 20.0, "mel_seconds": [2.0, 3.0],
+                                       "batches": [1, 2], "batch_seconds": 1.0})
     if min(args.lengths) <= 0 or min(args.reps, min(args.clients), args.requests, args.per_client) < 1:
         ap.error("--lengths, --reps, --clients, --requests and --per-client must be positive")
     return args
@@ -465,8 +545,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     apply_threads(args.threads)
     head = header("bench.speed", args.weights)
-    net_rows, synth_rows, cached_rows, notes = [], [], [], []
-    audio = speech(args.data, max(args.lengths), read_config(args.weights)["audio"]["sample_rate"])
+    net_rows, synth_rows, cached_rows, batched, notes = [], [], [], ([], []), []
+    audio = speech(args.data, max(*args.lengths, args.batch_seconds), read_config(args.weights)["audio"]["sample_rate"])
     for dev in devices(args.device):
         voc = Vocoder.load(args.weights, device=dev, dtype=args.dtype)
         schedules, more = bench_schedules(voc, args.reference_schedules)
@@ -474,14 +554,17 @@ def main(argv: list[str] | None = None) -> int:
         net_rows += network_rows(voc, audio, args.lengths, args.reps)
         synth_rows += synthesis_rows(voc, audio, schedules, args.lengths)
         cached_rows += cache_rows(voc, audio, schedules, args.lengths, args.reps)
+        rows, kernels = batch_rows(args, audio, dev)
+        batched = (batched[0] + rows, kernels or batched[1])
         print(f"network and synthesis timed on {dev}", file=sys.stderr)
     if net_rows[0]["reference_s"] is None:
         notes.append("reference DiffWave not timed: install it with `pip install --no-deps diffwave`")
     load, sched, server_note = server_part(args)
     name = "speed-gpu" if args.device == "cuda" else "speed"
     write_outputs(args.out, name, f"Speed benchmark{' (GPU)' if args.device == 'cuda' else ''}", head,
-                  report(net_rows, synth_rows, cached_rows, load, sched, server_note, notes, args),
-                  {"network": net_rows, "synthesis": synth_rows, "conditioning_cache": cached_rows, "load": load,
+                  report(net_rows, synth_rows, cached_rows, batched, load, sched, server_note, notes, args),
+                  {"network": net_rows, "synthesis": synth_rows, "conditioning_cache": cached_rows,
+                   "batched": batched[0], "top_kernels": batched[1], "load": load,
                    "schedule_latency": sched,
                    "notes": notes}, plot, net_rows, synth_rows, load)
     print(f"wrote {args.out}/{name}.md, {name}.json, {name}.png", file=sys.stderr)

@@ -33,6 +33,13 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def resolve_compile(compile: str, device: torch.device) -> bool:
+    """VOCODER_COMPILE: "auto" compiles on CUDA only (on the CPU the compile costs more than the fused steps save)."""
+    if compile not in ("auto", "on", "off"):
+        raise CheckpointError(f"compile must be auto, on or off, not {compile!r}")
+    return device.type == "cuda" if compile == "auto" else compile == "on"
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -51,20 +58,28 @@ class Vocoder:
     directory: Path | None = None
     schedules: dict[float, Schedule] = field(default_factory=dict)
     dtype: torch.dtype = torch.float32
+    #: torch.compile the score net's step (inductor fuses the gated activation and the residual arithmetic);
+    #: one graph with a symbolic batch and length, so any request shape reuses it after the warm-up.
+    compiled: bool = False
+
+    def __post_init__(self) -> None:
+        self.step_net = torch.compile(self.score_net, dynamic=True) if self.compiled else self.score_net
 
     @classmethod
-    def load(cls, directory: str | Path = DEFAULT_WEIGHTS, device: str = "auto", dtype: str = "auto") -> "Vocoder":
+    def load(cls, directory: str | Path = DEFAULT_WEIGHTS, device: str = "auto", dtype: str = "auto",
+             compile: str = "off") -> "Vocoder":
         """Load a weights directory; a missing, corrupt or mismatched file raises CheckpointError."""
         directory = Path(directory)
         config = read_config(directory)
         dev = resolve_device(device)
         precision = resolve_dtype(dtype, dev)
+        compiled = resolve_compile(compile, dev)
         try:
             score_net = ScoreNet(ScoreNetParams(**config["score_net"]))
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{directory}/config.json: bad score_net section ({e})") from None
         load_module(directory / SCORE_NET, score_net)
-        voc = cls(score_net.to(dev).eval(), config, dev, directory=directory, dtype=precision)
+        voc = cls(score_net.to(dev).eval(), config, dev, directory=directory, dtype=precision, compiled=compiled)
         voc._load_scheduling(directory)
         return voc
 
@@ -119,7 +134,7 @@ class Vocoder:
         mel = torch.as_tensor(np.asarray(mel, dtype=np.float32) if not torch.is_tensor(mel) else mel).float()
         single = mel.dim() == 2
         mel = (mel[None] if single else mel).to(self.device)
-        eps = windowed_eps(self.score_net)
+        eps = windowed_eps(self.step_net)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             audio = SAMPLERS[sampler](eps, mel, schedule, seed, self.spec.hop).float().cpu().numpy()
         return audio[0] if single else audio

@@ -3,16 +3,18 @@
 # the 1-2 minute start included; 64 MiB goes with the call, 8 files of 16 MiB come back). It continues a
 # weights directory (step counts only grow): score net -> schedule net -> search in one --minutes budget,
 # with the conditioning health logged beside the loss, and returns the weights without the train state.
-# On CUDA it then runs `bench.speed --device cuda` on the fresh weights (SPEED=0 skips it).
+# On CUDA it then runs the bf16 guard (`bench.precision`, its audio saved for PESQ here: the image has no
+# `pesq`) and `bench.speed --device cuda` on the fresh weights (SPEED=0 skips both).
 #
 #   bash scripts/gpu-train.sh prepare          here, once: data-carry/ (the FLAC) and .whl/ (soundfile), git-ignored
-#   bash scripts/gpu-train.sh run [MINUTES]    on the device: run(command="bash scripts/gpu-train.sh run 8",
-#                                              carry=["data-carry", ".whl"], timeout_s=600)
+#   bash scripts/gpu-train.sh run [MINUTES]    on the device: run(command="bash scripts/gpu-train.sh run 6",
+#                                              carry=["data-carry", ".whl"], timeout_s=590)
 #   CONFIG=tiny FROM= DEVICE=cpu BATCH=2 SEGMENT=16 bash scripts/gpu-train.sh run 1     the CPU rehearsal
 #
 # FROM: the weights to continue (default weights/default; empty: a new CONFIG net). The results land in
-# $OUT (the device's return folder; runs/gpu-out here): weights/ and train.log. Copy weights/* over
-# weights/default, then measure with `python -m bench.quality` here.
+# $OUT (the device's return folder; runs/gpu-out here): weights/, train.log, precision-audio.npz and the
+# benches' reports. Copy weights/* over weights/default, `python -m bench.precision --rescore
+# .../precision-audio.npz`, then measure with `python -m bench.quality` here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=data-carry/ljspeech
@@ -30,7 +32,7 @@ prepare)
   # soundfile for the trainer, httpx for bench.common (lmnt's diffwave is source-only: no reference timing there)
   python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl soundfile cffi pycparser \
-    httpx httpcore h11 anyio sniffio certifi idna
+    httpx httpcore h11 anyio sniffio certifi idna pystoi
   du -sh data-carry .whl
   ;;
 run)
@@ -47,12 +49,14 @@ run)
   fi
   python3 -m model.train all --data "$DATA/wavs" --list "$DATA/train.txt" --valid-list "$DATA/valid.txt" \
     --out "$WORK" --config "$CONFIG" --minutes "$minutes" --batch "$BATCH" --segment-frames "$SEGMENT" \
-    --device "$DEVICE" --clips 8 --seconds 2 2>&1 | tr '\r' '\n' | grep -av 'it/s\]$\|s/it\]$' | tee "$RESULTS/train.log"
+    --device "$DEVICE" --clips 8 --seconds 2 --probe-every "${PROBE_EVERY:-500}" --save-every 1000 2>&1 | tr '\r' '\n' | grep -av 'it/s\]$\|s/it\]$' | tee "$RESULTS/train.log"
   find "$WORK" -maxdepth 1 -type f ! -name 'train_state*' -exec cp {} "$RESULTS/weights/" \;
   ls -la "$RESULTS/weights"
   if [ "${SPEED:-1}" = 1 ] && python3 -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
-    timeout 150 python3 -m bench.speed --device cuda --skip-server --weights "$WORK" --data "$DATA" \
-      --lengths 1 10 60 --reps 5 --out "$RESULTS" || echo "bench.speed did not finish"
+    timeout 60 python3 -m bench.precision --device cuda --weights "$WORK" --data "$DATA" --out "$RESULTS" \
+      --audio-out "$RESULTS/precision-audio.npz" || echo "bench.precision did not finish"
+    timeout 110 python3 -m bench.speed --device cuda --skip-server --weights "$WORK" --data "$DATA" \
+      --lengths 1 10 60 --reps 3 --out "$RESULTS" || echo "bench.speed did not finish"
   fi
   ;;
 *)

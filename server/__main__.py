@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        vocoder = Vocoder.load(settings.weights, settings.device, settings.dtype)
+        vocoder = Vocoder.load(settings.weights, settings.device, settings.dtype, settings.compile)
     except CheckpointError as e:
         print(f"error: cannot load weights: {e}", file=sys.stderr)
         return 2

@@ -259,6 +259,7 @@ async def model_info(engine: Annotated[Engine, Depends(engine_of)]) -> ModelInfo
         schedule = engine.cache.pinned.get(engine.resolve_rho(value))
         presets[name] = Preset(rho=engine.resolve_rho(value), steps=schedule.steps if schedule else None)
     return ModelInfo(weights=engine.weights_id, device=str(voc.device), dtype=str(voc.dtype).removeprefix("torch."),
+                     compiled=voc.compiled,
                      sample_rate=spec.sample_rate, hop=spec.hop,
                      n_mels=spec.n_mels, n_fft=spec.n_fft, fmin=spec.fmin, fmax=spec.fmax,
                      default_rho=voc.default_rho, presets=presets, max_frames=engine.settings.max_frames)
@@ -271,7 +272,8 @@ def create_app(settings: Settings | None = None, vocoder: Vocoder | None = None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        voc = vocoder or await asyncio.to_thread(Vocoder.load, settings.weights, settings.device, settings.dtype)
+        voc = vocoder or await asyncio.to_thread(Vocoder.load, settings.weights, settings.device, settings.dtype,
+                                                    settings.compile)
         engine = app.state.engine = Engine(voc, settings, metrics)
         await engine.start()
         yield

@@ -166,9 +166,13 @@ class Engine:
                 await self.cache.pin(canonical_rho(rho))
             if rhos:
                 rho = canonical_rho(max(rhos))  # the fewest steps: warming needs the kernels, not quality
-                mel = np.full((self.vocoder.spec.n_mels, WARMUP_FRAMES), math.log(LOG_FLOOR), np.float32)
-                job = Job(mel, rho, self.cache.pinned[rho], 0, asyncio.get_running_loop().create_future())
-                await asyncio.get_running_loop().run_in_executor(self._executor, self._synthesize, [job])
+                loop = asyncio.get_running_loop()
+                # batch 1, then 2 at another length: a compiled step specialises sizes 0 and 1, so this
+                # compiles both graphs every later request shape reuses
+                for batch, frames in ((1, WARMUP_FRAMES), (2, WARMUP_FRAMES + 1)):
+                    mel = np.full((self.vocoder.spec.n_mels, frames), math.log(LOG_FLOOR), np.float32)
+                    jobs = [Job(mel, rho, self.cache.pinned[rho], i, loop.create_future()) for i in range(batch)]
+                    await loop.run_in_executor(self._executor, self._synthesize, jobs)
             self.ready = True
             log.info("ready: weights %s on %s, presets %s", self.weights_id, self.vocoder.device, self.vocoder.presets)
         except Exception as e:  # noqa: BLE001 -- stays alive but not ready, and says why on /readyz

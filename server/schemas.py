@@ -55,6 +55,7 @@ class ModelInfo(BaseModel):
     weights: str = Field(description="weights directory name and a content hash of its files")
     device: str
     dtype: str = Field(description="inference precision: float32 or bfloat16 (autocast)")
+    compiled: bool = Field(description="whether the score net's step runs torch.compile'd (VOCODER_COMPILE)")
     sample_rate: int
     hop: int
     n_mels: int

@@ -20,6 +20,8 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     #: Inference precision: auto is bf16 on CUDA (autocast), fp32 on the CPU.
     dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    #: torch.compile the score net's step (auto: on CUDA only); the compile runs in the warm-up, before /readyz.
+    compile: Literal["auto", "on", "off"] = "auto"
     #: Longest mel accepted, in frames (86 frames ~ 1 s at 22050 Hz / hop 256): ~2 minutes.
     max_frames: int = Field(86 * 120, gt=0)
     #: Largest request body; a 2-minute float32 mel is ~3.3 MB, as JSON ~10 MB, as 16-bit WAV ~5.3 MB.
