@@ -29,12 +29,20 @@ def design(config: dict) -> str:
 
 
 def load_run(label: str, directory: Path) -> dict:
+    """A run's design, its health history, and each training session's steps, batch, lr and hardware."""
     config = read_config(directory)
     score = config["training"]["score"]
-    run = score["runs"][0]
+    sessions = [{k: run[k] for k in ("steps", "batch", "segment_samples", "lr", "hardware", "wall_seconds")}
+                for run in score["runs"]]
     return {"label": label, "dir": str(directory), "design": design(config), "steps": score["steps"],
-            "wall_seconds": score["wall_seconds"], "hardware": run["hardware"], "batch": run["batch"],
-            "segment_samples": run["segment_samples"], "lr": run["lr"], "health": score.get("health", [])}
+            "wall_seconds": score["wall_seconds"], "sessions": sessions, "health": score.get("health", [])}
+
+
+def session_rows(run: dict) -> list[list]:
+    """One row per training session, so a run continued on other hardware shows where each step ran."""
+    first = [run["label"], run["design"]]
+    return [[*(first if i == 0 else ["", ""]), s["steps"], f"{s['batch']} x {s['segment_samples']}", s["lr"],
+             s["hardware"], s["wall_seconds"] / 60] for i, s in enumerate(run["sessions"])]
 
 
 def report(runs: list[dict], notes: list[str]) -> str:
@@ -55,8 +63,7 @@ def report(runs: list[dict], notes: list[str]) -> str:
              "each side (DDPM, DiffWave's 6-step schedule); loss = mean L1 noise-prediction loss since the last "
              "probe.", "",
              table(["Run", "Design", "Steps", "Batch x samples", "lr", "Hardware", "Minutes"],
-                   [[r["label"], r["design"], r["steps"], f"{r['batch']} x {r['segment_samples']}", r["lr"],
-                     r["hardware"], r["wall_seconds"] / 60] for r in runs]), ""]
+                   [row for r in runs for row in session_rows(r)]), ""]
     for key, title in (("gain", "Conditioning gain at t = 20/60/100"), ("silence_gap_db", "Silence gap, dB"),
                        ("loss", "Training loss")):
         lines += [f"### {title}", "", table(["Step", *(r["label"] for r in runs)],

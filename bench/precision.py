@@ -11,6 +11,7 @@ saves the clips so that `--rescore` can score them on a machine that has it.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -82,10 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--audio-out", type=Path, help="save the vocoded clips (for --rescore)")
     ap.add_argument("--rescore", type=Path, help="score clips saved by --audio-out instead of vocoding")
     args = ap.parse_args(argv)
-    head = header("bench.precision", args.weights)
-    if args.rescore:
+    head, rescored = header("bench.precision", args.weights), ""
+    if args.rescore:  # the header is the vocoding run's (its machine, weights and command)
         saved = np.load(args.rescore, allow_pickle=False)
         audio, device = {k: saved[k] for k in ("reference", *PRECISIONS)}, str(saved["device"])
+        head, rescored = json.loads(str(saved["header"])), f"\n\nScored on {head['hardware']['cpu']} by `{head['command']}`."
     else:
         audio, device = vocode_clips(args.weights, args.device, args.data, args.clips, args.seconds), args.device
         if args.device == "cuda":
@@ -94,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
             device = f"cuda ({torch.cuda.get_device_name()})"
         if args.audio_out:
             args.audio_out.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(args.audio_out, device=np.array(device), **audio)
+            np.savez(args.audio_out, device=np.array(device), header=np.array(json.dumps(head)), **audio)
     result = score(audio)
-    write_outputs(args.out, "precision", "bf16 quality guard", head, report(result, device), result)
+    write_outputs(args.out, "precision", "bf16 quality guard", head, report(result, device) + rescored, result)
     print(f"wrote {args.out}/precision.md", file=sys.stderr)
     return 0 if result["guard_holds"] is not False else 1
 

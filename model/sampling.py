@@ -26,6 +26,14 @@ MARGIN_FRAMES = 8
 CONDITIONING_CACHE_BYTES = 512 * 2**20
 
 
+def _element_size(x: torch.Tensor) -> int:
+    """Bytes per value of what the net computes from `x`: the autocast dtype's where autocast is on."""
+    kind = x.device.type
+    if torch.is_autocast_enabled(kind):
+        return torch.finfo(torch.get_autocast_dtype(kind)).bits // 8
+    return x.element_size()
+
+
 def windowed_eps(net: ScoreNet, window_frames: int = WINDOW_FRAMES, margin_frames: int = MARGIN_FRAMES,
                  cache_bytes: int = CONDITIONING_CACHE_BYTES) -> EpsFn:
     """eps_theta(x, mel, t) computed window by window; exact when margins cover the receptive field.
@@ -45,7 +53,7 @@ def windowed_eps(net: ScoreNet, window_frames: int = WINDOW_FRAMES, margin_frame
             cache.update(mel=mel, windows={}, left=cache_bytes)
         conditioners = cache["windows"].get((lo, hi))
         if conditioners is None:
-            size = x.shape[0] * (hi - lo) * hop * per_sample * x.element_size()
+            size = x.shape[0] * (hi - lo) * hop * per_sample * _element_size(x)
             if size > cache["left"]:
                 return net(x, mel[:, :, lo:hi], t)
             conditioners = cache["windows"][lo, hi] = net.conditioners(mel[:, :, lo:hi])

@@ -10,7 +10,10 @@ cleanest level. The noise is seeded, so the trajectory is the same for every rho
 stops later: never fewer steps.
 
 The pair (alpha_hat_N, beta_hat_N) comes from a grid search that scores each candidate by the log-mel MSE
-(LS-MSE) between audio sampled with its schedule and the real audio of held-out clips.
+(LS-MSE) between audio sampled with its schedule and the real audio of held-out clips: the schedule for one
+rho (BDDM's search), or the schedules of the presets' step counts cut from its trajectory. A cut ends noisier
+than a schedule searched for its own length (the last level jumps to clean audio), so each preset also gets
+the pair that is best for its own step count (`best_pair(..., only=i)`), as BDDM searches per schedule.
 """
 
 from __future__ import annotations
@@ -114,24 +117,56 @@ def grid_candidates(diffusion: Diffusion, grid: int) -> list[tuple[float, float]
             for fb in fractions for fa in fractions if alpha_T + (alpha_1 - alpha_T) * fa < math.sqrt(1 - fb)]
 
 
-def grid_search(score_net: ScoreNet, schedule_net: ScheduleNet, clips: Sequence[tuple[torch.Tensor, torch.Tensor]],
-                diffusion: Diffusion, rho: float, grid: int = 9, seed: int = 0) -> tuple[float, float, float]:
-    """Best (alpha_hat_N, beta_hat_N, LS-MSE) over the grid: schedule on the first clip's mel, then sample all
-    clips (equal lengths) with that schedule and average their LS-MSE."""
+def cut_schedules(score_net: ScoreNet, schedule_net: ScheduleNet, mel: torch.Tensor, alpha_N: float, beta_N: float,
+                  steps: Sequence[int], diffusion: Diffusion = Diffusion(), seed: int = 0) -> list[Schedule]:
+    """The schedules of `steps` steps (or the whole trajectory, where it is shorter) that rho thresholds cut
+    from one seeded trajectory, run only as far as the longest of them needs."""
+    longest = noise_schedule(score_net, schedule_net, mel, alpha_N, beta_N, canonical_rho(diffusion.betas[0]),
+                             diffusion, seed, max_steps=max(steps) + 1)
+    cuts = [rho_for_steps(longest, n) for n in steps]
+    return [longest if r is None else shorten(longest, r, diffusion) for r in cuts]
+
+
+def grid_scores(score_net: ScoreNet, schedule_net: ScheduleNet, clips: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                diffusion: Diffusion, rho: float, grid: int = 9, seed: int = 0, steps: Sequence[int] = ()) -> list[dict]:
+    """Every grid candidate scored: its schedule for rho, or with `steps` its schedules of those step counts
+    (`cut_schedules`), made on the first clip's mel; all clips (equal lengths) sampled with each schedule.
+    Rows: {"alpha_N", "beta_N", "steps": [steps each schedule got], "ls_mse": [their mean LS-MSE over clips]}."""
     device = next(score_net.parameters()).device
     audio = torch.stack([a for a, _ in clips])
     mels = torch.stack([m for _, m in clips]).to(device)
     eps_fn, hop = windowed_eps(score_net), score_net.params.hop
-    best = (float("nan"), float("nan"), float("inf"))
+    seeds = [seed + i for i in range(len(clips))]
+    rows = []
     for alpha_N, beta_N in grid_candidates(diffusion, grid):
-        schedule = noise_schedule(score_net, schedule_net, mels[0], alpha_N, beta_N, rho, diffusion, seed)
-        generated = ddpm(eps_fn, mels, schedule, [seed + i for i in range(len(clips))], hop)
-        score = ls_mse(generated, audio)
-        if score < best[2]:
-            best = (alpha_N, beta_N, score)
-    if not math.isfinite(best[2]):
+        schedules = (cut_schedules(score_net, schedule_net, mels[0], alpha_N, beta_N, steps, diffusion, seed) if steps
+                     else [noise_schedule(score_net, schedule_net, mels[0], alpha_N, beta_N, rho, diffusion, seed)])
+        rows.append({"alpha_N": alpha_N, "beta_N": beta_N, "steps": [s.steps for s in schedules],
+                     "ls_mse": [ls_mse(ddpm(eps_fn, mels, s, seeds, hop), audio) for s in schedules]})
+    if not rows:
         raise ValueError(f"no valid (alpha_hat_N, beta_hat_N) candidate in a {grid}x{grid} grid")
-    return best
+    return rows
+
+
+def best_pair(rows: Sequence[dict], steps: Sequence[int] = (), only: int | None = None) -> tuple[float, float, float]:
+    """(alpha_hat_N, beta_hat_N, score) of the best `grid_scores` row: the fewest steps missing from `steps`
+    (a trajectory that ends early would leave a longer preset no more steps than a shorter one), then the
+    lowest geometric-mean LS-MSE; `only` scores the schedule at that index alone."""
+    picks = range(len(rows[0]["ls_mse"])) if only is None else [only]
+
+    def key(row: dict) -> tuple[int, float]:
+        missing = sum(max(0, steps[i] - row["steps"][i]) for i in picks) if steps else 0
+        return missing, math.exp(np.mean([math.log(row["ls_mse"][i]) for i in picks]))
+
+    best = min(rows, key=key)
+    return best["alpha_N"], best["beta_N"], key(best)[1]
+
+
+def grid_search(score_net: ScoreNet, schedule_net: ScheduleNet, clips: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                diffusion: Diffusion, rho: float, grid: int = 9, seed: int = 0,
+                steps: Sequence[int] = ()) -> tuple[float, float, float]:
+    """Best (alpha_hat_N, beta_hat_N, LS-MSE) over the grid (`grid_scores`, `best_pair`)."""
+    return best_pair(grid_scores(score_net, schedule_net, clips, diffusion, rho, grid, seed, steps), steps)
 
 
 def choose_presets(schedules: Mapping[float, Schedule]) -> dict[str, float]:

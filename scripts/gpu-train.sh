@@ -9,12 +9,15 @@
 #   bash scripts/gpu-train.sh prepare          here, once: data-carry/ (the FLAC) and .whl/ (soundfile), git-ignored
 #   bash scripts/gpu-train.sh run [MINUTES]    on the device: run(command="bash scripts/gpu-train.sh run 6",
 #                                              carry=["data-carry", ".whl"], timeout_s=590)
+#   bash scripts/gpu-train.sh more [MINUTES]   a next call on the still-warm machine: resumes the run's own
+#                                              train state (Adam included), trains only, no benches
 #   CONFIG=tiny FROM= DEVICE=cpu BATCH=2 SEGMENT=16 bash scripts/gpu-train.sh run 1     the CPU rehearsal
 #
 # FROM: the weights to continue (default weights/default; empty: a new CONFIG net). The results land in
-# $OUT (the device's return folder; runs/gpu-out here): weights/, train.log, precision-audio.npz and the
-# benches' reports. Copy weights/* over weights/default, `python -m bench.precision --rescore
-# .../precision-audio.npz`, then measure with `python -m bench.quality` here.
+# $OUT (the device's return folder; runs/gpu-out here): weights/ (4 files), train.log and bench.tar (the
+# benches' reports and precision-audio.npz): 6 files, as at most 8 come back. Copy weights/* over
+# weights/default, untar bench.tar, `python -m bench.precision --rescore precision-audio.npz` (PESQ), then
+# measure with `python -m bench.quality` here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=data-carry/ljspeech
@@ -35,32 +38,38 @@ prepare)
     httpx httpcore h11 anyio sniffio certifi idna pystoi
   du -sh data-carry .whl
   ;;
-run)
+run | more)
   minutes=${2:-8}
   if ! python3 -c "import soundfile, httpx" 2>/dev/null; then  # the GPU image has neither: the carried wheels
-    python3 -m pip install --quiet --no-index --no-deps --target /tmp/site .whl/*.whl
+    python3 -m pip install --quiet --no-index --no-deps --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site
   fi
   export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-  rm -rf "$WORK" && mkdir -p "$WORK" "$RESULTS/weights"
-  if [ -n "$FROM" ]; then  # weights and EMA go on; Adam starts afresh (no train state travels)
-    find "$FROM" -maxdepth 1 -type f \( -name '*.json' -o -name '*.safetensors' \) ! -name 'train_state*' \
-      -exec cp {} "$WORK"/ \;
-  fi
+  mkdir -p "$RESULTS/weights"
+  if [ "$1" = run ]; then  # a fresh $WORK from FROM: weights and EMA go on, Adam starts afresh (no train state travels)
+    rm -rf "$WORK" && mkdir -p "$WORK"
+    if [ -n "$FROM" ]; then
+      find "$FROM" -maxdepth 1 -type f \( -name '*.json' -o -name '*.safetensors' \) ! -name 'train_state*' \
+        -exec cp {} "$WORK"/ \;
+    fi
+  fi  # more: $WORK as the last call left it on this still-warm machine, its train state included
   python3 -m model.train all --data "$DATA/wavs" --list "$DATA/train.txt" --valid-list "$DATA/valid.txt" \
     --out "$WORK" --config "$CONFIG" --minutes "$minutes" --batch "$BATCH" --segment-frames "$SEGMENT" \
-    --device "$DEVICE" --clips 8 --seconds 2 --probe-every "${PROBE_EVERY:-500}" --save-every 1000 2>&1 | tr '\r' '\n' | grep -av 'it/s\]$\|s/it\]$' | tee "$RESULTS/train.log"
+    --device "$DEVICE" --clips 8 --seconds 2 --probe-every "${PROBE_EVERY:-500}" --save-every 1000 2>&1 \
+    | tr '\r' '\n' | grep -av 'it/s[],]\|s/it[],]' | tee "$RESULTS/train.log"
   find "$WORK" -maxdepth 1 -type f ! -name 'train_state*' -exec cp {} "$RESULTS/weights/" \;
   ls -la "$RESULTS/weights"
-  if [ "${SPEED:-1}" = 1 ] && python3 -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
-    timeout 60 python3 -m bench.precision --device cuda --weights "$WORK" --data "$DATA" --out "$RESULTS" \
-      --audio-out "$RESULTS/precision-audio.npz" || echo "bench.precision did not finish"
+  if [ "$1" = run ] && [ "${SPEED:-1}" = 1 ] && python3 -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
+    bench=$WORK/bench && mkdir -p "$bench"
+    timeout 60 python3 -m bench.precision --device cuda --weights "$WORK" --data "$DATA" --out "$bench" \
+      --audio-out "$bench/precision-audio.npz" || echo "bench.precision did not finish"
     timeout 110 python3 -m bench.speed --device cuda --skip-server --weights "$WORK" --data "$DATA" \
-      --lengths 1 10 60 --reps 3 --out "$RESULTS" || echo "bench.speed did not finish"
+      --lengths 1 10 60 --reps 3 --out "$bench" || echo "bench.speed did not finish"
+    tar -C "$bench" -cf "$RESULTS/bench.tar" .  # one file: at most 8 come back, the 4 weights first among them
   fi
   ;;
 *)
-  sed -n 2,16p "$0"
+  sed -n 2,20p "$0"
   exit 2
   ;;
 esac

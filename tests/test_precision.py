@@ -1,4 +1,5 @@
-"""Inference precision (VOCODER_DTYPE): bf16 autocast follows fp32, and on CUDA keeps the quality guard."""
+"""Inference precision and compilation (VOCODER_DTYPE, VOCODER_COMPILE): bf16 autocast and the compiled step
+follow fp32 eager, and on CUDA bf16 keeps the quality guard."""
 
 from __future__ import annotations
 
@@ -8,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from model import metrics
-from model.audio import mel_spectrogram
-from model.vocoder import DEFAULT_WEIGHTS, Vocoder, resolve_dtype
+from model.checkpoint import CheckpointError
+from model.vocoder import DEFAULT_WEIGHTS, Vocoder, resolve_compile, resolve_dtype
 
 
 def test_auto_is_bf16_on_cuda_only():
@@ -29,15 +29,25 @@ def test_bf16_autocast_follows_fp32(tiny_weights: Path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the quality guard runs where CUDA is present")
 def test_bf16_quality_guard_on_cuda(shared_data: Path):
-    """STOI within 0.01 and PESQ within 0.05 of fp32 on held-out clips, at the default rho."""
-    fp32, bf16 = Vocoder.load(DEFAULT_WEIGHTS, "cuda", "fp32"), Vocoder.load(DEFAULT_WEIGHTS, "cuda", "bf16")
-    from bench.common import validation_clips  # noqa: PLC0415
+    """STOI within 0.01 and PESQ within 0.05 of fp32 on held-out clips, at the default rho (bench.precision)."""
+    from bench import precision  # noqa: PLC0415
 
-    scores = {"fp32": [], "bf16": []}
-    for i, clip in enumerate(validation_clips(shared_data, 4, 3.0)):
-        mel = mel_spectrogram(clip.audio)
-        for name, voc in (("fp32", fp32), ("bf16", bf16)):
-            audio = voc.vocode(mel, voc.schedule(voc.default_rho), seed=i)
-            scores[name].append((metrics.stoi(clip.audio, audio), metrics.pesq_wb(clip.audio, audio)))
-    (stoi32, pesq32), (stoi16, pesq16) = (np.nanmean(scores[k], axis=0) for k in ("fp32", "bf16"))
-    assert abs(stoi16 - stoi32) <= 0.01 and abs(pesq16 - pesq32) <= 0.05
+    result = precision.score(precision.vocode_clips(DEFAULT_WEIGHTS, "cuda", shared_data, 4, 3.0))
+    assert result["guard_holds"], result
+
+
+def test_compiled_step_follows_eager(tiny_weights: Path):
+    """VOCODER_COMPILE=on: one dynamic graph serves two batch sizes and lengths, and matches eager."""
+    eager, compiled = Vocoder.load(tiny_weights, "cpu", compile="off"), Vocoder.load(tiny_weights, "cpu", compile="on")
+    assert compiled.compiled and not eager.compiled
+    schedule = eager.schedule(eager.default_rho)
+    for batch, frames in ((1, 12), (3, 20)):
+        mel = eager.reference_mel[None, :, :frames].repeat(batch, 1, 1)
+        a, b = eager.vocode(mel, schedule, seed=list(range(batch))), compiled.vocode(mel, schedule, seed=list(range(batch)))
+        assert b.shape == a.shape and np.abs(a - b).max() < 1e-4
+
+
+def test_compile_setting_is_checked():
+    assert resolve_compile("auto", torch.device("cuda")) and not resolve_compile("auto", torch.device("cpu"))
+    with pytest.raises(CheckpointError):
+        resolve_compile("yes", torch.device("cpu"))

@@ -11,8 +11,8 @@ import torch
 from model.audio import mel_spectrogram
 from model.checkpoint import read_config
 from model.schedules import Diffusion, Schedule
-from model.scheduling import (canonical_rho, choose_presets, grid_candidates, grid_search, load_reference_mel,
-                              noise_schedule, rho_for_steps, shorten)
+from model.scheduling import (canonical_rho, choose_presets, cut_schedules, grid_candidates, grid_search,
+                              load_reference_mel, noise_schedule, rho_for_steps, shorten)
 from model.train.losses import step_loss
 from model.vocoder import Vocoder
 
@@ -89,6 +89,20 @@ def test_grid_search_returns_a_pair_inside_the_grid(nets, clip):
     assert 0 < len(candidates) < 9 and all(a < math.sqrt(1 - b) for a, b in candidates)
     alpha_N, beta_N, score = grid_search(score_net, schedule_net, [clip], DIFFUSION, rho=0.05, grid=3)
     assert (alpha_N, beta_N) in candidates and math.isfinite(score) and score >= 0
+
+
+def test_preset_objective_scores_the_cut_schedules(nets, clip):
+    """--objective presets: the schedules are prefixes of one trajectory with the asked step counts, and the
+    search's score is their geometric mean LS-MSE."""
+    score_net, schedule_net = nets
+    cuts = cut_schedules(score_net, schedule_net, clip[1], 0.6, 0.3, (1, 2, 3), DIFFUSION)
+    full = noise_schedule(score_net, schedule_net, clip[1], 0.6, 0.3, 1e-4, DIFFUSION, seed=0)
+    for cut in cuts:
+        assert cut.steps <= 3
+        np.testing.assert_allclose(cut.alpha[::-1], full.alpha[::-1][:cut.steps], rtol=1e-6)
+    assert [c.steps for c in cuts] == sorted(c.steps for c in cuts)
+    alpha_N, beta_N, score = grid_search(score_net, schedule_net, [clip], DIFFUSION, rho=0.05, grid=3, steps=(1, 3))
+    assert (alpha_N, beta_N) in grid_candidates(DIFFUSION, 3) and math.isfinite(score) and score >= 0
 
 
 def _with_steps(n: int) -> Schedule:

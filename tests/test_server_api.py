@@ -90,6 +90,7 @@ def test_vocode_npy_returns_16bit_wav_and_headers(client):
     assert sf.info(io.BytesIO(r.content)).subtype == "PCM_16"
     assert audio_of(r).shape == (20 * HOP,)
     model = client.get("/v1/model").json()
+    assert model["dtype"] == "float32" and model["compiled"] is False  # auto on the CPU: fp32, eager
     assert float(r.headers["x-rho"]) == model["default_rho"]
     assert int(r.headers["x-diffusion-steps"]) >= 1
     assert r.headers["x-schedule-cache"] in ("hit", "miss")

@@ -56,6 +56,15 @@ def test_cli_makes_a_complete_weights_dir(trained: Path):
     assert set(search["presets"]) == {"fast", "balanced", "quality"}
     assert search["default_rho"] == search["presets"]["balanced"]
     assert all(str(r) in search["schedules"] for r in search["presets"].values())
+    # --objective presets (the default): each preset's schedule comes from its own pair, stored at its rho,
+    # and the stored rho -> steps map still never gives fewer steps for a smaller rho
+    assert search["objective"] == "presets"
+    for name, pair in search["preset_pairs"].items():
+        stored = search["schedules"][str(search["presets"][name])]
+        assert (stored["alpha_hat_N"], stored["beta_hat_N"]) == (pair["alpha_hat_N"], pair["beta_hat_N"])
+        assert stored["steps"] == pair["steps"]
+    steps = [search["schedules"][r]["steps"] for r in sorted(search["schedules"], key=float)]
+    assert steps == sorted(steps, reverse=True)
 
     voc = Vocoder.load(trained, device="cpu")
     mel = voc.reference_mel[:, :10]

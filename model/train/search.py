@@ -10,9 +10,9 @@ import numpy as np
 
 from ..audio import MelSpec
 from ..checkpoint import SCHEDULE_NET, SCORE_NET, git_revision, load_module, read_config, write_config
-from ..scheduling import (PRESET_STEPS, canonical_rho, choose_presets, grid_search, load_schedule_net,
-                          noise_schedule, rho_for_steps, save_reference_mel, shorten)
-from ..schedules import Diffusion
+from ..scheduling import (PRESET_STEPS, best_pair, canonical_rho, choose_presets, cut_schedules, grid_scores,
+                          load_schedule_net, noise_schedule, rho_for_steps, save_reference_mel, shorten)
+from ..schedules import Diffusion, Schedule
 from ..score_net import ScoreNet, ScoreNetParams
 from .common import hardware, runtime
 from .data import AudioCorpus
@@ -30,6 +30,8 @@ class Search:
     grid: int = 9
     seconds: float = 1.0
     rho: float = 0.01
+    #: "presets": score each pair on the preset step counts' schedules; "rho": on `rho`'s schedule (BDDM's search)
+    objective: str = "presets"
     device: str = "auto"
     seed: int = 0
 
@@ -48,9 +50,14 @@ def run_search(job: Search) -> Path:
     clips = list(zip(audio, mels))
     reference = mels[0]
     t0 = time.time()
-    alpha_N, beta_N, score = grid_search(score_net, schedule_net, clips, diffusion, rho, job.grid, job.seed)
+    if job.objective not in ("presets", "rho"):
+        raise SystemExit(f"--objective must be presets or rho, not {job.objective!r}")
+    steps = sorted(PRESET_STEPS.values()) if job.objective == "presets" else ()
+    rows = grid_scores(score_net, schedule_net, clips, diffusion, rho, job.grid, job.seed, steps)
+    alpha_N, beta_N, score = best_pair(rows, steps)
     seconds = reference.shape[-1] * spec.hop / spec.sample_rate
-    print(f"grid search ({job.grid}x{job.grid}, {len(clips)} clips of {seconds:.2f} s, rho {rho:g}): "
+    scored = f"schedules of {'/'.join(map(str, steps))} steps" if steps else f"rho {rho:g}"
+    print(f"grid search ({job.grid}x{job.grid}, {len(clips)} clips of {seconds:.2f} s, {scored}): "
           f"alpha_hat_N {alpha_N:.4f}, beta_hat_N {beta_N:.4f}, LS-MSE {score:.4f} "
           f"({time.time() - t0:.0f} s)")
 
@@ -60,17 +67,33 @@ def run_search(job: Search) -> Path:
     longest = noise_schedule(score_net, schedule_net, reference, alpha_N, beta_N, beta_1, diffusion, seed=0)
     rhos = {beta_1, *SWEEP, *(r for n in PRESET_STEPS.values() if (r := rho_for_steps(longest, n)) is not None)}
     schedules = {r: shorten(longest, r, diffusion) for r in rhos}
-    presets = choose_presets(schedules)
+    presets, own = choose_presets(schedules), {}
+    if steps:  # each preset: the pair best at its own step count, its schedule stored at the rho that cuts
+        # the main trajectory to that count, so rho -> steps stays what the sweep says
+        for i, n in enumerate(steps):
+            name = next(k for k, v in PRESET_STEPS.items() if v == n)
+            r = rho_for_steps(longest, n) if n < longest.steps else beta_1
+            if r is None:
+                continue
+            a, b, s = best_pair(rows, steps, only=i)
+            cut = cut_schedules(score_net, schedule_net, reference, a, b, [n], diffusion)[0]
+            schedules[r] = Schedule.from_alphas(cut.alpha, diffusion, f"bddm-{name}", **{
+                **cut.meta, "rho": r, "alpha_hat_N": a, "beta_hat_N": b})
+            presets[name], own[name] = r, {"alpha_hat_N": a, "beta_hat_N": b, "ls_mse": s, "steps": cut.steps}
+        print("presets, each with its own pair:\n" + "\n".join(
+            f"  {k:<9} rho {presets[k]:<8g} alpha_hat_N {v['alpha_hat_N']:.4f}, beta_hat_N {v['beta_hat_N']:.4f}: "
+            f"{v['steps']} steps, LS-MSE {v['ls_mse']:.4f}" for k, v in own.items()))
     print("rho -> steps:\n" + "\n".join(f"  {r:<8g} {schedules[r].steps:>3}" + "".join(
         f"  ({name})" for name, v in presets.items() if v == r) for r in sorted(schedules)))
 
     save_reference_mel(out, reference)
     config["search"] = {"alpha_hat_N": alpha_N, "beta_hat_N": beta_N, "ls_mse": score, "rho": rho,
+                        "objective": job.objective, "preset_pairs": own,
                         "presets": presets, "default_rho": presets["balanced"],
                         "schedules": {str(r): s.to_dict() for r, s in sorted(schedules.items())}}
     config.setdefault("training", {})["search"] = {
         "clips": len(clips), "clip_ids": names, "seconds": round(seconds, 3),
-        "grid": job.grid, "rho": rho, "wall_seconds": round(time.time() - t0, 1), "hardware": hardware(rt),
+        "grid": job.grid, "rho": rho, "objective": job.objective, "wall_seconds": round(time.time() - t0, 1), "hardware": hardware(rt),
         "data": str(job.data), "list": str(job.id_list) if job.id_list else None, "git_revision": git_revision()}
     write_config(out, config)
     print(f"search done in {time.time() - t0:.0f} s -> {out}")
