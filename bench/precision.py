@@ -21,7 +21,7 @@ from model import metrics
 from model.audio import mel_spectrogram
 from model.vocoder import Vocoder
 
-from .common import base_parser, fmt, header, table, validation_clips, write_outputs
+from .common import apply_threads, base_parser, fmt, header, table, validation_clips, write_outputs
 
 PRECISIONS = ("fp32", "bf16")
 #: Largest |bf16 - fp32| of the mean scores that the guard accepts.
@@ -83,11 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--audio-out", type=Path, help="save the vocoded clips (for --rescore)")
     ap.add_argument("--rescore", type=Path, help="score clips saved by --audio-out instead of vocoding")
     args = ap.parse_args(argv)
+    apply_threads(args.threads)
     head, rescored = header("bench.precision", args.weights), ""
     if args.rescore:  # the header is the vocoding run's (its machine, weights and command)
         saved = np.load(args.rescore, allow_pickle=False)
         audio, device = {k: saved[k] for k in ("reference", *PRECISIONS)}, str(saved["device"])
-        head, rescored = json.loads(str(saved["header"])), f"\n\nScored on {head['hardware']['cpu']} by `{head['command']}`."
+        rescored = f"\n\nScored on {head['hardware']['cpu']} by `{head['command']}`."
+        head = json.loads(str(saved["header"]))
     else:
         audio, device = vocode_clips(args.weights, args.device, args.data, args.clips, args.seconds), args.device
         if args.device == "cuda":

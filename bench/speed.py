@@ -135,8 +135,8 @@ def synthesis_rows(voc: Vocoder, audio: np.ndarray, schedules: dict[str, Schedul
         for label, schedule in schedules.items():
             voc.vocode(mel[:, :16], schedule, seed=0)  # warm-up
             _, wall = timed(voc.vocode, mel, schedule, seed=0)
-            rows.append({"device": device_label(voc.device), "schedule": label, "steps": schedule.steps, "seconds": seconds,
-                         "wall_s": wall, "rtf": wall / seconds})
+            rows.append({"device": device_label(voc.device), "schedule": label, "steps": schedule.steps,
+                         "seconds": seconds, "wall_s": wall, "rtf": wall / seconds})
     return rows
 
 
@@ -182,8 +182,8 @@ def batch_rows(args, audio: np.ndarray, dev: str) -> tuple[list[dict], list[dict
         schedules, _ = bench_schedules(voc, args.reference_schedules)
         label = next((k for k in schedules if k.startswith("balanced")), next(iter(schedules)))
         mel = mel_of(voc, audio, args.batch_seconds)
-        _, warm_s = timed(lambda: [voc.vocode(mel[None, :, :16 + b].repeat(b, 1, 1), schedules[label], seed=list(range(b)))
-                                   for b in (1, 2)])  # the compile, when there is one
+        first_calls = [(mel[None, :, :16 + b].repeat(b, 1, 1), list(range(b))) for b in (1, 2)]
+        _, warm_s = timed(lambda: [voc.vocode(m, schedules[label], seed=s) for m, s in first_calls])  # the compile
         macs = step_macs(voc.score_net) * mel.shape[-1] * voc.spec.hop * schedules[label].steps
         for batch in batches:
             clips = mel[None].repeat(batch, 1, 1)

@@ -128,7 +128,8 @@ def cut_schedules(score_net: ScoreNet, schedule_net: ScheduleNet, mel: torch.Ten
 
 
 def grid_scores(score_net: ScoreNet, schedule_net: ScheduleNet, clips: Sequence[tuple[torch.Tensor, torch.Tensor]],
-                diffusion: Diffusion, rho: float, grid: int = 9, seed: int = 0, steps: Sequence[int] = ()) -> list[dict]:
+                diffusion: Diffusion, rho: float, grid: int = 9, seed: int = 0,
+                steps: Sequence[int] = ()) -> list[dict]:
     """Every grid candidate scored: its schedule for rho, or with `steps` its schedules of those step counts
     (`cut_schedules`), made on the first clip's mel; all clips (equal lengths) sampled with each schedule.
     Rows: {"alpha_N", "beta_N", "steps": [steps each schedule got], "ls_mse": [their mean LS-MSE over clips]}."""

@@ -34,7 +34,8 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def resolve_compile(compile: str, device: torch.device) -> bool:
-    """VOCODER_COMPILE: "auto" compiles on CUDA only (on the CPU the compile costs more than the fused steps save)."""
+    """VOCODER_COMPILE: "auto" compiles on CUDA only. On the CPU inductor needs a C compiler, which the slim image
+    lacks, and gained 2-27% here for 6-21 s more start-up (bench/results/speed.md)."""
     if compile not in ("auto", "on", "off"):
         raise CheckpointError(f"compile must be auto, on or off, not {compile!r}")
     return device.type == "cuda" if compile == "auto" else compile == "on"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import quality, speed
+from bench import precision, quality, speed
 from bench.common import fmt, table
 
 
@@ -60,6 +60,23 @@ def test_speed_quick(tiny_weights: Path, shared_data: Path, tmp_path: Path) -> N
         assert finite([r["throughput"], r["p50_s"], r["p99_s"]]) and r["throughput"] > 0
     (sched,) = data["schedule_latency"]["rows"]
     assert not sched["first_cached"] and sched["hits_cached"] and finite([sched["miss_s"], sched["hit_s"]])
+    batched = data["batched"]  # (f): eager only on the CPU unless --compile on
+    assert [(r["compiled"], r["batch"]) for r in batched] == [(False, 1), (False, 2)]
+    assert all(finite([r["audio_s_per_s"], r["tflops"]]) and r["audio_s_per_s"] > 0 for r in batched)
+
+
+def test_precision_vocodes_then_rescores(tiny_weights: Path, shared_data: Path, tmp_path: Path) -> None:
+    """bf16 guard: vocode both precisions (CPU autocast here), save the audio, and score it again from the file."""
+    common = ["--weights", str(tiny_weights), "--data", str(shared_data), "--threads", "1"]
+    saved = tmp_path / "audio.npz"
+    status = precision.main([*common, "--device", "cpu", "--clips", "1", "--seconds", "3", "--out", str(tmp_path / "a"),
+                             "--audio-out", str(saved)])
+    first = json.loads((tmp_path / "a" / "precision.json").read_text())
+    assert status == (0 if first["guard_holds"] else 1)
+    assert precision.main([*common, "--rescore", str(saved), "--out", str(tmp_path / "b")]) == status
+    again = json.loads((tmp_path / "b" / "precision.json").read_text())
+    assert again["means"] == first["means"] and again["header"]["command"] == first["header"]["command"]
+    assert "Scored on" in (tmp_path / "b" / "precision.md").read_text()
 
 
 def test_table_and_numbers() -> None:

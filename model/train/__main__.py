@@ -49,7 +49,8 @@ def add_search(s: argparse.ArgumentParser) -> None:
     s.add_argument("--clips", type=int, default=3, help="held-out clips that score each candidate")
     s.add_argument("--grid", type=int, default=9, help="candidates per axis (grid x grid pairs)")
     s.add_argument("--seconds", type=float, default=1.0, help="crop clips to this length (bounds the time)")
-    s.add_argument("--rho", type=float, default=0.01, help="threshold the candidates are scheduled with (--objective rho)")
+    s.add_argument("--rho", type=float, default=0.01,
+                   help="threshold the candidates are scheduled with (--objective rho)")
     s.add_argument("--objective", choices=("presets", "rho"), default="presets",
                    help="score each pair on the presets' 3/7/12-step schedules (geometric mean LS-MSE) or on rho's")
 

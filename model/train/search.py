@@ -93,7 +93,8 @@ def run_search(job: Search) -> Path:
                         "schedules": {str(r): s.to_dict() for r, s in sorted(schedules.items())}}
     config.setdefault("training", {})["search"] = {
         "clips": len(clips), "clip_ids": names, "seconds": round(seconds, 3),
-        "grid": job.grid, "rho": rho, "objective": job.objective, "wall_seconds": round(time.time() - t0, 1), "hardware": hardware(rt),
+        "grid": job.grid, "rho": rho, "objective": job.objective, "wall_seconds": round(time.time() - t0, 1),
+        "hardware": hardware(rt),
         "data": str(job.data), "list": str(job.id_list) if job.id_list else None, "git_revision": git_revision()}
     write_config(out, config)
     print(f"search done in {time.time() - t0:.0f} s -> {out}")
