@@ -408,7 +408,7 @@ def batch_section(rows: list[dict], kernels: list[dict]) -> list[str]:
         parts += ["", "Top CUDA kernels of one compiled synthesis (batch 1):", "",
                   table(["Kernel", "Calls", "ms", "Share"],
                         [[f"`{k['kernel']}`", k["calls"], k["ms"], f"{100 * k['share']:.1f}%"] for k in kernels])]
-    return parts
+    return parts + [""]
 
 
 def load_section(load: dict, args) -> list[str]:
@@ -441,7 +441,7 @@ def schedule_section(sched: dict) -> list[str]:
 def report(net_rows, synth_rows, cached_rows, batched, load, sched, server_note: str | None, notes: list[str],
            args) -> str:
     parts = network_section(net_rows) + [""] + synthesis_section(synth_rows) + [""] + cache_section(cached_rows) + [""]
-    parts += batch_section(*batched) + [""] if batched[0] else []
+    parts += batch_section(*batched)
     if server_note:
         parts += ["## Server under load", "", server_note]
     else:
