@@ -34,7 +34,8 @@ RUN pip install --no-cache-dir . \
 
 # The shipped weights, in both images and owned by the app user: a named volume mounted at /app/weights
 # starts as a copy of them whichever image mounts it first, the trainer can write there, and a run with
-# `--out /app/weights/default` fine-tunes them. Mount another volume there to serve other weights.
+# `--out /app/weights/base` fine-tunes them. With VOCODER_WEIGHTS unset the server picks by device:
+# /app/weights/base on CUDA, /app/weights/small on a CPU (VOCODER_WEIGHTS_ROOT is where it looks).
 WORKDIR /app
 COPY --chown=vocoder:vocoder weights/ /app/weights/
 
@@ -52,7 +53,7 @@ CMD ["--help"]
 FROM base AS server
 ENV VOCODER_HOST=0.0.0.0 \
     VOCODER_PORT=8000 \
-    VOCODER_WEIGHTS=/app/weights/default \
+    VOCODER_WEIGHTS_ROOT=/app/weights \
     VOCODER_DEVICE=auto \
     VOCODER_SHUTDOWN_TIMEOUT_S=30
 USER 10001:10001

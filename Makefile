@@ -2,7 +2,8 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-WEIGHTS ?= weights/default
+# WEIGHTS unset: the server picks the net for its device (CUDA: weights/base, CPU: weights/small).
+WEIGHTS ?=
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
@@ -19,14 +20,14 @@ install-test: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 
 serve: install
-	$(BIN)/python -m server --host $(HOST) --port $(PORT) --weights $(WEIGHTS)
+	$(BIN)/python -m server --host $(HOST) --port $(PORT) $(if $(WEIGHTS),--weights $(WEIGHTS))
 
 test: install-test
 	$(BIN)/python -m pytest
 
 bench: install-test
-	$(BIN)/python -m bench.quality --weights $(WEIGHTS)
-	$(BIN)/python -m bench.speed --weights $(WEIGHTS)
+	$(BIN)/python -m bench.quality $(if $(WEIGHTS),--weights $(WEIGHTS))
+	$(BIN)/python -m bench.speed $(if $(WEIGHTS),--weights $(WEIGHTS))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -28,7 +28,7 @@ import torch
 
 from model.audio import list_audio, load_audio, read_id_list
 from model.checkpoint import SCORE_NET, git_revision, read_config
-from model.vocoder import DEFAULT_WEIGHTS
+from model.vocoder import default_weights, resolve_device
 
 DEFAULT_DATA = Path("../shared/data/ljspeech")
 DEFAULT_OUT = Path("bench/results")
@@ -45,10 +45,12 @@ def parse_with_quick(ap: argparse.ArgumentParser, argv: list[str] | None, quick:
     return args
 
 
-def base_parser(prog: str, doc: str) -> argparse.ArgumentParser:
-    """The options both benchmarks take."""
+def base_parser(prog: str, doc: str, several: bool = False) -> argparse.ArgumentParser:
+    """The options every model benchmark takes; `several` lets --weights repeat, to compare nets side by side."""
     ap = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
-    ap.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
+    ap.add_argument("--weights", type=Path, action="append" if several else "store",
+                    help="weights directory" + ("; repeat it to compare nets side by side" if several else "")
+                    + " (default: the device's net, weights/base on CUDA, weights/small on a CPU)")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="LJ Speech dir with wavs/ and valid.txt")
     ap.add_argument("--quick", action="store_true", help="a small smoke run (minutes on a CPU)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -56,6 +58,13 @@ def base_parser(prog: str, doc: str) -> argparse.ArgumentParser:
                     help="inference precision (auto: bf16 on CUDA, fp32 on the CPU)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     return ap
+
+
+def weights_for(weights: Path | list[Path] | None, device: str = "auto") -> list[Path]:
+    """The --weights given, else the net the server would pick on `device` (`model.vocoder.default_weights`)."""
+    if weights:
+        return list(weights) if isinstance(weights, list) else [weights]
+    return [default_weights(resolve_device("auto" if device == "all" else device))[0]]
 
 
 def apply_threads(threads: int | None) -> None:
@@ -102,12 +111,14 @@ def dirty_mark() -> str:
     return "+changes" if out.strip() else ""
 
 
-def header(module: str, weights: Path) -> dict:
-    """Everything needed to reproduce a run: machine, time, code, weights and the exact command."""
+def header(module: str, weights: Path | Sequence[Path]) -> dict:
+    """Everything needed to reproduce a run: machine, time, code, weights (one net or several side by side) and the
+    exact command."""
+    nets = [weights] if isinstance(weights, Path) else list(weights)
     return {"hardware": {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                          "gpu": gpu_name(), "torch": torch.__version__, "python": platform.python_version()},
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "git_revision": git_revision() + dirty_mark(),
-            "weights": weights_info(weights),
+            "weights": [weights_info(w) for w in nets],
             "command": " ".join(["python -m", module, *map(shlex.quote, sys.argv[1:])])}
 
 
@@ -118,18 +129,22 @@ def architecture(params: dict | None) -> str:
             f"dilation cycle {params['dilation_cycle']}")
 
 
-def header_markdown(h: dict) -> str:
-    hw, w = h["hardware"], h["weights"]
-    gpu = f"; GPU {hw['gpu']}" if hw["gpu"] else "; no GPU"
+def weights_markdown(w: dict) -> str:
     steps = (f"score net {w['score_steps']} training steps" if w["score_steps"] is not None
              else "score-net training not recorded")
     if w["schedule_steps"] is not None:
         steps += f", schedule net {w['schedule_steps']} steps"
+    return f"`{w['id']}` ({w['dir']}; {steps}; score net {architecture(w['score_net'])})"
+
+
+def header_markdown(h: dict) -> str:
+    hw, nets = h["hardware"], h["weights"] if isinstance(h["weights"], list) else [h["weights"]]
+    gpu = f"; GPU {hw['gpu']}" if hw["gpu"] else "; no GPU"
     return "\n".join([
         f"- Hardware: {hw['cpu']}, {hw['cores']} cores ({hw['torch_threads']} torch threads){gpu}; "
         f"torch {hw['torch']}, Python {hw['python']}",
         f"- Date: {h['date']}; git revision `{h['git_revision']}`",
-        f"- Weights: `{w['id']}` ({w['dir']}; {steps}; score net {architecture(w['score_net'])})",
+        *(f"- Weights: {weights_markdown(w)}" for w in nets),
         f"- Command: `{h['command']}`",
     ])
 

@@ -21,7 +21,7 @@ from model import metrics
 from model.audio import mel_spectrogram
 from model.vocoder import Vocoder
 
-from .common import apply_threads, base_parser, fmt, header, table, validation_clips, write_outputs
+from .common import apply_threads, base_parser, fmt, header, table, validation_clips, weights_for, write_outputs
 
 PRECISIONS = ("fp32", "bf16")
 #: Largest |bf16 - fp32| of the mean scores that the guard accepts.
@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rescore", type=Path, help="score clips saved by --audio-out instead of vocoding")
     args = ap.parse_args(argv)
     apply_threads(args.threads)
+    args.weights = weights_for(args.weights, args.device)[0]
     head, rescored = header("bench.precision", args.weights), ""
     if args.rescore:  # the header is the vocoding run's (its machine, weights and command)
         saved = np.load(args.rescore, allow_pickle=False)

@@ -31,9 +31,9 @@ from model.schedules import Diffusion, Schedule, diffwave_fast, full, linear_sub
 from model.vocoder import Vocoder
 
 from .common import (DEFAULT_REFERENCE, OFFICIAL, Clip, apply_threads, base_parser, fmt, header, log_axes,
-                     parse_with_quick, table, timed, validation_clips, write_outputs)
+                     parse_with_quick, table, timed, validation_clips, weights_for, write_outputs)
 
-METRICS = {"ls_mse": "LS-MSE ↓", "mcd": "MCD dB ↓", "stoi": "STOI ↑", "pesq": "PESQ-WB ↑"}
+METRICS = {"ls_mse": "LS-MSE ↓", "mcd": "MCD dB ↓", "stoi": "STOI ↑", "pesq": "PESQ-WB ↑", "pesq_nb": "PESQ-NB ↑"}
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,10 @@ class Method:
     family: str  # one line / marker set in the plot
     sampler: str
     schedule: Schedule
+    key: str = ""  # what lines a row up with the same method on another net (the name, less a net's own rho)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", self.key or self.name)
 
 
 def baseline_methods(diffusion: Diffusion, quick: bool, skip_full: bool) -> list[Method]:
@@ -84,9 +88,13 @@ def our_methods(voc: Vocoder, quick: bool) -> tuple[list[Method], list[str]]:
         except CheckpointError as e:
             notes.append(f"BDDM (ours) {label} skipped: {e}")
             continue
-        out += [Method(f"BDDM ours {label} ρ={rho:g} ({s.upper()})", f"BDDM ours ({s.upper()})", s, schedule)
-                for s in (("ddpm",) if quick else ("ddpm", "ddim"))]
+        out += [Method(f"BDDM ours {label} ρ={rho:g} ({s.upper()})", f"BDDM ours ({s.upper()})", s, schedule,
+                       f"BDDM ours {label} ({s.upper()})") for s in (("ddpm",) if quick else ("ddpm", "ddim"))]
     return out, notes
+
+
+def net_name(voc: Vocoder) -> str:
+    return voc.directory.name if voc.directory else "in-memory"
 
 
 def run_method(voc: Vocoder, method: Method, clips: list[Clip], mels: list, seed: int) -> dict:
@@ -98,15 +106,16 @@ def run_method(voc: Vocoder, method: Method, clips: list[Clip], mels: list, seed
         per_clip.append({"id": clip.id, "wall_s": seconds, **metrics.evaluate(clip.audio, audio, clip.sample_rate)})
     audio_seconds = sum(c.seconds for c in clips)
     summary = {k: metrics.mean_ci95([c[k] for c in per_clip]) for k in METRICS}
-    return {"name": method.name, "family": method.family, "sampler": method.sampler, "steps": method.schedule.steps,
-            "schedule": method.schedule.name, "rtf": wall / audio_seconds, "summary": summary, "clips": per_clip}
+    return {"net": net_name(voc), "name": method.name, "key": method.key, "family": method.family,
+            "sampler": method.sampler, "steps": method.schedule.steps, "schedule": method.schedule.name,
+            "rtf": wall / audio_seconds, "summary": summary, "clips": per_clip}
 
 
 def run_logged(voc: Vocoder, method: Method, clips: list[Clip], mels: list, seed: int) -> dict:
     """`run_method`, with one progress line on stderr (the full run takes a while on a CPU)."""
     t0 = time.time()
     r = run_method(voc, method, clips, mels, seed)
-    print(f"{method.name:40s} steps={r['steps']:3d} PESQ={fmt(r['summary']['pesq'][0])} "
+    print(f"{r['net']}: {method.name:40s} steps={r['steps']:3d} PESQ={fmt(r['summary']['pesq'][0])} "
           f"STOI={fmt(r['summary']['stoi'][0])} RTF={fmt(r['rtf'])} ({time.time() - t0:.0f} s)", file=sys.stderr)
     return r
 
@@ -126,10 +135,14 @@ def conditioning_health(voc: Vocoder, clips: list[Clip], mels: list, seed: int) 
     return {"gain": {t: [g[t] for g in gains] for t in GAIN_STEPS}, "silence_gap": gaps}
 
 
-def health_report(h: dict) -> str:
-    rows = [[f"conditioning gain at t = {t}", mean_pm(metrics.mean_ci95(v))] for t, v in h["gain"].items()]
-    rows += [[f"silence gap, {p} (ρ={g['rho']:g}, {g['steps']} steps, DDPM)",
-              mean_pm(metrics.mean_ci95(g["db"])) + " dB"] for p, g in h["silence_gap"].items()]
+def health_report(health: dict[str, dict]) -> str:
+    """One column per net: the conditioning gain per noise level and the silence gap per preset."""
+    nets = list(health)
+    first = health[nets[0]]
+    rows = [[f"conditioning gain at t = {t}", *(mean_pm(metrics.mean_ci95(health[n]["gain"][t])) for n in nets)]
+            for t in first["gain"]]
+    presets = list(dict.fromkeys(p for n in nets for p in health[n]["silence_gap"]))
+    rows += [[f"silence gap, {p} (DDPM)", *(gap_cell(health[n]["silence_gap"].get(p)) for n in nets)] for p in presets]
     return "\n".join([
         "## Conditioning health",
         "",
@@ -137,8 +150,12 @@ def health_report(h: dict) -> str:
         "silence mel / with the true mel, on each clip noised to level t (1.0: the mel is ignored). Silence gap: "
         "RMS of the speech span / RMS of one second of silence mel on each side of it, vocoded.",
         "",
-        table(["Measure", "Mean ± 95% CI over clips"], rows),
+        table(["Measure", *(f"{n}: mean ± 95% CI over clips" for n in nets)], rows),
     ])
+
+
+def gap_cell(g: dict | None) -> str:
+    return "n/a" if g is None else f"{mean_pm(metrics.mean_ci95(g['db']))} dB (ρ={g['rho']:g}, {g['steps']} steps)"
 
 
 def mean_pm(mean_ci: tuple[float, float]) -> str:
@@ -146,17 +163,45 @@ def mean_pm(mean_ci: tuple[float, float]) -> str:
     return fmt(mean) if not np.isfinite(half) else f"{fmt(mean)} ± {fmt(half)}"
 
 
+def side_by_side(results: list[dict]) -> list[dict]:
+    """Rows in method order, each method's nets next to each other."""
+    keys = list(dict.fromkeys(r["key"] for r in results))
+    return sorted(results, key=lambda r: keys.index(r["key"]))
+
+
+def preset_summary(results: list[dict]) -> list[str]:
+    """Each net's own presets (DDPM) side by side: steps, STOI, PESQ-WB, PESQ-NB and RTF."""
+    ours = [r for r in results if r["family"] == "BDDM ours (DDPM)"]
+    nets = list(dict.fromkeys(r["net"] for r in results))
+    if len(nets) < 2 or not ours:
+        return []
+    cell = {(r["net"], r["key"]): r for r in ours}
+    rows = [[key.removeprefix("BDDM ours ").removesuffix(" (DDPM)"),
+             *(preset_cell(cell.get((n, key))) for n in nets)] for key in dict.fromkeys(r["key"] for r in ours)]
+    return ["Each net at its own searched presets (DDPM), side by side: steps · STOI · PESQ-WB · PESQ-NB · RTF.", "",
+            table(["Preset", *nets], rows), ""]
+
+
+def preset_cell(r: dict | None) -> str:
+    if r is None:
+        return "n/a"
+    m = r["summary"]
+    return f"{r['steps']} · {fmt(m['stoi'][0])} · {fmt(m['pesq'][0])} · {fmt(m['pesq_nb'][0])} · {fmt(r['rtf'])}"
+
+
 def report(results: list[dict], health: dict, clips: list[Clip], args: argparse.Namespace, notes: list[str]) -> str:
-    rows = [[r["name"], r["sampler"].upper(), r["steps"], *(mean_pm(r["summary"][k]) for k in METRICS), r["rtf"]]
-            for r in results]
+    rows = [[r["name"], r["net"], r["sampler"].upper(), r["steps"], *(mean_pm(r["summary"][k]) for k in METRICS),
+             r["rtf"]] for r in side_by_side(results)]
     audio = sum(c.seconds for c in clips)
-    lines = [
+    lines = [*preset_summary(results),
         f"{len(clips)} held-out LJ Speech clips ({args.data / 'valid.txt'}; {audio:.1f} s of audio"
         + (f", each cropped to its first {args.seconds:g} s" if args.seconds else "")
         + f"), log-mels computed from the recordings; clip i is sampled with seed {args.seed} + i for every method.",
         "Each cell is the mean ± the half-width of its 95% Student-t interval over clips. "
         f"RTF = synthesis wall seconds / audio seconds on {args.device.upper()} (one clip at a time, lower is faster).",
-        "", table(["Method", "Sampler", "Steps", *METRICS.values(), f"RTF ({args.device})"], rows),
+        "PESQ-WB is P.862.2 wideband; PESQ-NB is narrow-band P.862.1 MOS-LQO (raw P.862, the scale of BDDM's "
+        "published 4.05, maps to it as 0.999 + 4 / (1 + exp(-1.4945 raw + 4.6607)): raw 4.05 is 4.20).",
+        "", table(["Method", "Net", "Sampler", "Steps", *METRICS.values(), f"RTF ({args.device})"], rows),
     ]
     lines += ["", health_report(health)]
     if notes:
@@ -170,13 +215,16 @@ def plot(results: list[dict]):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    families = list(dict.fromkeys(r["family"] for r in results))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5))
+    several = len({r["net"] for r in results}) > 1
+    for r in results:
+        r["line"] = f"{r['family']}, {r['net']}" if several else r["family"]
+    families = list(dict.fromkeys(r["line"] for r in results))
     markers = "os^Dvx*P"
     ticks = sorted({r["steps"] for r in results})
     for ax, key in zip(axes, ("pesq", "stoi")):
         for i, fam in enumerate(families):
-            pts = sorted((r["steps"], *r["summary"][key]) for r in results if r["family"] == fam)
+            pts = sorted((r["steps"], *r["summary"][key]) for r in results if r["line"] == fam)
             steps, means, halves = (np.array(v, dtype=float) for v in zip(*pts))
             dodge = 1 + 0.02 * (i - len(families) / 2)  # keep equal-step error bars apart
             ax.errorbar(steps * dodge, means, yerr=np.nan_to_num(halves), marker=markers[i % len(markers)],
@@ -189,7 +237,7 @@ def plot(results: list[dict]):
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = base_parser("python -m bench.quality", __doc__)
+    ap = base_parser("python -m bench.quality", __doc__, several=True)
     ap.add_argument("--reference-schedules", type=Path, default=DEFAULT_REFERENCE)
     ap.add_argument("--clips", type=int, default=10, help="the first N validation clips (there are 20)")
     ap.add_argument("--seconds", type=float, default=3.0, help="crop every clip to its first S seconds; 0: whole clips")
@@ -206,16 +254,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     apply_threads(args.threads)
-    head = header("bench.quality", args.weights)
-    voc = Vocoder.load(args.weights, device=args.device, dtype=args.dtype)
-    clips = validation_clips(args.data, args.clips, args.seconds, voc.spec.sample_rate)
-    mels = [mel_spectrogram(c.audio, voc.spec) for c in clips]
-    official, notes = official_methods(voc, args.reference_schedules, args.quick)
-    ours, ours_notes = our_methods(voc, args.quick)
-    notes += ours_notes
-    results = [run_logged(voc, m, clips, mels, args.seed)
-               for m in baseline_methods(voc.diffusion, args.quick, args.skip_full) + official + ours]
-    health = conditioning_health(voc, clips, mels, args.seed)
+    nets = weights_for(args.weights, args.device)
+    head = header("bench.quality", nets)
+    results, health, notes = [], {}, []
+    for weights in nets:  # the same clips, seeds and schedules for every net
+        voc = Vocoder.load(weights, device=args.device, dtype=args.dtype)
+        clips = validation_clips(args.data, args.clips, args.seconds, voc.spec.sample_rate)
+        mels = [mel_spectrogram(c.audio, voc.spec) for c in clips]
+        official, more = official_methods(voc, args.reference_schedules, args.quick)
+        ours, ours_notes = our_methods(voc, args.quick)
+        notes += [f"{net_name(voc)}: {n}" for n in more + ours_notes]
+        results += [run_logged(voc, m, clips, mels, args.seed)
+                    for m in baseline_methods(voc.diffusion, args.quick, args.skip_full) + official + ours]
+        health[net_name(voc)] = conditioning_health(voc, clips, mels, args.seed)
     write_outputs(args.out, "quality", "Quality benchmark", head, report(results, health, clips, args, notes),
                   {"clips": [c.id for c in clips], "seconds": args.seconds, "seed": args.seed, "notes": notes,
                    "results": results, "conditioning": health}, plot, results)

@@ -16,7 +16,7 @@ Bounded in requests (--max-requests, --max-burst) and time (phase lengths, per-r
 the server is always stopped with SIGTERM and must exit 0. Writes soak.md and soak.json to --out
 (bench/results); the server's log goes to runs/soak-server.log.
 
-    python -m bench.soak --weights weights/default --minutes 10
+    python -m bench.soak --weights weights/small --minutes 10
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import soundfile as sf
 from model.audio import HOP, SAMPLE_RATE, encode_audio, load_audio, mel_spectrogram
 
 from .common import (DEFAULT_OUT, fmt, free_port, header, header_markdown, mutate, npy_bytes, random_edits, table,
-                     wait_ready)
+                     wait_ready, weights_for)
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_LOG = ROOT / "runs" / "soak-server.log"  # one JSON line per request: evidence, not a result to commit
@@ -86,8 +86,9 @@ def test_mel(audio: str | None, seconds: float) -> np.ndarray:
 class Server:
     """`python -m server` as a child process; stop() sends SIGTERM and returns the exit code."""
 
-    def __init__(self, weights: str, port: int, log: Path, ready_timeout: float) -> None:
-        self.cmd = [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port), "--weights", weights]
+    def __init__(self, weights: str | None, port: int, log: Path, ready_timeout: float) -> None:
+        self.cmd = [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port),
+                    *(["--weights", weights] if weights else [])]
         self.url = f"http://127.0.0.1:{port}"
         self.log = log.open("wb")
         self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
@@ -225,7 +226,7 @@ def run(args: argparse.Namespace) -> dict:
     server = Server(args.weights, port, SERVER_LOG, args.ready_timeout)
     client = Client(server.url, args.max_requests, connections=max(args.max_burst, args.clients),
                     timeout=args.request_timeout)
-    report: dict = {"header": header("bench.soak", Path(args.weights)),
+    report: dict = {"header": header("bench.soak", weights_for(args.weights and Path(args.weights))[0]),
                     "server_command": " ".join(["python", *server.cmd[1:]]), "mel_frames": frames,
                     "min_burst": args.min_burst, "burst_size": args.burst_size, "criteria": {}}
     crit = report["criteria"]
@@ -425,7 +426,7 @@ def write(report: dict, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--weights", default="weights/default")
+    p.add_argument("--weights", help="weights directory (default: the server's pick for this host's device)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--minutes", type=float, default=10.0, help="length of the sustained soak")
     p.add_argument("--clients", type=int, default=3, help="closed-loop clients for capacity and soak")

@@ -37,7 +37,8 @@ from model.score_net import ScoreNet, step_embedding
 from model.vocoder import Vocoder
 
 from .common import (DEFAULT_REFERENCE, OFFICIAL, apply_threads, base_parser, fmt, free_port, header, log_axes,
-                     npy_bytes, parse_with_quick, sync, table, timed, validation_clips, wait_ready, write_outputs)
+                     npy_bytes, parse_with_quick, sync, table, timed, validation_clips, wait_ready, weights_for,
+                     write_outputs)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -116,7 +117,7 @@ def network_rows(voc: Vocoder, audio: np.ndarray, lengths: list[float], reps: in
         t = torch.tensor([voc.diffusion.steps // 2], device=dev)
         ours = median_time(lambda: eps(x, mel, t.float()), reps)
         plain = median_time(lambda: net(x, mel, t.float()), reps)
-        row = {"device": device_label(dev), "seconds": seconds, "ours_s": ours, "ours_plain_s": plain,
+        row = {"net": net_label(voc), "device": device_label(dev), "seconds": seconds, "ours_s": ours, "ours_plain_s": plain,
                "reference_s": None, "ratio": None, "max_abs_diff": None}
         if ref is not None:
             ref_mel = (mel - net.mel_mean) / net.mel_std
@@ -135,8 +136,8 @@ def synthesis_rows(voc: Vocoder, audio: np.ndarray, schedules: dict[str, Schedul
         for label, schedule in schedules.items():
             voc.vocode(mel[:, :16], schedule, seed=0)  # warm-up
             _, wall = timed(voc.vocode, mel, schedule, seed=0)
-            rows.append({"device": device_label(voc.device), "schedule": label, "steps": schedule.steps,
-                         "seconds": seconds, "wall_s": wall, "rtf": wall / seconds})
+            rows.append({"net": net_label(voc), "device": device_label(voc.device), "schedule": label,
+                         "steps": schedule.steps, "seconds": seconds, "wall_s": wall, "rtf": wall / seconds})
     return rows
 
 
@@ -154,8 +155,8 @@ def cache_rows(voc: Vocoder, audio: np.ndarray, schedules: dict[str, Schedule], 
 
         uncached = median_time(lambda: run(0), reps)
         cached = median_time(lambda: run(CONDITIONING_CACHE_BYTES), reps)
-        rows.append({"device": device_label(voc.device), "schedule": label, "steps": schedule.steps, "seconds": seconds,
-                     "uncached_s": uncached, "cached_s": cached, "speedup": uncached / cached,
+        rows.append({"net": net_label(voc), "device": device_label(voc.device), "schedule": label,
+                     "steps": schedule.steps, "seconds": seconds, "uncached_s": uncached, "cached_s": cached, "speedup": uncached / cached,
                      "same_audio": bool(torch.equal(run(0), run(CONDITIONING_CACHE_BYTES)))})
     return rows
 
@@ -173,12 +174,12 @@ def compile_modes(which: str, device: str) -> list[str]:
 
 
 @torch.inference_mode()
-def batch_rows(args, audio: np.ndarray, dev: str) -> tuple[list[dict], list[dict]]:
+def batch_rows(args, weights: Path, audio: np.ndarray, dev: str) -> tuple[list[dict], list[dict]]:
     """(f) rows per (compile mode, batch) and, on CUDA, the compiled synthesis's top kernels."""
     rows, kernels = [], []
     batches = args.batches or ([1, 4, 16, 64] if dev == "cuda" else [1, 4])
     for mode in compile_modes(args.compile, dev):
-        voc = Vocoder.load(args.weights, device=dev, dtype=args.dtype, compile=mode)
+        voc = Vocoder.load(weights, device=dev, dtype=args.dtype, compile=mode)
         schedules, _ = bench_schedules(voc, args.reference_schedules)
         label = next((k for k in schedules if k.startswith("balanced")), next(iter(schedules)))
         mel = mel_of(voc, audio, args.batch_seconds)
@@ -188,7 +189,8 @@ def batch_rows(args, audio: np.ndarray, dev: str) -> tuple[list[dict], list[dict
         for batch in batches:
             clips = mel[None].repeat(batch, 1, 1)
             wall = median_time(lambda: voc.vocode(clips, schedules[label], seed=list(range(batch))), args.reps)
-            rows.append({"device": device_label(voc.device), "dtype": str(voc.dtype).removeprefix("torch."),
+            rows.append({"net": net_label(voc), "device": device_label(voc.device),
+                         "dtype": str(voc.dtype).removeprefix("torch."),
                          "compiled": voc.compiled, "warm_up_s": warm_s, "schedule": label,
                          "steps": schedules[label].steps, "seconds": args.batch_seconds, "batch": batch,
                          "wall_s": wall, "rtf": wall / (batch * args.batch_seconds),
@@ -219,6 +221,10 @@ def devices(which: str) -> list[str]:
     if which == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: CUDA is not available here")
     return [which]
+
+
+def net_label(voc: Vocoder) -> str:
+    return voc.directory.name if voc.directory else "in-memory"
 
 
 def device_label(device: torch.device) -> str:
@@ -335,13 +341,14 @@ def schedule_latency(url: str, rhos: list[float], hits: int) -> dict:
     return {"healthz_s": float(np.median(health)), "rows": rows}
 
 
-def load_rows(args, voc: Vocoder, bodies: list[tuple[bytes, float]], log_dir: Path) -> tuple[list[dict], dict, str]:
+def load_rows(args, weights: Path, voc: Vocoder, bodies: list[tuple[bytes, float]],
+              log_dir: Path) -> tuple[list[dict], dict, str]:
     """Each batching mode in its own fresh server; (d) runs first on the batching-on server (cold cache).
     Returns (load rows, schedule latencies, the device the server runs on)."""
     rows, schedules = [], None
     inherited = {k: v for k, v in os.environ.items() if k != "VOCODER_BATCH_WAIT_MS"}
     for mode, env in (("on", inherited), ("off", {**inherited, "VOCODER_BATCH_WAIT_MS": "0"})):
-        with server(args.weights, env, log_dir / f"server-batching-{mode}.log") as url:
+        with server(weights, env, log_dir / f"server-batching-{mode}.log") as url:
             device = httpx.get(f"{url}/v1/model", timeout=30).json()["device"]
             if schedules is None:
                 schedules = schedule_latency(url, new_rhos(voc, 1 if args.quick else 3), 3 if args.quick else 10)
@@ -363,8 +370,9 @@ def network_section(rows: list[dict]) -> list[str]:
             "*windowed* is how synthesis calls it (bounded memory, exact). *Reference* is lmnt-com `diffwave`'s "
             "`DiffWave` with the same residual channels/layers/dilation cycle, loaded with our weights "
             "(max |difference| of the two outputs shown), fed an integer step.", "",
-            table(["Device", "Audio s", "Ours ms", "Windowed ms", "Reference ms", "Ours / reference", "Max abs diff"],
-                  [[r["device"], r["seconds"], 1e3 * r["ours_plain_s"], 1e3 * r["ours_s"], ms(r["reference_s"]),
+            table(["Net", "Device", "Audio s", "Ours ms", "Windowed ms", "Reference ms", "Ours / reference",
+                   "Max abs diff"],
+                  [[r["net"], r["device"], r["seconds"], 1e3 * r["ours_plain_s"], 1e3 * r["ours_s"], ms(r["reference_s"]),
                     r["ratio"], "n/a" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.1e}"] for r in rows])]
 
 
@@ -374,21 +382,22 @@ def ms(seconds: float | None) -> float | None:
 
 def synthesis_section(rows: list[dict]) -> list[str]:
     lengths = sorted({r["seconds"] for r in rows})
-    keys = list(dict.fromkeys((r["device"], r["schedule"], r["steps"]) for r in rows))
-    rtf = {(r["device"], r["schedule"], r["seconds"]): r["rtf"] for r in rows}
+    keys = list(dict.fromkeys((r["net"], r["device"], r["schedule"], r["steps"]) for r in rows))
+    rtf = {(r["net"], r["device"], r["schedule"], r["seconds"]): r["rtf"] for r in rows}
     return ["## Whole synthesis", "",
             "Real-time factor = wall seconds / audio seconds for one seeded DDPM synthesis of real speech "
             "(lower is faster; below 1 is faster than real time).", "",
-            table(["Device", "Schedule", "Steps", *(f"RTF {s:g} s" for s in lengths)],
-                  [[d, s, n, *(rtf[(d, s, L)] for L in lengths)] for d, s, n in keys])]
+            table(["Net", "Device", "Schedule", "Steps", *(f"RTF {s:g} s" for s in lengths)],
+                  [[net, d, s, n, *(rtf[(net, d, s, L)] for L in lengths)] for net, d, s, n in keys])]
 
 
 def cache_section(rows: list[dict]) -> list[str]:
     return ["## Conditioning cache", "",
             "Whole seeded DDPM synthesis with every layer's conditioning recomputed at each step (as before the "
             "cache) and computed once per request (`sampling.windowed_eps`), median wall time, in the same run.", "",
-            table(["Device", "Schedule", "Steps", "Audio s", "Recomputed s", "Cached s", "Speed-up", "Same audio"],
-                  [[r["device"], r["schedule"], r["steps"], r["seconds"], r["uncached_s"], r["cached_s"],
+            table(["Net", "Device", "Schedule", "Steps", "Audio s", "Recomputed s", "Cached s", "Speed-up",
+                   "Same audio"],
+                  [[r["net"], r["device"], r["schedule"], r["steps"], r["seconds"], r["uncached_s"], r["cached_s"],
                     r["speedup"], str(r["same_audio"])] for r in rows])]
 
 
@@ -400,9 +409,9 @@ def batch_section(rows: list[dict], kernels: list[dict]) -> list[str]:
              "`Vocoder.vocode`. Compiled = `torch.compile(dynamic=True)` of the score-net step (VOCODER_COMPILE); "
              "*warm-up* is the first two calls (batch 1 and 2), which compile it. Audio s / s = batch x clip "
              "seconds / wall; TFLOP/s counts the audio-rate convs' multiply-adds (2 FLOPs each).", "",
-             table(["Device", "Dtype", "Compiled", "Warm-up s", "Steps", "Clip s", "Batch", "Wall s", "RTF per clip",
-                    "Audio s / s", "TFLOP/s"],
-                   [[r["device"], r["dtype"], str(r["compiled"]), r["warm_up_s"], r["steps"], r["seconds"], r["batch"],
+             table(["Net", "Device", "Dtype", "Compiled", "Warm-up s", "Steps", "Clip s", "Batch", "Wall s",
+                    "RTF per clip", "Audio s / s", "TFLOP/s"],
+                   [[r["net"], r["device"], r["dtype"], str(r["compiled"]), r["warm_up_s"], r["steps"], r["seconds"], r["batch"],
                      r["wall_s"], r["rtf"], r["audio_s_per_s"], r["tflops"]] for r in rows])]
     if kernels:
         parts += ["", "Top CUDA kernels of one compiled synthesis (batch 1):", "",
@@ -414,7 +423,8 @@ def batch_section(rows: list[dict], kernels: list[dict]) -> list[str]:
 def load_section(load: dict, args) -> list[str]:
     lo, hi = args.mel_seconds
     return ["## Server under load", "",
-            f"`python -m server` on 127.0.0.1 (device {load['device']}) in a fresh process per batching mode, closed "
+            f"`python -m server` serving {load['net']} on 127.0.0.1 (device {load['device']}) in a fresh process per "
+            f"batching mode, closed "
             f"loop: each client sends its next request as soon as its last one is answered (after a 429, once "
             f"Retry-After has passed, at most 5 s). Mels of {lo:g}-{hi:g} s "
             f"from the validation clips, rho={load['rho']}, unseeded (the server batches seeded requests only when "
@@ -459,19 +469,20 @@ def plot(net_rows, synth_rows, load):
 
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
     ax = axes[0]
-    for dev in dict.fromkeys(r["device"] for r in net_rows):
-        rows = [r for r in net_rows if r["device"] == dev]
+    for net, dev in dict.fromkeys((r["net"], r["device"]) for r in net_rows):
+        rows = [r for r in net_rows if (r["net"], r["device"]) == (net, dev)]
         for key, label, style in (("ours_plain_s", "ours", "o-"), ("reference_s", "reference DiffWave", "s--")):
             if rows[0][key] is not None:
-                ax.plot([r["seconds"] for r in rows], [1e3 * r[key] for r in rows], style, label=f"{label} ({dev})")
+                ax.plot([r["seconds"] for r in rows], [1e3 * r[key] for r in rows], style,
+                        label=f"{label}, {net} ({dev})")
     log_axes(ax, sorted({r["seconds"] for r in net_rows}))
     ax.set(xlabel="audio seconds", ylabel="ms per forward (one step)", title="Score network forward")
     ax.legend(fontsize=8)
     ax = axes[1]
-    for key in dict.fromkeys((r["device"], r["schedule"]) for r in synth_rows):
-        rows = [r for r in synth_rows if (r["device"], r["schedule"]) == key]
-        ax.plot([r["seconds"] for r in rows], [r["rtf"] for r in rows], "o-", label=f"{key[1]}, {rows[0]['steps']} "
-                f"steps ({key[0]})")
+    for key in dict.fromkeys((r["net"], r["device"], r["schedule"]) for r in synth_rows):
+        rows = [r for r in synth_rows if (r["net"], r["device"], r["schedule"]) == key]
+        ax.plot([r["seconds"] for r in rows], [r["rtf"] for r in rows], "o-", label=f"{key[0]}: {key[2]}, "
+                f"{rows[0]['steps']} steps ({key[1]})")
     ax.axhline(1.0, color="grey", lw=0.8, ls=":")
     log_axes(ax, sorted({r["seconds"] for r in synth_rows}))
     ax.set(xlabel="audio seconds", ylabel="RTF (wall / audio)", title="Whole synthesis")
@@ -497,7 +508,7 @@ def plot(net_rows, synth_rows, load):
 
 
 def parse_args(argv: list[str] | None):
-    ap = base_parser("python -m bench.speed", __doc__)
+    ap = base_parser("python -m bench.speed", __doc__, several=True)
     ap.add_argument("--reference-schedules", type=Path, default=DEFAULT_REFERENCE)
     ap.add_argument("--lengths", type=float, nargs="+", default=[1, 5, 10, 30], help="audio seconds")
     ap.add_argument("--reps", type=int, default=3, help="timed forward passes per length (median)")
@@ -522,11 +533,11 @@ def parse_args(argv: list[str] | None):
     return args
 
 
-def server_part(args) -> tuple[dict | None, dict | None, str | None]:
-    """(c) and (d): (load results, schedule latencies, why they were skipped)."""
+def server_part(args, weights: Path) -> tuple[dict | None, dict | None, str | None]:
+    """(c) and (d) on one net: (load results, schedule latencies, why they were skipped)."""
     if args.skip_server:
         return None, None, "Skipped (--skip-server)."
-    voc = Vocoder.load(args.weights, device="cpu")
+    voc = Vocoder.load(weights, device="cpu")
     if not voc.presets:
         return None, None, "Skipped: these weights have no rho presets, so the server has no schedule to serve."
     if args.rho not in voc.presets:
@@ -536,30 +547,32 @@ def server_part(args) -> tuple[dict | None, dict | None, str | None]:
             raise SystemExit(f"--rho {args.rho!r}: not a number nor one of the presets {sorted(voc.presets)}") from None
     bodies = request_bodies(voc, args.data, *args.mel_seconds)
     with tempfile.TemporaryDirectory() as tmp:
-        rows, sched, device = load_rows(args, voc, bodies, Path(tmp))
+        rows, sched, device = load_rows(args, weights, voc, bodies, Path(tmp))
     rho = f"{args.rho} ({voc.presets[args.rho]:g})" if args.rho in voc.presets else args.rho
-    return {"rho": rho, "device": device, "rows": rows}, sched, None
+    return {"net": net_label(voc), "rho": rho, "device": device, "rows": rows}, sched, None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     apply_threads(args.threads)
-    head = header("bench.speed", args.weights)
+    nets = weights_for(args.weights, args.device)
+    head = header("bench.speed", nets)
     net_rows, synth_rows, cached_rows, batched, notes = [], [], [], ([], []), []
-    audio = speech(args.data, max(*args.lengths, args.batch_seconds), read_config(args.weights)["audio"]["sample_rate"])
+    audio = speech(args.data, max(*args.lengths, args.batch_seconds), read_config(nets[0])["audio"]["sample_rate"])
     for dev in devices(args.device):
-        voc = Vocoder.load(args.weights, device=dev, dtype=args.dtype)
-        schedules, more = bench_schedules(voc, args.reference_schedules)
-        notes += more if dev == "cpu" else []
-        net_rows += network_rows(voc, audio, args.lengths, args.reps)
-        synth_rows += synthesis_rows(voc, audio, schedules, args.lengths)
-        cached_rows += cache_rows(voc, audio, schedules, args.lengths, args.reps)
-        rows, kernels = batch_rows(args, audio, dev)
-        batched = (batched[0] + rows, kernels or batched[1])
-        print(f"network and synthesis timed on {dev}", file=sys.stderr)
+        for weights in nets:  # the same inputs for every net
+            voc = Vocoder.load(weights, device=dev, dtype=args.dtype)
+            schedules, more = bench_schedules(voc, args.reference_schedules)
+            notes += [f"{net_label(voc)}: {n}" for n in more] if dev == "cpu" else []
+            net_rows += network_rows(voc, audio, args.lengths, args.reps)
+            synth_rows += synthesis_rows(voc, audio, schedules, args.lengths)
+            cached_rows += cache_rows(voc, audio, schedules, args.lengths, args.reps)
+            rows, kernels = batch_rows(args, weights, audio, dev)
+            batched = (batched[0] + rows, kernels or batched[1])
+            print(f"network and synthesis of {net_label(voc)} timed on {dev}", file=sys.stderr)
     if net_rows[0]["reference_s"] is None:
         notes.append("reference DiffWave not timed: install it with `pip install --no-deps diffwave`")
-    load, sched, server_note = server_part(args)
+    load, sched, server_note = server_part(args, nets[0])  # the server sections on the first net
     name = "speed-gpu" if args.device == "cuda" else "speed"
     write_outputs(args.out, name, f"Speed benchmark{' (GPU)' if args.device == 'cuda' else ''}", head,
                   report(net_rows, synth_rows, cached_rows, batched, load, sched, server_note, notes, args),

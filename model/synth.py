@@ -22,7 +22,7 @@ from .mel import read_mel_file
 from .sampling import SAMPLERS
 from .scheduling import canonical_rho
 from .schedules import Schedule
-from .vocoder import DEFAULT_WEIGHTS, Vocoder
+from .vocoder import Vocoder
 
 PRESETS = ("fast", "balanced", "quality")
 
@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--steps-schedule", type=Path, help="a schedule JSON (e.g. the official BDDM 7-step one)")
     ap.add_argument("--sampler", choices=sorted(SAMPLERS), default="ddpm")
     ap.add_argument("--seed", type=int, default=None, help="noise seed; the same seed gives the same audio")
-    ap.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
+    ap.add_argument("--weights", type=Path, help="weights directory (default: weights/base on CUDA, weights/small "
+                                                 "on a CPU)")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     args = ap.parse_args(argv)
 

@@ -15,9 +15,18 @@ from .audio import MelSpec
 from .checkpoint import SCHEDULE_NET, SCORE_NET, CheckpointError, load_module, read_config
 from .sampling import SAMPLERS, Seeds, windowed_eps
 from .schedules import Diffusion, Schedule
-from .score_net import ScoreNet, ScoreNetParams
+from .score_net import CONFIGS, ScoreNet, ScoreNetParams
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "default"
+#: Where the shipped nets live (`weights/base`, `weights/small`); a deployment points VOCODER_WEIGHTS_ROOT elsewhere.
+WEIGHTS_ROOT = Path(__file__).resolve().parent.parent / "weights"
+#: The net served when none is named, by the resolved device: DiffWave `base`, the quality net, where a GPU runs
+#: it; on a CPU the `small` net, which answers faster than real time at the balanced preset (on 2 cores, 5 s of
+#: audio at 7 steps: `base` RTF 6.5, `small` 0.68).
+DEFAULT_NETS = {"cuda": "base", "cpu": "small"}
+WHY_DEFAULT = {"cuda": "no weights named; CUDA serves DiffWave base, the quality net",
+               "cpu": "no weights named; a CPU-only host serves small, which runs faster than real time at the "
+                      "balanced preset (base is about 10x slower on a CPU)"}
+WHY_NAMED = "named by the caller (--weights or VOCODER_WEIGHTS)"
 
 
 #: Inference precisions: "auto" is bf16 on CUDA (autocast; the noise and the sampler's arithmetic stay fp32)
@@ -41,6 +50,12 @@ def resolve_compile(compile: str, device: torch.device) -> bool:
     return device.type == "cuda" if compile == "auto" else compile == "on"
 
 
+def default_weights(device: torch.device, root: str | Path = WEIGHTS_ROOT) -> tuple[Path, str]:
+    """(directory, why) of the net this device serves when no weights are named (`DEFAULT_NETS`)."""
+    kind = device.type if device.type in DEFAULT_NETS else "cpu"
+    return Path(root) / DEFAULT_NETS[kind], WHY_DEFAULT[kind]
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -57,6 +72,8 @@ class Vocoder:
     schedule_net: torch.nn.Module | None = None
     reference_mel: torch.Tensor | None = None
     directory: Path | None = None
+    #: Why these weights serve: named by the caller, or the device's default (`default_weights`).
+    chosen_because: str = WHY_NAMED
     schedules: dict[float, Schedule] = field(default_factory=dict)
     dtype: torch.dtype = torch.float32
     #: torch.compile the score net's step (inductor fuses the gated activation and the residual arithmetic);
@@ -67,12 +84,14 @@ class Vocoder:
         self.step_net = torch.compile(self.score_net, dynamic=True) if self.compiled else self.score_net
 
     @classmethod
-    def load(cls, directory: str | Path = DEFAULT_WEIGHTS, device: str = "auto", dtype: str = "auto",
-             compile: str = "off") -> "Vocoder":
-        """Load a weights directory; a missing, corrupt or mismatched file raises CheckpointError."""
-        directory = Path(directory)
-        config = read_config(directory)
+    def load(cls, directory: str | Path | None = None, device: str = "auto", dtype: str = "auto",
+             compile: str = "off", root: str | Path = WEIGHTS_ROOT) -> "Vocoder":
+        """Load a weights directory, or with none named the device's default net under `root`; a missing,
+        corrupt or mismatched file raises CheckpointError."""
         dev = resolve_device(device)
+        directory, why = (Path(directory), WHY_NAMED) if directory is not None else default_weights(dev, root)
+        directory = directory.resolve()  # weights/default is a link to small: report the net, not the alias
+        config = read_config(directory)
         precision = resolve_dtype(dtype, dev)
         compiled = resolve_compile(compile, dev)
         try:
@@ -80,7 +99,8 @@ class Vocoder:
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{directory}/config.json: bad score_net section ({e})") from None
         load_module(directory / SCORE_NET, score_net)
-        voc = cls(score_net.to(dev).eval(), config, dev, directory=directory, dtype=precision, compiled=compiled)
+        voc = cls(score_net.to(dev).eval(), config, dev, directory=directory, chosen_because=why, dtype=precision,
+                  compiled=compiled)
         voc._load_scheduling(directory)
         return voc
 
@@ -94,6 +114,15 @@ class Vocoder:
         for d in (self.config.get("search") or {}).get("schedules", {}).values():
             s = Schedule.from_dict(d, self.diffusion)
             self.schedules[float(s.meta["rho"])] = s
+
+    @property
+    def net(self) -> str:
+        """The score net's size, 'base (64 x 30)', named after `CONFIGS` where it is one of them."""
+        p = self.score_net.params
+        name = next((n for n, c in CONFIGS.items()
+                     if (c.residual_channels, c.residual_layers, c.dilation_cycle)
+                     == (p.residual_channels, p.residual_layers, p.dilation_cycle)), "custom")
+        return f"{name} ({p.residual_channels} x {p.residual_layers})"
 
     @property
     def diffusion(self) -> Diffusion:

@@ -13,15 +13,16 @@
 #                                              train state (Adam included), trains only, no benches
 #   CONFIG=tiny FROM= DEVICE=cpu BATCH=2 SEGMENT=16 bash scripts/gpu-train.sh run 1     the CPU rehearsal
 #
-# FROM: the weights to continue (default weights/default; empty: a new CONFIG net). The results land in
-# $OUT (the device's return folder; runs/gpu-out here): weights/ (4 files), train.log and bench.tar (the
-# benches' reports and precision-audio.npz): 6 files, as at most 8 come back. Copy weights/* over
-# weights/default, untar bench.tar, `python -m bench.precision --rescore precision-audio.npz` (PESQ), then
-# measure with `python -m bench.quality` here.
+# FROM: the weights to continue (default weights/base, the quality net: every GPU minute grows it; empty: a
+# new CONFIG net). The results land in $OUT (the device's return folder; runs/gpu-out here): weights.tar
+# (the weights directory less its train state), train.log and bench.tar (the benches' reports and
+# precision-audio.npz): 3 files, as at most 8 come back. Untar weights.tar over weights/base, untar
+# bench.tar, `python -m bench.precision --rescore precision-audio.npz` (PESQ), then measure with
+# `python -m bench.quality` here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=data-carry/ljspeech
-FROM=${FROM-weights/default}
+FROM=${FROM-weights/base}
 CONFIG=${CONFIG:-base}
 DEVICE=${DEVICE:-auto}
 BATCH=${BATCH:-32}
@@ -45,7 +46,7 @@ run | more)
     export PYTHONPATH=/tmp/site
   fi
   export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-  mkdir -p "$RESULTS/weights"
+  mkdir -p "$RESULTS"
   if [ "$1" = run ]; then  # a fresh $WORK from FROM: weights and EMA go on, Adam starts afresh (no train state travels)
     rm -rf "$WORK" && mkdir -p "$WORK"
     if [ -n "$FROM" ]; then
@@ -55,17 +56,17 @@ run | more)
   fi  # more: $WORK as the last call left it on this still-warm machine, its train state included
   python3 -m model.train all --data "$DATA/wavs" --list "$DATA/train.txt" --valid-list "$DATA/valid.txt" \
     --out "$WORK" --config "$CONFIG" --minutes "$minutes" --batch "$BATCH" --segment-frames "$SEGMENT" \
-    --device "$DEVICE" --clips 8 --seconds 2 --probe-every "${PROBE_EVERY:-500}" --save-every 1000 2>&1 \
+    --device "$DEVICE" --clips 8 --seconds 2 --probe-every "${PROBE_EVERY:-1000}" --save-every 1000 2>&1 \
     | tr '\r' '\n' | grep -av 'it/s[],]\|s/it[],]' | tee "$RESULTS/train.log"
-  find "$WORK" -maxdepth 1 -type f ! -name 'train_state*' -exec cp {} "$RESULTS/weights/" \;
-  ls -la "$RESULTS/weights"
+  find "$WORK" -maxdepth 1 -type f ! -name 'train_state*' -printf '%f\n' | tar -C "$WORK" -cf "$RESULTS/weights.tar" -T -
+  tar -tvf "$RESULTS/weights.tar"
   if [ "$1" = run ] && [ "${SPEED:-1}" = 1 ] && python3 -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
     bench=$WORK/bench && mkdir -p "$bench"
     timeout 60 python3 -m bench.precision --device cuda --weights "$WORK" --data "$DATA" --out "$bench" \
       --audio-out "$bench/precision-audio.npz" || echo "bench.precision did not finish"
     timeout 110 python3 -m bench.speed --device cuda --skip-server --weights "$WORK" --data "$DATA" \
       --lengths 1 10 60 --reps 3 --out "$bench" || echo "bench.speed did not finish"
-    tar -C "$bench" -cf "$RESULTS/bench.tar" .  # one file: at most 8 come back, the 4 weights first among them
+    tar -C "$bench" -cf "$RESULTS/bench.tar" .  # one file: at most 8 come back
   fi
   ;;
 *)

@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m server", description=__doc__.split("\n\n")[0])
     ap.add_argument("--host", help="bind address (VOCODER_HOST, default 127.0.0.1)")
     ap.add_argument("--port", type=int, help="port (VOCODER_PORT, default 8000)")
-    ap.add_argument("--weights", type=Path, help="weights directory (VOCODER_WEIGHTS, default weights/default)")
+    ap.add_argument("--weights", type=Path, help="weights directory (VOCODER_WEIGHTS; default: weights/base on CUDA, "
+                                                    "weights/small on a CPU)")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), help="VOCODER_DEVICE, default auto")
     args = ap.parse_args(argv)
     try:
@@ -38,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        vocoder = Vocoder.load(settings.weights, settings.device, settings.dtype, settings.compile)
+        vocoder = Vocoder.load(settings.weights, settings.device, settings.dtype, settings.compile,
+                               settings.weights_root)
     except CheckpointError as e:
         print(f"error: cannot load weights: {e}", file=sys.stderr)
         return 2

@@ -258,7 +258,7 @@ async def model_info(engine: Annotated[Engine, Depends(engine_of)]) -> ModelInfo
     for name, value in voc.presets.items():
         schedule = engine.cache.pinned.get(engine.resolve_rho(value))
         presets[name] = Preset(rho=engine.resolve_rho(value), steps=schedule.steps if schedule else None)
-    return ModelInfo(weights=engine.weights_id, device=str(voc.device), dtype=str(voc.dtype).removeprefix("torch."),
+    return ModelInfo(weights=engine.weights_id, net=voc.net, chosen_because=voc.chosen_because, device=str(voc.device), dtype=str(voc.dtype).removeprefix("torch."),
                      compiled=voc.compiled,
                      sample_rate=spec.sample_rate, hop=spec.hop,
                      n_mels=spec.n_mels, n_fft=spec.n_fft, fmin=spec.fmin, fmax=spec.fmax,
@@ -273,7 +273,7 @@ def create_app(settings: Settings | None = None, vocoder: Vocoder | None = None)
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         voc = vocoder or await asyncio.to_thread(Vocoder.load, settings.weights, settings.device, settings.dtype,
-                                                    settings.compile)
+                                                    settings.compile, settings.weights_root)
         engine = app.state.engine = Engine(voc, settings, metrics)
         await engine.start()
         yield

@@ -174,7 +174,9 @@ class Engine:
                     jobs = [Job(mel, rho, self.cache.pinned[rho], i, loop.create_future()) for i in range(batch)]
                     await loop.run_in_executor(self._executor, self._synthesize, jobs)
             self.ready = True
-            log.info("ready: weights %s on %s, presets %s", self.weights_id, self.vocoder.device, self.vocoder.presets)
+            voc = self.vocoder
+            log.info("ready: net %s, weights %s on %s (%s); presets %s", voc.net, self.weights_id, voc.device,
+                     voc.chosen_because, voc.presets)
         except Exception as e:  # noqa: BLE001 -- stays alive but not ready, and says why on /readyz
             self.not_ready_reason = f"warm-up failed: {e}"
             log.exception("warm-up failed")

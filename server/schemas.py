@@ -53,6 +53,9 @@ class Preset(BaseModel):
 
 class ModelInfo(BaseModel):
     weights: str = Field(description="weights directory name and a content hash of its files")
+    net: str = Field(description="the score net's size, e.g. 'base (64 x 30)' or 'small (32 x 12)'")
+    chosen_because: str = Field(description="why these weights serve: named by the operator, or the device's "
+                                            "default (CUDA: base, CPU: small)")
     device: str
     dtype: str = Field(description="inference precision: float32 or bfloat16 (autocast)")
     compiled: bool = Field(description="whether the score net's step runs torch.compile'd (VOCODER_COMPILE)")

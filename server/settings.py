@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from model.vocoder import DEFAULT_WEIGHTS
+from model.vocoder import WEIGHTS_ROOT
 
 
 class Settings(BaseSettings):
@@ -16,7 +16,10 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    weights: Path = DEFAULT_WEIGHTS
+    #: The weights directory to serve; unset, the device picks the shipped net (`model.vocoder.DEFAULT_NETS`).
+    weights: Path | None = None
+    #: Where the shipped nets are, for that default.
+    weights_root: Path = WEIGHTS_ROOT
     device: Literal["auto", "cpu", "cuda"] = "auto"
     #: Inference precision: auto is bf16 on CUDA (autocast), fp32 on the CPU.
     dtype: Literal["auto", "fp32", "bf16"] = "auto"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -25,22 +26,29 @@ def check_outputs(out: Path, name: str) -> dict:
     return json.loads((out / f"{name}.json").read_text())
 
 
-def test_quality_quick(tiny_weights: Path, shared_data: Path, tmp_path: Path) -> None:
-    argv = ["--quick", "--weights", str(tiny_weights), "--data", str(shared_data), "--clips", "2", "--seconds", "1.5",
-            "--threads", "1", "--out", str(tmp_path)]
+def test_quality_quick_two_nets_side_by_side(tiny_weights: Path, shared_data: Path, tmp_path: Path) -> None:
+    other = Path(shutil.copytree(tiny_weights, tmp_path / "other"))
+    argv = ["--quick", "--weights", str(tiny_weights), "--weights", str(other), "--data", str(shared_data),
+            "--clips", "2", "--seconds", "1.5", "--threads", "1", "--out", str(tmp_path)]
     assert quality.main(argv) == 0
     data = check_outputs(tmp_path, "quality")
     names = [r["name"] for r in data["results"]]
     assert any(n.startswith("BDDM ours") for n in names) and any(n.startswith("DDIM linear") for n in names)
+    assert [r["net"] for r in data["results"]].count("other") == len(names) // 2
     for r in data["results"]:
         assert len(r["clips"]) == 2 and r["steps"] >= 1 and finite([r["rtf"]]) and r["rtf"] > 0
-        assert finite([r["summary"][k][0] for k in ("ls_mse", "mcd", "stoi", "pesq")])
-    assert "| Method | Sampler | Steps |" in (tmp_path / "quality.md").read_text()
-    health = data["conditioning"]
-    assert set(health["gain"]) == {"20", "60", "100"} and all(len(v) == 2 and finite(v) for v in health["gain"].values())
-    assert set(health["silence_gap"]) == {"fast", "balanced", "quality"}
-    assert all(finite(g["db"]) for g in health["silence_gap"].values())
-    assert "## Conditioning health" in (tmp_path / "quality.md").read_text()
+        assert finite([r["summary"][k][0] for k in ("ls_mse", "mcd", "stoi", "pesq", "pesq_nb")])
+    same = {r["net"]: r["summary"]["stoi"] for r in data["results"] if r["key"] == data["results"][0]["key"]}
+    assert same["weights"] == same["other"], "the same net, clips and seeds give the same numbers"
+    md = (tmp_path / "quality.md").read_text()
+    assert "| Method | Net | Sampler | Steps |" in md and "PESQ-NB" in md and "| Preset | weights | other |" in md
+    assert len(data["header"]["weights"]) == 2
+    for health in data["conditioning"].values():
+        assert set(health["gain"]) == {"20", "60", "100"}
+        assert all(len(v) == 2 and finite(v) for v in health["gain"].values())
+        assert set(health["silence_gap"]) == {"fast", "balanced", "quality"}
+        assert all(finite(g["db"]) for g in health["silence_gap"].values())
+    assert "## Conditioning health" in md
 
 
 def test_speed_quick(tiny_weights: Path, shared_data: Path, tmp_path: Path) -> None:

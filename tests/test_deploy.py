@@ -179,10 +179,11 @@ def test_server_image_contract(dockerfile):
     assert server.name == "server", "the server is the default (last) stage"
     env = _env(server)
     assert set(env) <= _settings_env(), f"unknown server settings: {set(env) - _settings_env()}"
-    assert env["VOCODER_HOST"] == "0.0.0.0" and env["VOCODER_WEIGHTS"].startswith("/app/weights/")
+    assert env["VOCODER_HOST"] == "0.0.0.0" and env["VOCODER_WEIGHTS_ROOT"] == "/app/weights"
+    assert "VOCODER_WEIGHTS" not in env, "unset, the server picks the net for its device (base on CUDA, small on CPU)"
     assert server.last("EXPOSE") == env["VOCODER_PORT"] == "8000"
     lineage = [server, dockerfile[server.base]]
-    assert any(shlex.split(a)[-1].rstrip("/") == env["VOCODER_WEIGHTS"].rsplit("/", 1)[0]
+    assert any(shlex.split(a)[-1].rstrip("/") == env["VOCODER_WEIGHTS_ROOT"]
                for s in lineage for a in s.all("COPY")), "the shipped weights are baked in"
     assert re.fullmatch(r"[1-9]\d*(:\d+)?", server.last("USER")), "a numeric non-root user (k8s runAsNonRoot)"
     assert server.last("STOPSIGNAL") == "SIGTERM"

@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 from model.audio import SAMPLE_RATE, load_audio
-from model.metrics import evaluate, ls_mse, mcd, mean_ci95, pesq_wb, stoi
+from model.metrics import evaluate, ls_mse, mcd, mean_ci95, pesq_nb, pesq_wb, raw_to_lqo, stoi
 
 
 @pytest.fixture(scope="module")
@@ -22,17 +22,17 @@ def noisy(x: np.ndarray, level: float, seed: int = 0) -> np.ndarray:
 
 def test_identical_audio_is_perfect(speech):
     m = evaluate(speech, speech)
-    assert set(m) == {"ls_mse", "mcd", "stoi", "pesq"}
+    assert set(m) == {"ls_mse", "mcd", "stoi", "pesq", "pesq_nb"}
     assert m["ls_mse"] == 0.0 and m["mcd"] == 0.0
     assert m["stoi"] == pytest.approx(1.0, abs=1e-6)
-    assert m["pesq"] > 4.0
+    assert m["pesq"] > 4.0 and m["pesq_nb"] > 4.0
 
 
 def test_noise_degrades_every_metric(speech):
     clean, light, heavy = (evaluate(speech, noisy(speech, s)) for s in (0.0, 0.003, 0.03))
     for key in ("ls_mse", "mcd"):
         assert clean[key] < light[key] < heavy[key], key
-    for key in ("stoi", "pesq"):
+    for key in ("stoi", "pesq", "pesq_nb"):
         assert clean[key] > light[key] > heavy[key], key
     assert heavy["pesq"] < 2.0 and heavy["stoi"] < 0.95
 
@@ -54,6 +54,14 @@ def test_pesq_without_speech_is_nan_with_a_warning():
     silence = np.zeros(SAMPLE_RATE, np.float32)
     with pytest.warns(RuntimeWarning, match="no utterances"):
         assert math.isnan(pesq_wb(silence, silence))
+
+
+def test_pesq_nb_is_mos_lqo_the_p862_1_mapping_of_the_raw_score(speech):
+    """BDDM's raw narrow-band 4.05 is about 4.20 as MOS-LQO; the mapping is monotone."""
+    assert raw_to_lqo(4.05) == pytest.approx(4.20, abs=0.01)
+    assert raw_to_lqo(2.0) < raw_to_lqo(3.0) < raw_to_lqo(4.5) < 4.6
+    degraded = noisy(speech, 0.01)
+    assert 1.0 < pesq_nb(speech, degraded) < 4.6 and pesq_nb(speech, degraded) != pesq_wb(speech, degraded)
 
 
 def test_mean_ci95_is_the_student_t_interval():

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from model.checkpoint import CheckpointError
-from model.vocoder import DEFAULT_WEIGHTS, Vocoder, resolve_compile, resolve_dtype
+from model.vocoder import WEIGHTS_ROOT, Vocoder, resolve_compile, resolve_dtype
 
 
 def test_auto_is_bf16_on_cuda_only():
@@ -32,7 +32,7 @@ def test_bf16_quality_guard_on_cuda(shared_data: Path):
     """STOI within 0.01 and PESQ within 0.05 of fp32 on held-out clips, at the default rho (bench.precision)."""
     from bench import precision  # noqa: PLC0415
 
-    result = precision.score(precision.vocode_clips(DEFAULT_WEIGHTS, "cuda", shared_data, 4, 3.0))
+    result = precision.score(precision.vocode_clips(WEIGHTS_ROOT / "base", "cuda", shared_data, 4, 3.0))
     assert result["guard_holds"], result
 
 
