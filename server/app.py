@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -135,6 +136,22 @@ def require_api_key(request: Request) -> None:
                        {"WWW-Authenticate": "Bearer"})
 
 
+def query_names(dependant: Dependant) -> set[str]:
+    """The query parameters a route takes, its dependencies' included."""
+    return {p.alias for p in dependant.query_params} | {n for d in dependant.dependencies for n in query_names(d)}
+
+
+def reject_unknown_query(request: Request) -> None:
+    """A query parameter the route does not take is a 400 that names it: `?preset=fast` would otherwise be ignored
+    and the default served, so a typo would cost quality without a word."""
+    known = query_names(request.scope["route"].dependant)
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        raise ApiError(400, "unknown query parameter",
+                       f"{request.url.path} does not take {', '.join(map(repr, unknown))}; "
+                       f"it takes {', '.join(sorted(known)) or 'no query parameters'}")
+
+
 async def disconnected(request: Request) -> None:
     """Resolves when the client goes away (the body has been read, so only http.disconnect can arrive)."""
     while (await request.receive())["type"] != "http.disconnect":
@@ -158,7 +175,7 @@ Rho = Annotated[str | None, Query(description="threshold in (0, 1) or fast|balan
 Seed = Annotated[int | None, Query(ge=0, le=MAX_SEED, description="same seed, rho and device give the same bytes")]
 Format = Annotated[Literal["wav", "flac"], Query(description="audio container, 16-bit PCM")]
 
-v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=ERRORS)
+v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key), Depends(reject_unknown_query)], responses=ERRORS)
 
 
 BINARY = {"schema": {"type": "string", "format": "binary"}}

@@ -236,6 +236,7 @@ BAD_INPUTS = {
     "seed negative": (400, npy(m8), NPY, {"seed": "-1"}),
     "seed not int": (400, npy(m8), NPY, {"seed": "1.5"}),
     "format mp3": (400, npy(m8), NPY, {"format": "mp3"}),
+    "unknown query parameter": (400, npy(m8), NPY, {"preset": "fast"}),
     "JSON bad seed": (400, json.dumps({"mel": m8.tolist(), "seed": "x"}).encode(),
                       {"Content-Type": "application/json"}, {}),
 }
@@ -249,6 +250,19 @@ def test_bad_input_gets_its_4xx_and_the_server_carries_on(client, case):
     err = r.json()
     assert err["error"] and len(err["detail"]) > 10
     assert audio_of(vocode(client, mel(3))).shape == (3 * HOP,)
+
+
+def test_unknown_query_parameters_are_named_on_every_v1_route(client):
+    r = client.post("/v1/vocode", content=npy(mel()), headers=NPY, params={"preset": "fast"})
+    assert r.status_code == 400 and r.json()["error"] == "unknown query parameter"
+    assert "'preset'" in r.json()["detail"] and "format, rho, seed" in r.json()["detail"]
+    for method, path, params in (("GET", "/v1/model", {"verbose": "1"}), ("GET", "/v1/schedules", {"rho": "fast",
+                                 "steps": "3"}), ("POST", "/v1/mel", {"rho": "fast"})):
+        r = client.request(method, path, params=params)
+        assert r.status_code == 400 and r.json()["error"] == "unknown query parameter", (path, r.text)
+    assert "'steps'" in client.get("/v1/schedules", params={"steps": "3"}).json()["detail"]
+    assert "no query parameters" in client.get("/v1/model", params={"x": "1"}).json()["detail"]
+    assert client.get("/v1/schedules", params={"rho": "fast"}).status_code == 200
 
 
 def test_limits_queue_full_and_api_key(make_client, monkeypatch):
