@@ -25,7 +25,7 @@ def design(config: dict) -> str:
     net = config["score_net"]
     return (f"{net['residual_channels']}x{net['residual_layers']}, "
             f"{'standardised' if net.get('mel_mean') else 'raw'} ln-mel, "
-            f"{net.get('step_embedding', 'diffwave')} step embedding")
+            f"{net.get('step_embedding', 'diffwave')} step embedding, {net.get('prior', 'standard')} prior")
 
 
 def load_run(label: str, directory: Path) -> dict:
@@ -55,17 +55,20 @@ def report(runs: list[dict], notes: list[str]) -> str:
             return ""
         if key == "gain":
             return "/".join(f"{g:.2f}" for g in h["gain"].values())
-        return fmt(h[key]) if h[key] is not None else ""
+        return fmt(h[key]) if h.get(key) is not None else ""
 
     lines = ["Conditioning health of each run's raw weights on the same fixed held-out clips, logged by the trainer "
              "(`model.conditioning`): gain = RMS x0 error with a silence mel / with the true mel at t = 20/60/100 "
              "(1.00: the mel is ignored); silence gap = speech/silence RMS in dB with one second of silence mel on "
-             "each side (DDPM, DiffWave's 6-step schedule); loss = mean L1 noise-prediction loss since the last "
-             "probe.", "",
+             "each side (DDPM, DiffWave's 6-step schedule); noise floor = the same vocoding's level in the "
+             "recordings' quiet frames over the recordings' own, in dB (where the probe clips have quiet frames); "
+             "loss = mean L1 noise-prediction loss since the last probe.", "",
              table(["Run", "Design", "Steps", "Batch x samples", "lr", "Hardware", "Minutes"],
                    [row for r in runs for row in session_rows(r)]), ""]
     for key, title in (("gain", "Conditioning gain at t = 20/60/100"), ("silence_gap_db", "Silence gap, dB"),
-                       ("loss", "Training loss")):
+                       ("floor_db", "Noise floor, dB over the recordings'"), ("loss", "Training loss")):
+        if not any(h.get(key) is not None for r in runs for h in r["health"]):
+            continue
         lines += [f"### {title}", "", table(["Step", *(r["label"] for r in runs)],
                                              [[s, *(cell(r["label"], s, key) for r in runs)] for s in steps]), ""]
     if notes:

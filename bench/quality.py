@@ -33,7 +33,8 @@ from model.vocoder import Vocoder
 from .common import (DEFAULT_REFERENCE, OFFICIAL, Clip, apply_threads, base_parser, fmt, header, log_axes,
                      parse_with_quick, table, timed, validation_clips, weights_for, write_outputs)
 
-METRICS = {"ls_mse": "LS-MSE ↓", "mcd": "MCD dB ↓", "stoi": "STOI ↑", "pesq": "PESQ-WB ↑", "pesq_nb": "PESQ-NB ↑"}
+METRICS = {"ls_mse": "LS-MSE ↓", "mcd": "MCD dB ↓", "stoi": "STOI ↑", "pesq": "PESQ-WB ↑", "pesq_nb": "PESQ-NB ↑",
+           "quiet_db": "Quiet dBFS ↓", "floor_db": "Floor dB ↓"}
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,7 @@ def side_by_side(results: list[dict]) -> list[dict]:
 
 
 def preset_summary(results: list[dict]) -> list[str]:
-    """Each net's own presets (DDPM) side by side: steps, STOI, PESQ-WB, PESQ-NB and RTF."""
+    """Each net's own presets (DDPM) side by side: steps, STOI, PESQ-WB, PESQ-NB, noise floor and RTF."""
     ours = [r for r in results if r["family"] == "BDDM ours (DDPM)"]
     nets = list(dict.fromkeys(r["net"] for r in results))
     if len(nets) < 2 or not ours:
@@ -178,7 +179,8 @@ def preset_summary(results: list[dict]) -> list[str]:
     cell = {(r["net"], r["key"]): r for r in ours}
     rows = [[key.removeprefix("BDDM ours ").removesuffix(" (DDPM)"),
              *(preset_cell(cell.get((n, key))) for n in nets)] for key in dict.fromkeys(r["key"] for r in ours)]
-    return ["Each net at its own searched presets (DDPM), side by side: steps · STOI · PESQ-WB · PESQ-NB · RTF.", "",
+    return ["Each net at its own searched presets (DDPM), side by side: steps · STOI · PESQ-WB · PESQ-NB · "
+            "floor dB · RTF.", "",
             table(["Preset", *nets], rows), ""]
 
 
@@ -186,7 +188,8 @@ def preset_cell(r: dict | None) -> str:
     if r is None:
         return "n/a"
     m = r["summary"]
-    return f"{r['steps']} · {fmt(m['stoi'][0])} · {fmt(m['pesq'][0])} · {fmt(m['pesq_nb'][0])} · {fmt(r['rtf'])}"
+    return (f"{r['steps']} · {fmt(m['stoi'][0])} · {fmt(m['pesq'][0])} · {fmt(m['pesq_nb'][0])} · "
+            f"{fmt(m['floor_db'][0])} · {fmt(r['rtf'])}")
 
 
 def report(results: list[dict], health: dict, clips: list[Clip], args: argparse.Namespace, notes: list[str]) -> str:
@@ -199,6 +202,8 @@ def report(results: list[dict], health: dict, clips: list[Clip], args: argparse.
         + f"), log-mels computed from the recordings; clip i is sampled with seed {args.seed} + i for every method.",
         "Each cell is the mean ± the half-width of its 95% Student-t interval over clips. "
         f"RTF = synthesis wall seconds / audio seconds on {args.device.upper()} (one clip at a time, lower is faster).",
+        "Quiet dBFS: the median level of the output in the recording's quiet frames (256 samples more than 45 dB "
+        "below its loudest); Floor dB: that level over the recording's own there (0 is the recording's floor).",
         "PESQ-WB is P.862.2 wideband; PESQ-NB is narrow-band P.862.1 MOS-LQO (raw P.862, the scale of BDDM's "
         "published 4.05, maps to it as 0.999 + 4 / (1 + exp(-1.4945 raw + 4.6607)): raw 4.05 is 4.20).",
         "", table(["Method", "Net", "Sampler", "Steps", *METRICS.values(), f"RTF ({args.device})"], rows),

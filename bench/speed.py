@@ -151,7 +151,8 @@ def cache_rows(voc: Vocoder, audio: np.ndarray, schedules: dict[str, Schedule], 
         mel = mel_of(voc, audio, seconds)[None].to(voc.device)
 
         def run(cache_bytes: int) -> torch.Tensor:
-            return ddpm(windowed_eps(voc.score_net, cache_bytes=cache_bytes), mel, schedule, 0, hop)
+            return ddpm(windowed_eps(voc.score_net, cache_bytes=cache_bytes), mel, schedule, 0, hop,
+                        voc.score_net.prior)
 
         uncached = median_time(lambda: run(0), reps)
         cached = median_time(lambda: run(CONDITIONING_CACHE_BYTES), reps)

@@ -11,6 +11,9 @@ common length, with no dynamic time warping.
   frame energy, is left out as usual. Being computed from the 80-band log-mel rather than an SPTK
   mel-cepstrum, absolute values are comparable within this project, only roughly across papers.
 - STOI: pystoi (resamples to 10 kHz internally).
+- Noise floor: the recording's quiet frames (256 samples, more than 45 dB below its loudest frame), the
+  median level of the same frames in the output (dB re full scale), and that level over the recording's
+  (dB above the recording's own floor). Hiss in pauses shows here first; STOI barely sees it.
 - PESQ: ITU-T P.862.2 wideband (PESQ-WB) and P.862.1 narrow-band MOS-LQO (PESQ-NB) via the `pesq` package,
   after resampling to 16 kHz. Papers that quote "PESQ" for vocoders at 16 kHz (BDDM's 4.05 at 7 steps among
   them) mostly report *raw* narrow-band P.862 from `pypesq`; P.862.1 maps a raw score r to MOS-LQO
@@ -34,6 +37,9 @@ from .audio import SAMPLE_RATE, mel_spectrogram
 
 MCD_COEFFS = 13
 PESQ_RATE = 16000
+FRAME = 256
+#: A recording's frame is quiet more than this far below its loudest frame.
+QUIET_DB = 45.0
 
 
 def _pair(ref: np.ndarray, est: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -99,10 +105,35 @@ def raw_to_lqo(raw: float) -> float:
     return 0.999 + 4.0 / (1.0 + math.exp(-1.4945 * raw + 4.6607))
 
 
+def frame_levels_db(x: np.ndarray, frame: int = FRAME) -> np.ndarray:
+    """RMS level in dB re full scale of each whole `frame`-sample frame."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    frames = x[: len(x) // frame * frame].reshape(-1, frame)
+    return 10 * np.log10(np.mean(frames**2, axis=1) + 1e-20)
+
+
+def quiet_frames(ref: np.ndarray, est: np.ndarray, below_db: float = QUIET_DB) -> tuple[np.ndarray, np.ndarray]:
+    """(output levels, recording levels) in dB of the recording's quiet frames: more than `below_db` under its
+    loudest frame. Both empty when the recording has none."""
+    ref_levels, est_levels = (frame_levels_db(x) for x in _pair(ref, est))
+    quiet = ref_levels < ref_levels.max() - below_db
+    return est_levels[quiet], ref_levels[quiet]
+
+
+def noise_floor(ref: np.ndarray, est: np.ndarray) -> tuple[float, float]:
+    """(median output level of the recording's quiet frames in dB re full scale, its excess over the recording's
+    median level on the same frames in dB); NaN where the recording has no quiet frame."""
+    est_q, ref_q = quiet_frames(ref, est)
+    if not est_q.size:
+        return math.nan, math.nan
+    return float(np.median(est_q)), float(np.median(est_q) - np.median(ref_q))
+
+
 def evaluate(ref: np.ndarray, est: np.ndarray, sr: int = SAMPLE_RATE) -> dict[str, float]:
     """Every metric; ref and est at `sr` (LS-MSE and MCD assume the project's 22050 Hz mel)."""
+    quiet_db, floor_db = noise_floor(ref, est)
     return {"ls_mse": ls_mse(ref, est), "mcd": mcd(ref, est), "stoi": stoi(ref, est, sr), "pesq": pesq_wb(ref, est, sr),
-            "pesq_nb": pesq_nb(ref, est, sr)}
+            "pesq_nb": pesq_nb(ref, est, sr), "quiet_db": quiet_db, "floor_db": floor_db}
 
 
 def mean_ci95(values) -> tuple[float, float]:

@@ -10,14 +10,13 @@ through every layer's projection), which is the same at every step, for the rest
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 
+from .prior import EpsFn, Prior
 from .schedules import Schedule
 from .score_net import ScoreNet
-
-EpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 #: Window of the bounded-memory pass, in mel frames (~6 s of audio) and its context margin.
 WINDOW_FRAMES = 512
@@ -108,27 +107,31 @@ class Noise:
 
 
 @torch.inference_mode()
-def ddpm(eps_fn: EpsFn, mel: torch.Tensor, schedule: Schedule, seed: Seeds = None, hop: int = 256) -> torch.Tensor:
-    """Ancestral DDPM reverse process over `schedule`; mel (B, n_mels, F) -> audio (B, F * hop) in [-1, 1]."""
-    noise, length = Noise(seed, mel.shape[0]), mel.shape[-1] * hop
+def ddpm(eps_fn: EpsFn, mel: torch.Tensor, schedule: Schedule, seed: Seeds = None, hop: int = 256,
+         prior: Prior = Prior()) -> torch.Tensor:
+    """Ancestral DDPM reverse process over `schedule`, in the prior's whitened coordinates (`model.prior`);
+    mel (B, n_mels, F) -> audio (B, F * hop) in [-1, 1]."""
+    eps_fn, noise, length = prior.whitened(eps_fn), Noise(seed, mel.shape[0]), mel.shape[-1] * hop
     x = noise.draw(length, mel.device)
     for n, alpha, _, beta, sigma, t in _steps(schedule, x):
         eps = eps_fn(x, mel, t)
         x = (x - beta / math.sqrt(1 - alpha**2) * eps) / math.sqrt(1 - beta)
         if n > 0:
             x = x + sigma * noise.draw(length, x.device)
-    return x.clamp(-1.0, 1.0)
+    return prior.to_audio(x, mel)
 
 
 @torch.inference_mode()
-def ddim(eps_fn: EpsFn, mel: torch.Tensor, schedule: Schedule, seed: Seeds = None, hop: int = 256) -> torch.Tensor:
+def ddim(eps_fn: EpsFn, mel: torch.Tensor, schedule: Schedule, seed: Seeds = None, hop: int = 256,
+         prior: Prior = Prior()) -> torch.Tensor:
     """Deterministic DDIM (eta = 0) over the levels of `schedule`; only x_N depends on the seed."""
+    eps_fn = prior.whitened(eps_fn)
     x = Noise(seed, mel.shape[0]).draw(mel.shape[-1] * hop, mel.device)
     for _, alpha, alpha_prev, _, _, t in _steps(schedule, x):
         eps = eps_fn(x, mel, t)
         x0 = (x - math.sqrt(1 - alpha**2) * eps) / alpha
         x = alpha_prev * x0 + math.sqrt(1 - alpha_prev**2) * eps
-    return x.clamp(-1.0, 1.0)
+    return prior.to_audio(x, mel)
 
 
 SAMPLERS = {"ddpm": ddpm, "ddim": ddim}

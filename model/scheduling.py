@@ -1,7 +1,8 @@
 """BDDM noise scheduling: the schedule network turns (alpha_hat_N, beta_hat_N) and a threshold rho into a schedule.
 
 Starting from x_N ~ N(0, I) at level alpha_hat_N with scale beta_hat_N, the loop alternates one DDPM reverse
-step with eps_theta and one prediction of the next scale by sigma_phi,
+step with eps_theta and one prediction of the next scale by sigma_phi (both in the whitened coordinates of the
+score net's prior, `model.prior`, where x_N ~ N(0, I) holds whatever the prior),
     alpha_{n-1} = alpha_n / sqrt(1 - beta_n),   beta_{n-1} = r(x_{n-1}) * min(beta_n, 1 - alpha_{n-1}^2).
 The predicted scales never increase. rho is the quality/speed knob: the loop stops once the next step would
 change the noise level (alpha^2) by a fraction beta < rho, and the last level then goes to clean audio in one
@@ -55,7 +56,8 @@ def noise_schedule(score_net: ScoreNet, schedule_net: ScheduleNet, mel: torch.Te
         raise ValueError(f"alpha_hat_N and beta_hat_N must be in (0, 1), got {alpha_N}, {beta_N}")
     device = next(score_net.parameters()).device
     mel = mel.to(device).float()[None]
-    eps_fn, hop = windowed_eps(score_net), score_net.params.hop
+    # the whitened coordinates of the net's prior (`model.prior`): there the process is the standard one
+    eps_fn, hop = score_net.prior.whitened(windowed_eps(score_net)), score_net.params.hop
     noise = Noise(seed, 1)
     x = noise.draw(mel.shape[-1] * hop, device)
     beta_min, alpha_max = float(diffusion.betas[0]), float(diffusion.alphas[0])
@@ -143,7 +145,7 @@ def grid_scores(score_net: ScoreNet, schedule_net: ScheduleNet, clips: Sequence[
         schedules = (cut_schedules(score_net, schedule_net, mels[0], alpha_N, beta_N, steps, diffusion, seed) if steps
                      else [noise_schedule(score_net, schedule_net, mels[0], alpha_N, beta_N, rho, diffusion, seed)])
         rows.append({"alpha_N": alpha_N, "beta_N": beta_N, "steps": [s.steps for s in schedules],
-                     "ls_mse": [ls_mse(ddpm(eps_fn, mels, s, seeds, hop), audio) for s in schedules]})
+                     "ls_mse": [ls_mse(ddpm(eps_fn, mels, s, seeds, hop, score_net.prior), audio) for s in schedules]})
     if not rows:
         raise ValueError(f"no valid (alpha_hat_N, beta_hat_N) candidate in a {grid}x{grid} grid")
     return rows

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .prior import FLOOR, Prior
+
 
 #: Decades spanned by the step-embedding frequencies 10^(d i / 63) rad per step, i = 0..63. DiffWave's
 #: (1 to 10^4) suit integer steps; on a continuous index all but the lowest turn by radians within a
@@ -40,8 +42,15 @@ class ScoreNetParams:
     mel_mean: tuple[float, ...] | None = None
     mel_std: tuple[float, ...] | None = None
     step_embedding: str = "diffwave"  # frequencies of the step embedding, `STEP_FREQUENCIES`
+    # The diffusion prior the net was trained under (`model.prior`); weights made before it are "standard".
+    prior: str = "standard"
+    prior_energy: tuple[float, float] | None = None  # the training frames' (min, max) energy, for "energy"
+    prior_floor: float = FLOOR
 
     def __post_init__(self) -> None:
+        if self.prior_energy is not None:
+            object.__setattr__(self, "prior_energy", tuple(float(v) for v in self.prior_energy))
+        Prior(self.prior, self.prior_energy, self.prior_floor, self.hop)  # ValueError on bad prior settings
         if self.step_embedding not in STEP_FREQUENCIES:
             raise ValueError(f"step_embedding must be one of {sorted(STEP_FREQUENCIES)}")
         if (self.mel_mean is None) != (self.mel_std is None):
@@ -59,6 +68,10 @@ class ScoreNetParams:
     @property
     def normalized(self) -> bool:
         return self.mel_mean is not None
+
+    @property
+    def diffusion_prior(self) -> Prior:
+        return Prior(self.prior, self.prior_energy, self.prior_floor, self.hop)
 
     def with_mel_stats(self, mean, std) -> "ScoreNetParams":
         return replace(self, mel_mean=tuple(mean), mel_std=tuple(std))
@@ -160,6 +173,11 @@ class ScoreNet(nn.Module):
                                                                                   (1.0,) * params.n_mels)
         self.register_buffer("mel_mean", torch.tensor(mean).view(1, -1, 1), persistent=False)
         self.register_buffer("mel_std", torch.tensor(std).view(1, -1, 1), persistent=False)
+
+    @property
+    def prior(self) -> Prior:
+        """The noise this net was trained to remove (`model.prior`): every sampler draws through it."""
+        return self.params.diffusion_prior
 
     @property
     def receptive_field(self) -> int:

@@ -166,5 +166,6 @@ class Vocoder:
         mel = (mel[None] if single else mel).to(self.device)
         eps = windowed_eps(self.step_net)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            audio = SAMPLERS[sampler](eps, mel, schedule, seed, self.spec.hop).float().cpu().numpy()
+            audio = SAMPLERS[sampler](eps, mel, schedule, seed, self.spec.hop, self.score_net.prior)
+        audio = audio.float().cpu().numpy()
         return audio[0] if single else audio

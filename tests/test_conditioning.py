@@ -13,6 +13,7 @@ from conftest import voiced_tone
 from model.audio import mel_spectrogram
 from model.checkpoint import CheckpointError, read_config, write_config
 from model.conditioning import GAIN_STEPS, SILENCE, conditioning_gain, pad_with_silence, silence_gap
+from model.prior import Prior
 from model.schedules import Diffusion
 from model.score_net import CONFIGS, ScoreNet, ScoreNetParams
 from model.vocoder import Vocoder
@@ -29,7 +30,7 @@ class Oracle(torch.nn.Module):
     def __init__(self, clean: torch.Tensor, diffusion: Diffusion = Diffusion()) -> None:
         super().__init__()
         self.clean, self.diffusion = clean, diffusion
-        self.params, self.receptive_field = ScoreNetParams(), 0
+        self.params, self.receptive_field, self.prior = ScoreNetParams(), 0, Prior()
 
     def conditioners(self, mel: torch.Tensor) -> list[torch.Tensor]:
         return []

@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 from model.audio import SAMPLE_RATE, load_audio
-from model.metrics import evaluate, ls_mse, mcd, mean_ci95, pesq_nb, pesq_wb, raw_to_lqo, stoi
+from model.metrics import evaluate, ls_mse, mcd, mean_ci95, noise_floor, pesq_nb, pesq_wb, raw_to_lqo, stoi
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,8 @@ def noisy(x: np.ndarray, level: float, seed: int = 0) -> np.ndarray:
 
 def test_identical_audio_is_perfect(speech):
     m = evaluate(speech, speech)
-    assert set(m) == {"ls_mse", "mcd", "stoi", "pesq", "pesq_nb"}
+    assert set(m) == {"ls_mse", "mcd", "stoi", "pesq", "pesq_nb", "quiet_db", "floor_db"}
+    assert m["floor_db"] == 0.0
     assert m["ls_mse"] == 0.0 and m["mcd"] == 0.0
     assert m["stoi"] == pytest.approx(1.0, abs=1e-6)
     assert m["pesq"] > 4.0 and m["pesq_nb"] > 4.0
@@ -62,6 +63,18 @@ def test_pesq_nb_is_mos_lqo_the_p862_1_mapping_of_the_raw_score(speech):
     assert raw_to_lqo(2.0) < raw_to_lqo(3.0) < raw_to_lqo(4.5) < 4.6
     degraded = noisy(speech, 0.01)
     assert 1.0 < pesq_nb(speech, degraded) < 4.6 and pesq_nb(speech, degraded) != pesq_wb(speech, degraded)
+
+
+def test_noise_floor_is_the_outputs_level_in_the_recordings_quiet_frames():
+    """Quiet frames are chosen on the recording; hiss added there shows as dB above its floor."""
+    rng = np.random.default_rng(0)
+    ref = np.concatenate([1e-4 * rng.standard_normal(2560), 0.3 * np.sin(np.arange(2560) / 5.0)])  # -80 / -13 dB
+    quiet_db, floor_db = noise_floor(ref, ref)
+    assert quiet_db == pytest.approx(-80, abs=1) and floor_db == 0.0
+    hiss = ref + 1e-3 * rng.standard_normal(len(ref))  # -60 dB everywhere: 20 dB above the quiet frames
+    quiet_db, floor_db = noise_floor(ref, hiss)
+    assert quiet_db == pytest.approx(-60, abs=1) and floor_db == pytest.approx(20, abs=1)
+    assert all(math.isnan(v) for v in noise_floor(ref[2560:], hiss[2560:]))  # a tone has no quiet frame
 
 
 def test_mean_ci95_is_the_student_t_interval():

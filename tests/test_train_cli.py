@@ -28,13 +28,14 @@ def train(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def trained(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny weights directory made by the three subcommands, on a few clips of the shared data."""
+    """A tiny weights directory made by the three subcommands, on a few clips of the shared data, under the energy
+    prior (every other test's nets use the standard one)."""
     tmp = tmp_path_factory.mktemp("train-cli")
     (tmp / "train.txt").write_text("\n".join(read_id_list(shared_data / "train.txt")[:3]) + "\n")
     (tmp / "valid.txt").write_text(read_id_list(shared_data / "valid.txt")[0] + "\n")
     out, wavs = tmp / "weights", str(shared_data / "wavs")
     small = ["--batch", "2", "--segment-frames", "16", "--device", "cpu"]
-    for args in (["score", "--config", "tiny", "--out", str(out)],
+    for args in (["score", "--config", "tiny", "--prior", "energy", "--out", str(out)],
                  ["schedule", "--net", "tiny", "--weights", str(out)]):
         r = train(*args, "--data", wavs, "--list", str(tmp / "train.txt"), "--steps", "3", *small)
         assert r.returncode == 0, r.stderr
@@ -48,6 +49,8 @@ def trained(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 def test_cli_makes_a_complete_weights_dir(trained: Path):
     config = read_config(trained)
     assert (trained / SCHEDULE_NET).exists() and (trained / REFERENCE).exists()
+    lo, hi = config["score_net"]["prior_energy"]  # the training clips' frame energy range
+    assert config["score_net"]["prior"] == "energy" and 0 < lo < hi
     assert config["training"]["score"]["steps"] == 3
     schedule = config["training"]["schedule"]
     assert schedule["steps"] == 3 and schedule["tau"] == 66 and schedule["runs"][-1]["git_revision"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..checkpoint import CheckpointError
+from ..prior import PRIORS
 from .schedule import ScheduleTraining, train_schedule
 from .score import ScoreTraining, train_score
 from .search import Search, run_search
@@ -69,8 +70,8 @@ def run_all(a: dict) -> None:
     loop = {k: a[k] for k in ("data", "id_list", "batch", "segment_frames", "lr", "save_every", "device", "seed")}
     train_score(ScoreTraining(out=a["out"], steps=a["steps"], minutes=score_minutes, compile=a["compile"],
                               config=a["config"], ema_decay=a["ema_decay"], probe_list=a["valid_list"],
-                              **{k: a[k] for k in ("mel_norm", "step_embedding", "probe_every", "probe_clips",
-                                                   "probe_seconds")}, **loop))
+                              **{k: a[k] for k in ("mel_norm", "step_embedding", "prior", "probe_every",
+                                                   "probe_clips", "probe_seconds")}, **loop))
     train_schedule(ScheduleTraining(weights=a["out"], steps=a["schedule_steps"], minutes=schedule_minutes,
                                     compile=False, net=a["net"], tau=a["tau"], **loop))
     run_search(Search(weights=a["out"], data=a["data"], id_list=a["valid_list"], device=a["device"], seed=a["seed"],
@@ -83,6 +84,9 @@ def add_probe(s: argparse.ArgumentParser) -> None:
                    help="a new net standardises its mel with the corpus's per-band statistics (default: on)")
     s.add_argument("--step-embedding", choices=("diffwave", "smooth"), default="smooth",
                    help="step-embedding frequencies of a new net (model.score_net.STEP_FREQUENCIES)")
+    s.add_argument("--prior", choices=PRIORS, default="standard",
+                   help="diffusion prior of a new net (model.prior): standard N(0, I), or energy, PriorGrad's "
+                        "N(0, s^2) with s from each mel frame's energy")
     s.add_argument("--probe-every", type=int, default=250, help="steps between conditioning probes")
     s.add_argument("--probe-clips", type=int, default=2)
     s.add_argument("--probe-seconds", type=float, default=1.5)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ..audio import MelSpec, list_audio, load_audio, mel_spectrogram, read_id_list
+from ..prior import frame_energy
 
 
 class AudioCorpus:
@@ -45,6 +46,11 @@ class AudioCorpus:
         """Per-band mean and std of the log-mels over every frame: the score net's input standardisation."""
         mels = torch.cat(self.mels, dim=-1).double()
         return mels.mean(dim=-1).numpy(), mels.std(dim=-1).clamp(min=1e-3).numpy()
+
+    def energy_range(self) -> tuple[float, float]:
+        """(min, max) frame energy over every frame (`model.prior.frame_energy`): the energy prior's scale."""
+        energy = torch.cat([frame_energy(m) for m in self.mels])
+        return float(energy.min()), float(energy.max())
 
     def fixed_clips(self, count: int, seconds: float) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """The first `count` clips, centre-cropped to one common length of at most `seconds`, as

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..prior import Prior
 from ..schedules import Diffusion
 
 
@@ -18,8 +19,9 @@ def alpha_at(t: torch.Tensor, diffusion: Diffusion) -> torch.Tensor:
 
 
 def score_loss(score_net, audio: torch.Tensor, mel: torch.Tensor, diffusion: Diffusion,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-    """L1 between eps and eps_theta(alpha_t x_0 + sqrt(1 - alpha_t^2) eps, mel, t).
+               generator: torch.Generator | None = None, prior: Prior = Prior()) -> torch.Tensor:
+    """L1 between eps and eps_theta(alpha_t x_0 + sqrt(1 - alpha_t^2) s eps, mel, t): the noise drawn from the
+    prior N(0, s^2) (`model.prior`; s = 1 for the standard one), the loss on the whitened eps.
 
     t is drawn uniformly from the *continuous* range [0, T - 1], so the network learns every noise
     level a searched schedule can land on, not only the T grid points.
@@ -28,18 +30,19 @@ def score_loss(score_net, audio: torch.Tensor, mel: torch.Tensor, diffusion: Dif
     t = torch.rand(b, device=audio.device, generator=generator) * (diffusion.steps - 1)
     alpha = alpha_at(t, diffusion)[:, None]
     eps = torch.randn(audio.shape, device=audio.device, generator=generator)
-    x_t = alpha * audio + torch.sqrt(1 - alpha**2) * eps
+    x_t = alpha * audio + torch.sqrt(1 - alpha**2) * prior.noise(eps, mel)
     return F.l1_loss(score_net(x_t, mel, t).float(), eps)
 
 
 def step_loss(score_net, schedule_net, audio: torch.Tensor, mel: torch.Tensor, diffusion: Diffusion,
-              tau: int = 66, generator: torch.Generator | None = None) -> torch.Tensor:
+              tau: int = 66, generator: torch.Generator | None = None, prior: Prior = Prior()) -> torch.Tensor:
     """BDDM's step loss for sigma_phi (Eq. 14), eps_theta frozen; returned per audio sample.
 
     At a level alpha_t (t continuous in [tau, T - 1 - tau]) the schedule net proposes
     beta_hat = r * min(beta_nxt, delta^2), with beta_nxt the scale that jumps tau grid steps and
     delta^2 = 1 - alpha_t^2. The loss is the KL between the forward posterior and the reverse step
     that beta_hat implies; the sum over the D samples is divided by D (Adam does not mind the scale).
+    All of it in the prior's whitened coordinates (`model.prior`), where the process is the standard one.
     """
     b = audio.shape[0]
     t = tau + torch.rand(b, device=audio.device, generator=generator) * (diffusion.steps - 1 - 2 * tau)
@@ -47,9 +50,9 @@ def step_loss(score_net, schedule_net, audio: torch.Tensor, mel: torch.Tensor, d
     beta_nxt = 1 - (alpha_nxt / alpha_cur) ** 2
     delta_sq = 1 - alpha_cur**2
     eps = torch.randn(audio.shape, device=audio.device, generator=generator)
-    x_t = alpha_cur * audio + delta_sq.sqrt() * eps
+    x_t = alpha_cur * prior.whiten(audio, mel) + delta_sq.sqrt() * eps
     with torch.no_grad():
-        eps_theta = score_net(x_t, mel, t).float()
+        eps_theta = prior.whitened(score_net)(x_t, mel, t).float()
     beta_hat = schedule_net(x_t).float()[:, None] * torch.minimum(beta_nxt, delta_sq)  # as ScheduleNet.beta
     ratio = beta_hat / delta_sq
     kl = (delta_sq / (2 * (delta_sq - beta_hat)) * (eps - ratio * eps_theta) ** 2).mean(dim=1, keepdim=True)

@@ -97,7 +97,7 @@ def train_schedule(job: ScheduleTraining) -> Path:
             audio, mel = corpus.segments(job.batch, job.segment_frames, rng)
             audio, mel = audio.to(rt.device, non_blocking=True), mel.to(rt.device, non_blocking=True)
             with rt.autocast():
-                loss = step_loss(score_fwd, schedule_fwd, audio, mel, diffusion, job.tau, gen)
+                loss = step_loss(score_fwd, schedule_fwd, audio, mel, diffusion, job.tau, gen, score_net.prior)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), job.grad_clip)

@@ -40,6 +40,7 @@ class ScoreTraining:
     seed: int = 0
     mel_norm: bool = True
     step_embedding: str = "smooth"
+    prior: str = "standard"
     probe_list: str | None = None
     probe_every: int = 250
     probe_clips: int = 2
@@ -55,6 +56,8 @@ def _score_net_for(out: Path, job: ScoreTraining, corpus: AudioCorpus) -> tuple[
         raise SystemExit(f"unknown --config {job.config!r}; choose from {', '.join(CONFIGS)}")
     params = replace(CONFIGS[job.config], step_embedding=job.step_embedding)
     params = params.with_mel_stats(*corpus.mel_stats()) if job.mel_norm else params
+    if job.prior != "standard":  # the prior's energy range comes from the training set (`model.prior`)
+        params = replace(params, prior=job.prior, prior_energy=corpus.energy_range())
     config = {"audio": corpus.spec.to_dict(), "diffusion": Diffusion().to_dict(), "score_net": params.to_dict(),
               "training": {}}
     return ScoreNet(params), config
@@ -91,7 +94,7 @@ def train_score(job: ScoreTraining) -> Path:
     if rt.main:
         print(f"data: {len(corpus)} clips, {corpus.seconds / 60:.1f} min from {job.data}; "
               f"score net {sum(p.numel() for p in net.parameters()) / 1e6:.2f} M params on {hardware(rt)}, "
-              f"{'standardised' if net.params.normalized else 'raw'} ln-mel input; "
+              f"{'standardised' if net.params.normalized else 'raw'} ln-mel input, {net.prior.kind} prior; "
               f"{'resuming at step ' + str(record['steps']) if resumed else 'new run'}\n"
               f"conditioning probe every {job.probe_every} steps on the raw weights, {probe_source}")
     model = DistributedDataParallel(net) if rt.world > 1 else net
@@ -129,7 +132,8 @@ def train_score(job: ScoreTraining) -> Path:
         loss_sum, loss_count = torch.zeros((), device=rt.device), 0
         history.append({"step": base_steps + step, "loss": None if loss is None else round(loss, 5),
                         "gain": {str(t): round(g, 4) for t, g in h["gain"].items()},
-                        "silence_gap_db": round(h["silence_gap_db"], 2)})
+                        "silence_gap_db": round(h["silence_gap_db"], 2),
+                        "floor_db": None if h["floor_db"] is None else round(h["floor_db"], 2)})
         tqdm.write(f"step {base_steps + step}: loss {'-' if loss is None else f'{loss:.4f}'}, {describe(h)}")
 
     revision = git_revision()  # the code this run started with, not whatever HEAD is at save time
@@ -146,7 +150,7 @@ def train_score(job: ScoreTraining) -> Path:
             audio, mel = corpus.segments(job.batch, job.segment_frames, rng)
             audio, mel = audio.to(rt.device, non_blocking=True), mel.to(rt.device, non_blocking=True)
             with rt.autocast():
-                loss = score_loss(forward, audio, mel, diffusion, gen)
+                loss = score_loss(forward, audio, mel, diffusion, gen, net.prior)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), job.grad_clip)
