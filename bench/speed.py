@@ -11,6 +11,9 @@
     conditioning recomputed at every step (as before the cache) and computed once, in the same run.
 (f) Batched throughput at the balanced preset, eager and torch.compile'd (VOCODER_COMPILE), with the
     compile time, the achieved TFLOP/s, and on CUDA the profile's top kernels of one compiled synthesis.
+(g) Streaming: for real speech of several lengths at each preset, the whole request (`/v1/vocode`) against
+    `/v1/vocode/stream` on the same server: the time to the first audio (the WAV header and the first 16 KiB of
+    PCM at the client), the time to the last byte, and the largest difference of the two answers in 16-bit steps.
 """
 
 from __future__ import annotations
@@ -319,6 +322,39 @@ def summarise_load(done: list[tuple[float, int, float, int]], clients: int, issu
             "mean_batch": float(np.mean([d[3] for d in ok])) if ok else float("nan")}
 
 
+#: What counts as the first audio of a stream: the WAV header and the first 16 KiB of PCM (0.37 s at 22050 Hz).
+FIRST_AUDIO_BYTES = 44 + 16 * 1024
+
+
+def stream_rows(url: str, voc: Vocoder, audio: np.ndarray, lengths: list[float], presets: list[str]) -> list[dict]:
+    """(g) Per length and preset, seeded: the whole request's wall time, then the stream's first audio and last
+    byte, and how far the streamed samples are from the whole request's."""
+    rows, npy_type = [], {"content-type": "application/x-npy"}
+    with httpx.Client(base_url=url, timeout=3600) as client:
+        for seconds in lengths:
+            body = npy_bytes(mel_of(voc, audio, seconds).numpy())
+            for preset in presets:
+                params = {"rho": preset, "seed": 0}
+                whole, whole_s = timed(client.post, "/v1/vocode", content=body, headers=npy_type, params=params)
+                whole.raise_for_status()
+                received, first_s, t0 = bytearray(), None, time.perf_counter()
+                with client.stream("POST", "/v1/vocode/stream", content=body, headers=npy_type, params=params) as r:
+                    r.raise_for_status()
+                    for piece in r.iter_bytes():
+                        received += piece
+                        if first_s is None and len(received) >= FIRST_AUDIO_BYTES:
+                            first_s = time.perf_counter() - t0
+                total_s = time.perf_counter() - t0
+                a, b = (np.frombuffer(x[44:], np.int16).astype(int) for x in (bytes(received), whole.content))
+                rows.append({"preset": preset, "steps": int(whole.headers["x-diffusion-steps"]), "seconds": seconds,
+                             "whole_s": whole_s, "first_audio_s": first_s, "stream_total_s": total_s,
+                             "first_over_whole": first_s / whole_s,
+                             "max_lsb": int(np.abs(a - b).max()) if a.shape == b.shape else None})
+                print(f"stream {seconds:g} s {preset}: first audio {fmt(first_s)} s, whole {fmt(whole_s)} s",
+                      file=sys.stderr)
+    return rows
+
+
 def new_rhos(voc: Vocoder, count: int) -> list[float]:
     """rhos no preset uses, inside the presets' range (so their schedules have typical lengths)."""
     rhos = sorted(voc.presets.values())
@@ -439,6 +475,21 @@ def load_section(load: dict, args) -> list[str]:
                    for r in load["rows"]])]
 
 
+def stream_section(load: dict) -> list[str]:
+    rows = load.get("stream") or []
+    if not rows:
+        return []
+    return ["## Streaming", "",
+            f"`python -m server` serving {load['net']} (device {load['device']}): each input (real speech, seed 0) "
+            "first as a whole request (`/v1/vocode`, wall time to the last byte), then streamed "
+            "(`/v1/vocode/stream`): *first audio* is the WAV header and the first 16 KiB of PCM at the client. "
+            "Max difference = the largest |streamed - whole| sample, in 16-bit steps.", "",
+            table(["Audio s", "Preset", "Steps", "Whole request s", "First audio s", "Stream total s",
+                   "First audio / whole", "Max difference (LSB)"],
+                  [[r["seconds"], r["preset"], r["steps"], r["whole_s"], r["first_audio_s"], r["stream_total_s"],
+                    f"{100 * r['first_over_whole']:.1f}%", r["max_lsb"]] for r in rows]), ""]
+
+
 def schedule_section(sched: dict) -> list[str]:
     return ["## Schedule for a new rho", "",
             "GET /v1/schedules?rho=... on a fresh server: the first call runs the schedule network (cache miss); "
@@ -456,7 +507,7 @@ def report(net_rows, synth_rows, cached_rows, batched, load, sched, server_note:
     if server_note:
         parts += ["## Server under load", "", server_note]
     else:
-        parts += load_section(load, args) + [""] + schedule_section(sched)
+        parts += load_section(load, args) + [""] + schedule_section(sched) + [""] + stream_section(load)
     if notes:
         parts += ["", "Notes:", *(f"- {n}" for n in notes)]
     return "\n".join(parts)
@@ -520,6 +571,8 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--mel-seconds", type=float, nargs=2, default=[2.0, 10.0], help="request length range")
     ap.add_argument("--rho", default="balanced", help="rho or preset the load requests ask for")
     ap.add_argument("--skip-server", action="store_true")
+    ap.add_argument("--stream-lengths", type=float, nargs="*", default=[5, 20, 60],
+                    help="(g) audio seconds streamed at each preset (none: skip)")
     ap.add_argument("--device", choices=("all", "cpu", "cuda"), default="all",
                     help="where (a) and (b) run; cuda writes speed-gpu.md, the others speed.md")
     ap.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
@@ -528,7 +581,7 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--batch-seconds", type=float, default=10.0, help="(f) clip length")
     args = parse_with_quick(ap, argv, {"lengths": [1, 5], "reps": 1, "clients": [1, 4], "requests": 2,
                                        "per_client": 1, "load_seconds": 20.0, "mel_seconds": [2.0, 3.0],
-                                       "batches": [1, 2], "batch_seconds": 1.0})
+                                       "batches": [1, 2], "batch_seconds": 1.0, "stream_lengths": [2.0]})
     if min(args.lengths) <= 0 or min(args.reps, min(args.clients), args.requests, args.per_client) < 1:
         ap.error("--lengths, --reps, --clients, --requests and --per-client must be positive")
     return args
@@ -549,8 +602,14 @@ def server_part(args, weights: Path) -> tuple[dict | None, dict | None, str | No
     bodies = request_bodies(voc, args.data, *args.mel_seconds)
     with tempfile.TemporaryDirectory() as tmp:
         rows, sched, device = load_rows(args, weights, voc, bodies, Path(tmp))
+        streamed = []
+        if args.stream_lengths:
+            with server(weights, dict(os.environ), Path(tmp) / "server-stream.log") as url:
+                audio = speech(args.data, max(args.stream_lengths), voc.spec.sample_rate)
+                streamed = stream_rows(url, voc, audio, args.stream_lengths, sorted(voc.presets, key=voc.presets.get,
+                                                                                    reverse=True))
     rho = f"{args.rho} ({voc.presets[args.rho]:g})" if args.rho in voc.presets else args.rho
-    return {"net": net_label(voc), "rho": rho, "device": device, "rows": rows}, sched, None
+    return {"net": net_label(voc), "rho": rho, "device": device, "rows": rows, "stream": streamed}, sched, None
 
 
 def main(argv: list[str] | None = None) -> int:

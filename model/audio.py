@@ -9,6 +9,7 @@ frames and the vocoder returns exactly frames * 256 samples.
 from __future__ import annotations
 
 import io
+import struct
 from dataclasses import dataclass
 from functools import lru_cache
 from fractions import Fraction
@@ -132,6 +133,22 @@ def encode_audio(wav: np.ndarray, sample_rate: int = SAMPLE_RATE, fmt: str = "wa
     buf = io.BytesIO()
     sf.write(buf, np.clip(wav, -1.0, 1.0), sample_rate, format=fmt.upper(), subtype="PCM_16")
     return buf.getvalue()
+
+
+def pcm16(wav: np.ndarray) -> bytes:
+    """Headerless 16-bit PCM of a float waveform, quantised exactly as `encode_audio` does (libsndfile)."""
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(wav, -1.0, 1.0), SAMPLE_RATE, format="RAW", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def wav_header(samples: int, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """The 44-byte header of a mono 16-bit PCM WAV of `samples` samples, the same `encode_audio` writes, for a
+    stream that sends it before the audio exists."""
+    data = 2 * samples
+    return (b"RIFF" + struct.pack("<I", 36 + data) + b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate,
+                                                                                 2 * sample_rate, 2, 16)
+            + b"data" + struct.pack("<I", data))
 
 
 def list_audio(directory: str | Path, ids: list[str] | None = None) -> list[Path]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 
@@ -86,10 +87,12 @@ Seeds = int | None | Sequence[int | None]
 
 
 class Noise:
-    """Gaussian noise drawn on the CPU from one generator per batch item.
+    """Gaussian noise drawn on the CPU from one generator per batch item: a sampler's draws, one per call of
+    `draw` (x_N first, then each reverse step's injected noise).
 
     Each item's noise depends only on its own seed (never on its batch neighbours), and CPU draws
-    make a seed give the same noise on every device.
+    make a seed give the same noise on every device. `model.streaming.NoiseTape` replays the same draws
+    slice by slice.
     """
 
     def __init__(self, seeds: Seeds, batch: int) -> None:
@@ -106,12 +109,18 @@ class Noise:
         return torch.stack([torch.randn(length, generator=g) for g in self.gens]).to(device)
 
 
+class NoiseSource(Protocol):
+    def draw(self, length: int, device: torch.device | str) -> torch.Tensor: ...
+
+
 @torch.inference_mode()
 def ddpm(eps_fn: EpsFn, mel: torch.Tensor, schedule: Schedule, seed: Seeds = None, hop: int = 256,
-         prior: Prior = Prior()) -> torch.Tensor:
+         prior: Prior = Prior(), noise: NoiseSource | None = None) -> torch.Tensor:
     """Ancestral DDPM reverse process over `schedule`, in the prior's whitened coordinates (`model.prior`);
-    mel (B, n_mels, F) -> audio (B, F * hop) in [-1, 1]."""
-    eps_fn, noise, length = prior.whitened(eps_fn), Noise(seed, mel.shape[0]), mel.shape[-1] * hop
+    mel (B, n_mels, F) -> audio (B, F * hop) in [-1, 1]. The noise is `seed`'s, unless a source of it is given
+    (a streamed chunk's slice of the whole request's noise)."""
+    eps_fn, length = prior.whitened(eps_fn), mel.shape[-1] * hop
+    noise = noise or Noise(seed, mel.shape[0])
     x = noise.draw(length, mel.device)
     for n, alpha, _, beta, sigma, t in _steps(schedule, x):
         eps = eps_fn(x, mel, t)
@@ -123,10 +132,10 @@ def ddpm(eps_fn: EpsFn, mel: torch.Tensor, schedule: Schedule, seed: Seeds = Non
 
 @torch.inference_mode()
 def ddim(eps_fn: EpsFn, mel: torch.Tensor, schedule: Schedule, seed: Seeds = None, hop: int = 256,
-         prior: Prior = Prior()) -> torch.Tensor:
+         prior: Prior = Prior(), noise: NoiseSource | None = None) -> torch.Tensor:
     """Deterministic DDIM (eta = 0) over the levels of `schedule`; only x_N depends on the seed."""
     eps_fn = prior.whitened(eps_fn)
-    x = Noise(seed, mel.shape[0]).draw(mel.shape[-1] * hop, mel.device)
+    x = (noise or Noise(seed, mel.shape[0])).draw(mel.shape[-1] * hop, mel.device)
     for _, alpha, alpha_prev, _, _, t in _steps(schedule, x):
         eps = eps_fn(x, mel, t)
         x0 = (x - math.sqrt(1 - alpha**2) * eps) / alpha

@@ -13,9 +13,10 @@ import torch
 
 from .audio import MelSpec
 from .checkpoint import SCHEDULE_NET, SCORE_NET, CheckpointError, load_module, read_config
-from .sampling import SAMPLERS, Seeds, windowed_eps
+from .sampling import SAMPLERS, NoiseSource, Seeds, windowed_eps
 from .schedules import Diffusion, Schedule
 from .score_net import CONFIGS, ScoreNet, ScoreNetParams
+from .streaming import FIRST_FRAMES, LARGEST_FRAMES, Stream
 
 #: Where the shipped nets live (`weights/base`, `weights/small`); a deployment points VOCODER_WEIGHTS_ROOT elsewhere.
 WEIGHTS_ROOT = Path(__file__).resolve().parent.parent / "weights"
@@ -159,13 +160,22 @@ class Vocoder:
                                          self.diffusion, seed=0)
 
     def vocode(self, mel: np.ndarray | torch.Tensor, schedule: Schedule, seed: Seeds = None,
-               sampler: str = "ddpm") -> np.ndarray:
-        """Log-mel (n_mels, F) or (B, n_mels, F) -> float32 audio (F * hop,) or (B, F * hop) in [-1, 1]."""
+               sampler: str = "ddpm", noise: NoiseSource | None = None) -> np.ndarray:
+        """Log-mel (n_mels, F) or (B, n_mels, F) -> float32 audio (F * hop,) or (B, F * hop) in [-1, 1]; the noise
+        is `seed`'s unless a source of it is given (`sampling.ddpm`)."""
         mel = torch.as_tensor(np.asarray(mel, dtype=np.float32) if not torch.is_tensor(mel) else mel).float()
         single = mel.dim() == 2
         mel = (mel[None] if single else mel).to(self.device)
         eps = windowed_eps(self.step_net)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            audio = SAMPLERS[sampler](eps, mel, schedule, seed, self.spec.hop, self.score_net.prior)
+            audio = SAMPLERS[sampler](eps, mel, schedule, seed, self.spec.hop, self.score_net.prior, noise)
         audio = audio.float().cpu().numpy()
         return audio[0] if single else audio
+
+    def stream(self, mel: np.ndarray | torch.Tensor, schedule: Schedule, seed: int | None = None,
+               first: int = FIRST_FRAMES, largest: int = LARGEST_FRAMES) -> Stream:
+        """The same audio as `vocode(mel, schedule, seed)` (DDPM), as chunks of `first` frames doubling up to
+        `largest`, computed one at a time (`model.streaming`)."""
+        mel = torch.as_tensor(np.asarray(mel, dtype=np.float32) if not torch.is_tensor(mel) else mel).float()
+        return Stream(lambda m, s, noise: self.vocode(m, s, noise=noise), mel, schedule, seed, self.spec.hop,
+                      self.score_net.receptive_field, first, largest)

@@ -14,18 +14,19 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from model.audio import AudioError, encode_audio, load_audio, mel_spectrogram
+from model.audio import AudioError, encode_audio, load_audio, mel_spectrogram, pcm16, wav_header
 from model.checkpoint import CheckpointError
 from model.vocoder import Vocoder
 
@@ -59,9 +60,9 @@ class RequestContext:
         given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex
         fields: dict = {}
-        scope.setdefault("state", {}).update(request_id=request_id, log=fields)
-        status, started = 500, False
         start = time.perf_counter()
+        scope.setdefault("state", {}).update(request_id=request_id, log=fields, started=start)
+        status, started = 500, False
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, started
@@ -98,6 +99,14 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, e: ApiError) -> JSONResponse:
         return error_response(e.status, e.error, e.detail, e.headers)
+
+    @app.exception_handler(QueueFull)
+    async def queue_full(_: Request, e: QueueFull) -> JSONResponse:
+        return error_response(429, "queue full", str(e), {"Retry-After": str(e.retry_after)})
+
+    @app.exception_handler(Unavailable)
+    async def unavailable(_: Request, e: Unavailable) -> JSONResponse:
+        return error_response(503, "unavailable", str(e), {"Retry-After": "5"})
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, e: RequestValidationError) -> JSONResponse:
@@ -184,13 +193,9 @@ MEL_JSON = {"schema": {"type": "object", "required": ["mel"], "properties": {
     "rho": {"type": ["number", "string"]}, "seed": {"type": "integer", "minimum": 0}}}}
 
 
-@v1.post("/vocode", response_class=Response, summary="mel (.npy or JSON) -> audio",
-         responses={200: {"content": {"audio/wav": {}, "audio/flac": {}}}},
-         openapi_extra={"requestBody": {"required": True, "content": {
-             "application/octet-stream": BINARY, "application/json": MEL_JSON}}},  # and application/x-npy
-         description="Body: a .npy mel as application/x-npy or application/octet-stream, or JSON.")
-async def vocode(request: Request, engine: Annotated[Engine, Depends(ready_engine)], rho: Rho = None,
-                 seed: Seed = None, format: Format = "wav") -> Response:
+async def read_mel(request: Request, engine: Engine, rho: str | None, seed: int | None):
+    """The request's mel (a .npy or JSON body, validated against the limits) and its rho and seed: the query's,
+    else the JSON body's."""
     settings: Settings = request.app.state.settings
     kind = codec.require_media_type(request, codec.NPY_TYPES | {codec.JSON_TYPE},
                                     "a .npy mel as application/x-npy, or application/json {\"mel\": [[...], ...]}")
@@ -202,31 +207,79 @@ async def vocode(request: Request, engine: Annotated[Engine, Depends(ready_engin
     else:
         mel = codec.decode_npy(body, n_mels)
     codec.check_frames(mel, settings.max_frames)
+    return mel, rho, seed
+
+
+def known_headers(engine: Engine, rho: float, steps: int, hit: bool, samples: int) -> dict[str, str]:
+    """The X-* headers a vocode answer carries before any synthesis."""
+    return {"X-Diffusion-Steps": str(steps), "X-Rho": f"{rho:g}", "X-Schedule-Cache": "hit" if hit else "miss",
+            "X-Audio-Seconds": f"{samples / engine.vocoder.spec.sample_rate:.4f}"}
+
+
+@v1.post("/vocode", response_class=Response, summary="mel (.npy or JSON) -> audio",
+         responses={200: {"content": {"audio/wav": {}, "audio/flac": {}}}},
+         openapi_extra={"requestBody": {"required": True, "content": {
+             "application/octet-stream": BINARY, "application/json": MEL_JSON}}},  # and application/x-npy
+         description="Body: a .npy mel as application/x-npy or application/octet-stream, or JSON.")
+async def vocode(request: Request, engine: Annotated[Engine, Depends(ready_engine)], rho: Rho = None,
+                 seed: Seed = None, format: Format = "wav") -> Response:
+    mel, rho, seed = await read_mel(request, engine, rho, seed)
     rho_used, schedule, hit = await schedule_for(engine, rho)
     request.state.log.update(frames=mel.shape[-1], rho=rho_used, steps=schedule.steps, seeded=seed is not None)
 
     watcher = asyncio.ensure_future(disconnected(request))
     try:
         result = await engine.vocode(mel, rho_used, schedule, seed, watcher)
-    except QueueFull as e:
-        raise ApiError(429, "queue full", str(e), {"Retry-After": str(e.retry_after)}) from None
-    except Unavailable as e:
-        raise ApiError(503, "unavailable", str(e), {"Retry-After": "5"}) from None
     except ClientGone:
         return Response(status_code=499)
     finally:
         watcher.cancel()
-    sample_rate = engine.vocoder.spec.sample_rate
-    audio = await asyncio.to_thread(encode_audio, result.audio, sample_rate, format)
+    audio = await asyncio.to_thread(encode_audio, result.audio, engine.vocoder.spec.sample_rate, format)
     request.state.log.update(batch=result.batch_size, synthesis_s=round(result.synthesis_seconds, 4))
     return Response(audio, media_type=codec.AUDIO_MEDIA[format], headers={
-        "X-Diffusion-Steps": str(result.steps),
-        "X-Rho": f"{rho_used:g}",
-        "X-Schedule-Cache": "hit" if hit else "miss",
-        "X-Audio-Seconds": f"{len(result.audio) / sample_rate:.4f}",
+        **known_headers(engine, rho_used, result.steps, hit, len(result.audio)),
         "X-Inference-Seconds": f"{result.synthesis_seconds:.4f}",
         "X-Batch-Size": str(result.batch_size),
     })
+
+
+@v1.post("/vocode/stream", response_class=StreamingResponse, summary="mel (.npy or JSON) -> WAV, streamed",
+         responses={200: {"content": {"audio/wav": {}}}},
+         openapi_extra={"requestBody": {"required": True, "content": {
+             "application/octet-stream": BINARY, "application/json": MEL_JSON}}},  # and application/x-npy
+         description="The audio of /v1/vocode (for a seed, the same samples to 1 LSB) as a chunked WAV: the exact "
+                     "header first, then 16-bit PCM as each chunk is final, the first after about 1 s of audio. "
+                     "Bodies, limits and errors as /v1/vocode; format=flac is a 400 here.")
+async def vocode_stream(request: Request, engine: Annotated[Engine, Depends(ready_engine)], rho: Rho = None,
+                        seed: Seed = None, format: Format = "wav") -> StreamingResponse:
+    if format != "wav":
+        raise ApiError(400, "invalid format", "a stream is a WAV: its header is exact up front and PCM follows; "
+                                              "FLAC would need another framing (ask /v1/vocode for FLAC)")
+    mel, rho, seed = await read_mel(request, engine, rho, seed)
+    rho_used, schedule, hit = await schedule_for(engine, rho)
+    spec, samples = engine.vocoder.spec, mel.shape[-1] * engine.vocoder.spec.hop
+    chunks = engine.stream(mel, rho_used, schedule, seed, asyncio.ensure_future(disconnected(request)))
+    request.state.log.update(frames=mel.shape[-1], rho=rho_used, steps=schedule.steps, seeded=seed is not None,
+                             streamed=True)
+    try:  # the first chunk before the first byte: a refusal or failure is still a JSON error
+        first = await anext(chunks)
+    except ClientGone:
+        return Response(status_code=499)
+    first_audio_s = time.perf_counter() - request.state.started
+    engine.metrics.time_to_first_audio.labels(preset=engine.preset_of(rho_used)).observe(first_audio_s)
+    request.state.log.update(first_audio_s=round(first_audio_s, 4))
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            yield wav_header(samples, spec.sample_rate) + pcm16(first.audio)
+            async for result in chunks:
+                yield pcm16(result.audio)
+        finally:
+            await chunks.aclose()  # a client that went away stops the stream now, not when it is collected
+
+    # X-Accel-Buffering: a proxy (nginx, deploy/nginx) passes each chunk on at once instead of buffering the answer
+    return StreamingResponse(body(), media_type=codec.AUDIO_MEDIA["wav"], headers={
+        **known_headers(engine, rho_used, schedule.steps, hit, samples), "X-Accel-Buffering": "no"})
 
 
 @v1.post("/mel", response_class=Response, summary="audio (wav/flac) -> the .npy log-mel the vocoder expects",

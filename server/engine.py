@@ -16,6 +16,7 @@ import logging
 import math
 import time
 from collections import OrderedDict, deque
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -26,6 +27,7 @@ from model.audio import LOG_FLOOR
 from model.checkpoint import CONFIG, SCHEDULE_NET, SCORE_NET
 from model.scheduling import canonical_rho
 from model.schedules import Schedule
+from model.streaming import Chunk, Stream, StreamCancelled
 from model.vocoder import Vocoder
 
 from .metrics import Metrics
@@ -70,6 +72,9 @@ class Job:
     seed: int | None
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
+    #: A streamed request's job is one chunk of its stream (`model.streaming`), and runs alone.
+    stream: Stream | None = None
+    chunk: Chunk | None = None
 
     @property
     def frames(self) -> int:
@@ -77,7 +82,7 @@ class Job:
 
     def fits(self, batch: list[Job]) -> bool:
         """Unseeded jobs with the same schedule batch together, whatever their lengths (module docstring)."""
-        return self.rho == batch[0].rho and all(j.seed is None for j in [self, *batch])
+        return (self.rho == batch[0].rho and all(j.seed is None and j.stream is None for j in [self, *batch]))
 
 
 class ScheduleCache:
@@ -149,6 +154,7 @@ class Engine:
         self._busy = False
         self._closing = False
         self._last_batch_seconds = 1.0
+        self._streams = 0  # streams under way: shutdown lets them finish, as it does queued jobs
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="vocode")
         self._tasks: list[asyncio.Task] = []
 
@@ -185,7 +191,7 @@ class Engine:
         """Stop taking jobs, let queued and running ones finish (up to `timeout`), fail the rest."""
         self._closing = True
         deadline = time.monotonic() + timeout
-        while (self._jobs or self._busy) and time.monotonic() < deadline:
+        while (self._jobs or self._busy or self._streams) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for task in self._tasks:
             task.cancel()
@@ -212,6 +218,10 @@ class Engine:
             names = "|".join(sorted(presets)) or "no presets"
             raise ValueError(f"rho must be a number in (0, 1) or a preset ({names}), got {value!r}") from None
 
+    def preset_of(self, rho: float) -> str:
+        """The preset a canonical rho is, else "custom" (a metrics label)."""
+        return next((name for name, value in self.vocoder.presets.items() if canonical_rho(value) == rho), "custom")
+
     @property
     def queue_depth(self) -> int:
         return len(self._jobs)
@@ -219,15 +229,48 @@ class Engine:
     async def vocode(self, mel: np.ndarray, rho: float, schedule: Schedule, seed: int | None,
                      disconnected: asyncio.Future | None = None) -> Result:
         """Queue one mel and wait for its audio; a disconnect or timeout drops the job if it has not run."""
-        if self._closing:
+        job = self._submit(Job(mel, rho, schedule, seed, asyncio.get_running_loop().create_future()))
+        return await self._wait(job, disconnected)
+
+    async def stream(self, mel: np.ndarray, rho: float, schedule: Schedule, seed: int | None,
+                     disconnected: asyncio.Future | None = None) -> AsyncIterator[Result]:
+        """The audio of `vocode(...)` (seeded: the same samples), chunk by chunk as each is final (`model.streaming`).
+
+        Each chunk is a job at the back of the queue, so a long stream takes turns with other requests. Only the
+        first chunk meets the queue's backpressure (429): an admitted stream is not refused half-way. When the
+        consumer stops (its client went away) the stream is cancelled: its queued chunk is dropped, and the
+        running one stops before its next reverse step.
+        """
+        stream, loop, finished = self.vocoder.stream(mel, schedule, seed), asyncio.get_running_loop(), False
+        self._streams += 1
+        try:
+            for i, chunk in enumerate(stream.plan):
+                job = Job(mel, rho, schedule, seed, loop.create_future(), stream=stream, chunk=chunk)
+                yield await self._wait(self._submit(job, admit=i == 0), disconnected if i == 0 else None)
+            finished = True
+        except (asyncio.CancelledError, GeneratorExit, ClientGone):
+            stream.cancel()  # before it is counted: once counted, no reverse step of it starts
+            self.metrics.streams_cancelled.inc()
+            raise
+        finally:
+            self._streams -= 1
+            if not finished:
+                stream.cancel()
+
+    def _submit(self, job: Job, admit: bool = True) -> Job:
+        """Queue a job; a new request (`admit`) is refused while shutting down or when the queue is full."""
+        if admit and self._closing:
             raise Unavailable("the server is shutting down")
-        if len(self._jobs) >= self.settings.queue_size:
+        if admit and len(self._jobs) >= self.settings.queue_size:
             per_batch = self._last_batch_seconds * len(self._jobs) / self.settings.max_batch
             raise QueueFull(max(1, math.ceil(per_batch)))
-        job = Job(mel, rho, schedule, seed, asyncio.get_running_loop().create_future())
         self._jobs.append(job)
         self.metrics.queue_depth.set(len(self._jobs))
         self._wake.set()
+        return job
+
+    async def _wait(self, job: Job, disconnected: asyncio.Future | None) -> Result:
+        """A queued job's result; a disconnect, timeout or cancellation drops the job if it has not run."""
         waiters = {job.future} | ({disconnected} if disconnected is not None else set())
         try:
             await asyncio.wait(waiters, timeout=self.settings.request_timeout_s, return_when=asyncio.FIRST_COMPLETED)
@@ -297,6 +340,8 @@ class Engine:
         self._busy = True
         try:
             audio, seconds = await asyncio.get_running_loop().run_in_executor(self._executor, self._synthesize, batch)
+        except StreamCancelled:  # its client went away mid-chunk; the stream's consumer is gone too
+            return
         except Exception as e:  # noqa: BLE001 -- a failed batch fails its requests, never the server
             log.exception("inference failed for a batch of %d", len(batch))
             for job in batch:
@@ -314,7 +359,16 @@ class Engine:
                 job.future.set_result(Result(wav, steps, seconds, now - job.enqueued, len(batch)))
 
     def _synthesize(self, batch: list[Job]) -> tuple[list[np.ndarray], float]:
-        """On the inference thread: pad to the longest mel, vocode with per-item seeds, trim back."""
+        """On the inference thread: a stream's chunk, or a batch padded to the longest mel, vocoded with per-item
+        seeds and trimmed back."""
+        if batch[0].stream is not None:
+            (job,) = batch
+            start = time.perf_counter()
+            with torch.inference_mode():
+                audio = job.stream.render(job.chunk)
+            if self.vocoder.device.type == "cuda":
+                torch.cuda.synchronize()
+            return [audio], time.perf_counter() - start
         frames = max(j.frames for j in batch)
         mel = np.full((len(batch), batch[0].mel.shape[0], frames), math.log(LOG_FLOOR), np.float32)
         for i, job in enumerate(batch):

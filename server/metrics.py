@@ -28,5 +28,10 @@ class Metrics:
         self.cache_misses = Counter("vocoder_schedule_cache_misses", "Schedule cache misses", registry=r)
         self.unhandled = Counter("vocoder_unhandled_exceptions", "Requests answered 500 by the last-resort handler",
                                  ["route"], registry=r)
+        self.time_to_first_audio = Histogram("vocoder_time_to_first_audio_seconds",
+                                             "Streamed requests: from the request to its first audio, by preset",
+                                             ["preset"], buckets=LATENCY_BUCKETS, registry=r)
+        self.streams_cancelled = Counter("vocoder_streams_cancelled", "Streams whose client went away before the end",
+                                         registry=r)
         self.in_flight = Gauge("vocoder_requests_in_flight", "HTTP requests being handled", registry=r)
         self.queue_depth = Gauge("vocoder_queue_depth", "Jobs waiting for the inference worker", registry=r)

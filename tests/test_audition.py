@@ -88,6 +88,31 @@ def test_upload_two_rhos_and_hear_both(url: str, browser, tmp_path: Path):
     page.screenshot(path=os.environ.get("AUDITION_SCREENSHOT") or str(tmp_path / "audition.png"), full_page=True)
 
 
+def test_a_stream_plays_as_it_arrives_with_its_first_audio_time(url: str, browser, tmp_path: Path):
+    """Stream an example mel: the page plays the PCM as it comes in, shows the time to first audio beside the total,
+    and keeps a player of the whole result."""
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url + "/")
+    page.wait_for_selector("#presets button[data-preset=fast]")
+    page.click("#load-example")
+    page.wait_for_function("document.getElementById('input-info').textContent.includes('mel')")
+    frames = int(page.text_content("#input-info").split(" x ")[1].split(" ")[0])
+    page.click("#presets button[data-preset=fast]")
+    page.click("#stream")
+    page.wait_for_function("document.querySelector('#results .result')?.dataset.ttfa !== undefined", timeout=120_000)
+    row = page.locator("#results .result").first
+    assert int(row.get_attribute("data-played")) == frames * HOP  # every sample went to the audio output
+    first, total = (float(row.locator(c).text_content().removesuffix(" s")) for c in (".ttfa", ".total"))
+    assert 0 < first <= total
+    page.wait_for_function("document.querySelector('#results audio').duration > 0")
+    assert page.eval_on_selector("#results audio", "a => a.duration") == pytest.approx(frames * HOP / SAMPLE_RATE,
+                                                                                       abs=1e-3)
+    assert page.text_content("#error") == "" and not errors, errors
+
+
 def test_errors_are_readable(url: str, browser, tmp_path: Path):
     bad = tmp_path / "broken.wav"
     bad.write_bytes(b"RIFF not really a wav")

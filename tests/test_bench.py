@@ -68,6 +68,9 @@ def test_speed_quick(tiny_weights: Path, shared_data: Path, tmp_path: Path) -> N
         assert finite([r["throughput"], r["p50_s"], r["p99_s"]]) and r["throughput"] > 0
     (sched,) = data["schedule_latency"]["rows"]
     assert not sched["first_cached"] and sched["hits_cached"] and finite([sched["miss_s"], sched["hit_s"]])
+    (streamed,) = [r for r in data["load"]["stream"] if r["preset"] == "fast"]  # (g), at 2 s in quick mode
+    assert streamed["max_lsb"] <= 1 and 0 < streamed["first_audio_s"] <= streamed["stream_total_s"]
+    assert "## Streaming" in (tmp_path / "speed.md").read_text()
     batched = data["batched"]  # (f): eager only on the CPU unless --compile on
     assert [(r["compiled"], r["batch"]) for r in batched] == [(False, 1), (False, 2)]
     assert all(finite([r["audio_s_per_s"], r["tflops"]]) and r["audio_s_per_s"] > 0 for r in batched)

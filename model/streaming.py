@@ -1,0 +1,133 @@
+"""Streaming synthesis: a request's audio chunk by chunk, each chunk final as soon as it is computed, and equal to
+the same request vocoded whole.
+
+After N reverse steps an output sample depends on x_N and the injected noise within N receptive fields of it
+(and on the mel, which is known in full). So a chunk [start, end) of the output is exact once all N steps run on
+its region, the chunk widened by `margin_frames` on each side: what the region's edges get wrong moves inwards
+by at most one step's reach per step, and never reaches the chunk. Nothing is crossfaded.
+
+The noise is the whole request's: the same seeded draws `sampling.ddpm` makes (x_N, then one per reverse step),
+replayed slice by slice by a `NoiseTape`, so a seeded stream equals `/v1/vocode` to float rounding (the two
+compute in windows of different sizes) and two seeded streams are bit-identical.
+
+The first chunk is short (about 1 s), so the first audio comes early; later ones double up to `LARGEST_FRAMES`,
+which bounds the margins' overhead (both sides of every chunk are computed twice).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .schedules import Schedule
+
+#: The first chunk, in mel frames (~1 s at 22050 Hz / hop 256), and the size later chunks double up to (~8 s).
+FIRST_FRAMES = 86
+LARGEST_FRAMES = 688
+#: torch's CPU normal kernel fills blocks of 16 values, so a draw whose length is a multiple of 16 is the start of
+#: any longer draw from the same generator state (a shorter tail is drawn another way). Full draws are
+#: frames * hop long, a multiple of 16; a tape draws slices as prefixes rounded up to it (tests pin it).
+RANDN_BLOCK = 16
+
+
+class StreamCancelled(Exception):
+    """The stream was cancelled (its client went away): no further reverse step runs for it."""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    start: int  # output frames this chunk makes final: [start, end)
+    end: int
+    lo: int  # frames computed: [start, end) widened by the margins, within the mel
+    hi: int
+
+
+def margin_frames(receptive_field: int, hop: int, steps: int) -> int:
+    """Frames on each side of a chunk within which `steps` reverse steps can reach it: per step the dilated
+    stack's receptive field plus two frames of the mel upsampler (as `sampling.windowed_eps` takes for one)."""
+    return steps * (2 + math.ceil(receptive_field / hop))
+
+
+def chunk_plan(frames: int, margin: int, first: int = FIRST_FRAMES, largest: int = LARGEST_FRAMES) -> list[Chunk]:
+    """Chunks covering [0, frames): `first` frames, then each twice the one before, at most `largest`."""
+    chunks, start, size = [], 0, first
+    while start < frames:
+        end = min(frames, start + size)
+        chunks.append(Chunk(start, end, max(0, start - margin), min(frames, end + margin)))
+        start, size = end, min(2 * size, largest)
+    return chunks
+
+
+class NoiseTape:
+    """One request's seeded noise draws, as `sampling.Noise` makes them for a batch of one, replayable by slice.
+
+    It keeps the generator state at the start of each draw (a few KB each), not the draws: a slice is drawn
+    again as a prefix of its draw. Cancelling it stops the sampler that reads it at its next draw, which comes
+    before every reverse step but the first.
+    """
+
+    def __init__(self, seed: int | None, length: int, draws: int) -> None:
+        self.gen = torch.Generator("cpu")
+        self.gen.manual_seed(seed) if seed is not None else self.gen.seed()
+        self.length, self.draws, self.states = length, draws, []
+        self.cancelled = threading.Event()
+
+    def _start_states(self) -> list[torch.Tensor]:
+        """The generator state at the start of each draw, found once (on the inference thread, not at request time)
+        by making every draw as the sampler would."""
+        if not self.states:
+            for _ in range(self.draws):
+                self.states.append(self.gen.get_state())
+                torch.randn(self.length, generator=self.gen)
+        return self.states
+
+    def window(self, lo: int, hi: int) -> "TapeWindow":
+        """Samples [lo, hi) of every draw, in order: a `sampling.NoiseSource` for the chunk's region."""
+        return TapeWindow(self, lo, hi)
+
+    def slice(self, draw: int, lo: int, hi: int) -> torch.Tensor:
+        if self.cancelled.is_set():
+            raise StreamCancelled("the stream was cancelled")
+        self.gen.set_state(self._start_states()[draw])
+        return torch.randn(min(self.length, -(-hi // RANDN_BLOCK) * RANDN_BLOCK), generator=self.gen)[lo:hi]
+
+
+class TapeWindow:
+    def __init__(self, tape: NoiseTape, lo: int, hi: int) -> None:
+        self.tape, self.lo, self.hi, self.next = tape, lo, hi, 0
+
+    def draw(self, length: int, device: torch.device | str) -> torch.Tensor:
+        if length != self.hi - self.lo:
+            raise ValueError(f"a tape window of {self.hi - self.lo} samples asked for {length}")
+        noise = self.tape.slice(self.next, self.lo, self.hi)
+        self.next += 1
+        return noise[None].to(device)
+
+
+#: vocode(mel (n_mels, F), schedule, noise source) -> audio (F * hop,): `Vocoder.vocode` with a tape window.
+RegionVocoder = Callable[[torch.Tensor, Schedule, TapeWindow], np.ndarray]
+
+
+class Stream:
+    """One request's audio as chunks (`chunk_plan`); `render` computes one, `cancel` stops the rest."""
+
+    def __init__(self, vocode: RegionVocoder, mel: torch.Tensor, schedule: Schedule, seed: int | None, hop: int,
+                 receptive_field: int, first: int = FIRST_FRAMES, largest: int = LARGEST_FRAMES) -> None:
+        self.vocode, self.mel, self.schedule, self.hop = vocode, mel, schedule, hop
+        frames = mel.shape[-1]
+        self.plan = chunk_plan(frames, margin_frames(receptive_field, hop, schedule.steps), first, largest)
+        self.tape = NoiseTape(seed, frames * hop, schedule.steps)
+
+    def render(self, chunk: Chunk) -> np.ndarray:
+        """The final audio of output frames [chunk.start, chunk.end), (frames * hop,) float32 in [-1, 1]."""
+        region = self.vocode(self.mel[:, chunk.lo:chunk.hi], self.schedule,
+                             self.tape.window(chunk.lo * self.hop, chunk.hi * self.hop))
+        return region[(chunk.start - chunk.lo) * self.hop:(chunk.end - chunk.lo) * self.hop]
+
+    def cancel(self) -> None:
+        self.tape.cancelled.set()
