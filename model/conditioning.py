@@ -57,8 +57,9 @@ def conditioning_gain(net: torch.nn.Module, audio: torch.Tensor, mel: torch.Tens
         level = torch.full((audio.shape[0],), float(t), device=audio.device)
 
         def x0_error(m: torch.Tensor) -> float:
-            """x0 from the net's whitened noise, scaled by the prior of the mel it was given."""
-            x0 = (x_t - noise_std * prior.noise(eps_fn(x_t, m, level).float(), m)) / alpha
+            """x0 from the net's whitened noise given mel `m`, scaled by the prior x_t was drawn from: only the
+            network's own use of its mel can move it (an energy prior's s would otherwise follow the silence)."""
+            x0 = (x_t - noise_std * prior.noise(eps_fn(x_t, m, level).float(), mel)) / alpha
             return float(torch.sqrt(torch.mean((x0 - audio) ** 2)))
 
         out[t] = x0_error(silent) / max(x0_error(mel), 1e-12)
