@@ -1,11 +1,12 @@
-"""Quality benchmark: every schedule family on the same held-out recordings, score network and seeds.
+"""Quality benchmark: every schedule method on the same held-out recordings, score networks and seeds.
 
 For each validation clip the log-mel is computed from the real recording, vocoded by each method,
-and the result is compared with the recording (LS-MSE, MCD, STOI, wideband PESQ; `model.metrics`).
-Methods: DDPM over all T steps (the ceiling), DDIM on a linear subset of 3/7/12 steps, DiffWave's fixed
-6-step schedule (DDPM), and, each with both DDPM and DDIM, the official BDDM 7/12-step schedules and our
-schedule network's schedules at the rho presets. Clip i always uses seed i, so methods differ only in
-their schedule and sampler.
+and the result is compared with the recording (LS-MSE, MCD, STOI, PESQ-WB and -NB, the noise floor in the
+recording's quiet frames; `model.metrics`). Methods: DDPM over all T steps (the ceiling), DDIM on a linear
+subset of 3/7/12 steps, DiffWave's fixed 6-step schedule (DDPM), each with both DDPM and DDIM the official
+BDDM 7/12-step schedules and our schedule network's schedules at the rho presets, and noise estimation
+(San-Roman et al. 2021) at 3/7/12 steps with each schedule family. Clip i always uses seed i, so methods
+differ only in their schedule and sampler. Several --weights run side by side on the same clips.
 
 The conditioning health of the score network (`model.conditioning`) is reported beside them: the
 conditioning gain at t = 20, 60, 100 on every clip, and the silence gap of each rho preset (DDPM), the
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from model import metrics
 from model.audio import mel_spectrogram
 from model.checkpoint import CheckpointError
 from model.conditioning import GAIN_STEPS, conditioning_gain, silence_gap
+from model.noise_estimation import FAMILIES
 from model.schedules import Diffusion, Schedule, diffwave_fast, full, linear_subset
 from model.vocoder import Vocoder
 
@@ -42,20 +45,37 @@ class Method:
     name: str
     family: str  # one line / marker set in the plot
     sampler: str
-    schedule: Schedule
+    steps: int
+    schedule: str  # its name; noise estimation makes one per utterance
+    vocode: Callable[[Vocoder, torch.Tensor, int], np.ndarray]  # (vocoder, mel, seed) -> audio
     key: str = ""  # what lines a row up with the same method on another net (the name, less a net's own rho)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", self.key or self.name)
 
 
+def scheduled(name: str, family: str, sampler: str, schedule: Schedule, key: str = "") -> Method:
+    """A method with a fixed schedule."""
+    return Method(name, family, sampler, schedule.steps, schedule.name,
+                  lambda voc, mel, seed: voc.vocode(mel, schedule, seed=seed, sampler=sampler), key)
+
+
+def ne_methods(voc: Vocoder, quick: bool) -> tuple[list[Method], list[str]]:
+    """Noise estimation (San-Roman et al. 2021) at 3, 7 and 12 steps, with each schedule family."""
+    if voc.ne_net is None:
+        return [], ["noise estimation skipped: these weights have no noise-level network (`model.train ne`)"]
+    return [Method(f"NE {family} {n} (DDPM)", f"NE {family} (DDPM)", "ddpm", n, f"ne-{family}-{n}",
+                   lambda voc, mel, seed, n=n, family=family: voc.vocode_ne(mel, n, seed=seed, family=family))
+            for family in (("fibonacci",) if quick else sorted(FAMILIES)) for n in ((7,) if quick else (3, 7, 12))], []
+
+
 def baseline_methods(diffusion: Diffusion, quick: bool, skip_full: bool) -> list[Method]:
     """Schedules that need no schedule network: full DDPM, DDIM linear subsets, DiffWave's fast schedule."""
-    out = [] if skip_full or quick else [Method(f"DDPM, all {diffusion.steps} steps", "DDPM full", "ddpm",
-                                                full(diffusion))]
-    out += [Method(f"DDIM linear {n}", "DDIM linear", "ddim", linear_subset(n, diffusion))
+    out = [] if skip_full or quick else [scheduled(f"DDPM, all {diffusion.steps} steps", "DDPM full", "ddpm",
+                                                   full(diffusion))]
+    out += [scheduled(f"DDIM linear {n}", "DDIM linear", "ddim", linear_subset(n, diffusion))
             for n in ((7,) if quick else (3, 7, 12))]
-    out.append(Method("DiffWave fast 6 (DDPM)", "DiffWave fast (DDPM)", "ddpm", diffwave_fast(diffusion)))
+    out.append(scheduled("DiffWave fast 6 (DDPM)", "DiffWave fast (DDPM)", "ddpm", diffwave_fast(diffusion)))
     return out
 
 
@@ -69,7 +89,7 @@ def official_methods(voc: Vocoder, reference: Path, quick: bool) -> tuple[list[M
             continue
         schedule = Schedule.load(path, voc.diffusion)
         samplers = ("ddpm",) if quick else ("ddpm", "ddim")
-        out += [Method(f"BDDM official {steps} ({s.upper()})", f"BDDM official ({s.upper()})", s, schedule)
+        out += [scheduled(f"BDDM official {steps} ({s.upper()})", f"BDDM official ({s.upper()})", s, schedule)
                 for s in samplers]
     return out, notes
 
@@ -89,8 +109,8 @@ def our_methods(voc: Vocoder, quick: bool) -> tuple[list[Method], list[str]]:
         except CheckpointError as e:
             notes.append(f"BDDM (ours) {label} skipped: {e}")
             continue
-        out += [Method(f"BDDM ours {label} ρ={rho:g} ({s.upper()})", f"BDDM ours ({s.upper()})", s, schedule,
-                       f"BDDM ours {label} ({s.upper()})") for s in (("ddpm",) if quick else ("ddpm", "ddim"))]
+        out += [scheduled(f"BDDM ours {label} ρ={rho:g} ({s.upper()})", f"BDDM ours ({s.upper()})", s, schedule,
+                          f"BDDM ours {label} ({s.upper()})") for s in (("ddpm",) if quick else ("ddpm", "ddim"))]
     return out, notes
 
 
@@ -102,13 +122,13 @@ def run_method(voc: Vocoder, method: Method, clips: list[Clip], mels: list, seed
     """Vocode every clip with one method; per-clip metrics and the real-time factor over all clips."""
     per_clip, wall = [], 0.0
     for i, (clip, mel) in enumerate(zip(clips, mels)):
-        audio, seconds = timed(voc.vocode, mel, method.schedule, seed=seed + i, sampler=method.sampler)
+        audio, seconds = timed(method.vocode, voc, mel, seed + i)
         wall += seconds
         per_clip.append({"id": clip.id, "wall_s": seconds, **metrics.evaluate(clip.audio, audio, clip.sample_rate)})
     audio_seconds = sum(c.seconds for c in clips)
     summary = {k: metrics.mean_ci95([c[k] for c in per_clip]) for k in METRICS}
     return {"net": net_name(voc), "name": method.name, "key": method.key, "family": method.family,
-            "sampler": method.sampler, "steps": method.schedule.steps, "schedule": method.schedule.name,
+            "sampler": method.sampler, "steps": method.steps, "schedule": method.schedule,
             "rtf": wall / audio_seconds, "summary": summary, "clips": per_clip}
 
 
@@ -268,9 +288,10 @@ def main(argv: list[str] | None = None) -> int:
         mels = [mel_spectrogram(c.audio, voc.spec) for c in clips]
         official, more = official_methods(voc, args.reference_schedules, args.quick)
         ours, ours_notes = our_methods(voc, args.quick)
-        notes += [f"{net_name(voc)}: {n}" for n in more + ours_notes]
+        ne, ne_notes = ne_methods(voc, args.quick)
+        notes += [f"{net_name(voc)}: {n}" for n in more + ours_notes + ne_notes]
         results += [run_logged(voc, m, clips, mels, args.seed)
-                    for m in baseline_methods(voc.diffusion, args.quick, args.skip_full) + official + ours]
+                    for m in baseline_methods(voc.diffusion, args.quick, args.skip_full) + official + ours + ne]
         health[net_name(voc)] = conditioning_health(voc, clips, mels, args.seed)
     write_outputs(args.out, "quality", "Quality benchmark", head, report(results, health, clips, args, notes),
                   {"clips": [c.id for c in clips], "seconds": args.seconds, "seed": args.seed, "notes": notes,

@@ -4,6 +4,7 @@ A weights directory holds
   config.json                 architecture, audio and diffusion settings, search results, training record
   score_net.safetensors       eps_theta (EMA weights, fp16)
   schedule_net.safetensors    sigma_phi (fp16), once trained
+  ne_net.safetensors          the noise-level network P_theta of noise-estimation sampling (fp16), once trained
   train_state.safetensors     fp32 weights, EMA and Adam moments, so training resumes exactly
 """
 
@@ -22,6 +23,7 @@ FORMAT = "bddm-vocoder/1"
 CONFIG = "config.json"
 SCORE_NET = "score_net.safetensors"
 SCHEDULE_NET = "schedule_net.safetensors"
+NE_NET = "ne_net.safetensors"
 TRAIN_STATE = "train_state.safetensors"
 
 

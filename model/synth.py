@@ -2,9 +2,11 @@
 
     python -m model.synth MEL.npy -o OUT.wav [--rho R | --preset fast|balanced|quality | --steps-schedule S.json]
                           [--sampler ddpm|ddim] [--seed S] [--weights DIR] [--device auto|cpu|cuda]
+    python -m model.synth MEL.npy -o OUT.wav --method ne --steps N [--family fibonacci|linear] [...]
 
-Without a schedule option the weights' default rho is used. Bad input (file, mel, weights or schedule)
-gets a one-line message on stderr and exit code 2.
+BDDM (the default method) takes its schedule from rho, a preset or a file; without one, the weights' default
+rho. Noise estimation (`--method ne`, `model.noise_estimation`) fits an N-step schedule to the utterance as it
+samples. Bad input (file, mel, weights, schedule or options) gets a one-line message on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from .audio import encode_audio
 from .checkpoint import CheckpointError
 from .mel import read_mel_file
+from .noise_estimation import DEFAULT_FAMILY, FAMILIES
 from .sampling import SAMPLERS
 from .scheduling import canonical_rho
 from .schedules import Schedule
@@ -53,27 +56,43 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m model.synth", description=__doc__.split("\n\n")[0])
     ap.add_argument("mel", type=Path, help="log-mel .npy, (80, frames) or (1, 80, frames), float16/32/64")
     ap.add_argument("-o", "--output", type=Path, required=True, help="output .wav (16-bit PCM)")
+    ap.add_argument("--method", choices=("bddm", "ne"), default="bddm",
+                    help="bddm: a schedule from rho, a preset or a file; ne: noise estimation in --steps steps")
     which = ap.add_mutually_exclusive_group()
     which.add_argument("--rho", type=float, help="BDDM noise-scheduling threshold: larger is faster, fewer steps")
     which.add_argument("--preset", choices=PRESETS)
     which.add_argument("--steps-schedule", type=Path, help="a schedule JSON (e.g. the official BDDM 7-step one)")
+    which.add_argument("--steps", type=int, help="--method ne: the number of reverse steps")
+    ap.add_argument("--family", choices=sorted(FAMILIES), default=DEFAULT_FAMILY, help="--method ne: the schedule "
+                    "family fitted at each step")
     ap.add_argument("--sampler", choices=sorted(SAMPLERS), default="ddpm")
     ap.add_argument("--seed", type=int, default=None, help="noise seed; the same seed gives the same audio")
     ap.add_argument("--weights", type=Path, help="weights directory (default: weights/base on CUDA, weights/small "
                                                  "on a CPU)")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     args = ap.parse_args(argv)
+    if (args.method == "ne") != (args.steps is not None):
+        ap.error("--steps N goes with --method ne (noise estimation), and --method ne needs --steps N; BDDM takes "
+                 "--rho, --preset or --steps-schedule")
+    if args.method == "ne" and (args.steps < 1 or args.sampler != "ddpm"):
+        ap.error("--method ne samples with DDPM in --steps >= 1 steps")
 
     try:
         voc = Vocoder.load(args.weights, args.device)
         mel = read_mel_file(args.mel, voc.spec.n_mels)
-        schedule = pick_schedule(voc, args.rho, args.preset, args.steps_schedule)
+        schedule = None if args.method == "ne" else pick_schedule(voc, args.rho, args.preset, args.steps_schedule)
+        if args.method == "ne" and voc.ne_net is None:
+            raise UsageError(f"{voc.directory} has no noise-level network (ne_net.safetensors): train one with "
+                             "`python -m model.train ne`")
     except (ValueError, CheckpointError) as e:  # MelError, UsageError, or a rho the schedule net rejects
         print(f"error: {e}", file=sys.stderr)
         return 2
 
     start = time.perf_counter()
-    audio = voc.vocode(mel, schedule, seed=args.seed, sampler=args.sampler)
+    if schedule is None:
+        audio = voc.vocode_ne(mel, args.steps, seed=args.seed, family=args.family)
+    else:
+        audio = voc.vocode(mel, schedule, seed=args.seed, sampler=args.sampler)
     if voc.device.type == "cuda":
         torch.cuda.synchronize()
     wall = time.perf_counter() - start
@@ -83,10 +102,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot write {args.output}: {e.strerror or e}", file=sys.stderr)
         return 2
     seconds = len(audio) / voc.spec.sample_rate
-    rho = schedule.meta.get("rho")
-    print(f"{args.output}: {schedule.steps} steps ({schedule.name or 'schedule'}"
-          f"{f', rho={rho:g}' if rho is not None else ''}, {args.sampler}), {seconds:.2f} s of audio, "
-          f"wall {wall:.2f} s, RTF {wall / seconds:.3f} on {voc.device.type}")
+    if schedule is None:
+        how = f"{args.steps} steps (noise estimation, {args.family} schedule fitted per step, ddpm)"
+    else:
+        rho = schedule.meta.get("rho")
+        how = (f"{schedule.steps} steps ({schedule.name or 'schedule'}{f', rho={rho:g}' if rho is not None else ''}, "
+               f"{args.sampler})")
+    print(f"{args.output}: {how}, {seconds:.2f} s of audio, wall {wall:.2f} s, RTF {wall / seconds:.3f} on "
+          f"{voc.device.type}")
     return 0
 
 

@@ -5,6 +5,7 @@ Used by the offline CLIs (`model.synth`), the benchmarks and the server alike.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +13,10 @@ import numpy as np
 import torch
 
 from .audio import MelSpec
-from .checkpoint import SCHEDULE_NET, SCORE_NET, CheckpointError, load_module, read_config
+from .checkpoint import NE_NET, SCHEDULE_NET, SCORE_NET, CheckpointError, load_module, read_config
+from .ne_net import NENet, NENetParams
+from .noise_estimation import DEFAULT_FAMILY, ne_ddpm
+from .prior import EpsFn
 from .sampling import SAMPLERS, NoiseSource, Seeds, windowed_eps
 from .schedules import Diffusion, Schedule
 from .score_net import CONFIGS, ScoreNet, ScoreNetParams
@@ -57,6 +61,10 @@ def default_weights(device: torch.device, root: str | Path = WEIGHTS_ROOT) -> tu
     return Path(root) / DEFAULT_NETS[kind], WHY_DEFAULT[kind]
 
 
+def as_mel(mel: np.ndarray | torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(mel, dtype=np.float32) if not torch.is_tensor(mel) else mel).float()
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -71,6 +79,7 @@ class Vocoder:
     config: dict
     device: torch.device
     schedule_net: torch.nn.Module | None = None
+    ne_net: NENet | None = None  # the noise-level network of noise-estimation sampling, once trained
     reference_mel: torch.Tensor | None = None
     directory: Path | None = None
     #: Why these weights serve: named by the caller, or the device's default (`default_weights`).
@@ -111,6 +120,12 @@ class Vocoder:
 
         if (directory / SCHEDULE_NET).exists() and self.config.get("schedule_net"):
             self.schedule_net = scheduling.load_schedule_net(directory, self.config).to(self.device).eval()
+        if (directory / NE_NET).exists() and self.config.get("ne_net"):
+            try:
+                ne_net = NENet(NENetParams(**self.config["ne_net"]))
+            except TypeError as e:
+                raise CheckpointError(f"{directory}/config.json: bad ne_net section ({e})") from None
+            self.ne_net = load_module(directory / NE_NET, ne_net).to(self.device).eval()
         self.reference_mel = scheduling.load_reference_mel(directory)
         for d in (self.config.get("search") or {}).get("schedules", {}).values():
             s = Schedule.from_dict(d, self.diffusion)
@@ -163,19 +178,30 @@ class Vocoder:
                sampler: str = "ddpm", noise: NoiseSource | None = None) -> np.ndarray:
         """Log-mel (n_mels, F) or (B, n_mels, F) -> float32 audio (F * hop,) or (B, F * hop) in [-1, 1]; the noise
         is `seed`'s unless a source of it is given (`sampling.ddpm`)."""
-        mel = torch.as_tensor(np.asarray(mel, dtype=np.float32) if not torch.is_tensor(mel) else mel).float()
+        return self._sample(mel, lambda eps, m: SAMPLERS[sampler](eps, m, schedule, seed, self.spec.hop,
+                                                                   self.score_net.prior, noise))
+
+    def vocode_ne(self, mel: np.ndarray | torch.Tensor, steps: int, seed: Seeds = None,
+                  family: str = DEFAULT_FAMILY) -> np.ndarray:
+        """Noise-estimation sampling in `steps` steps (`model.noise_estimation`): each utterance's schedule fitted
+        as it goes. Log-mel (n_mels, F) or (B, n_mels, F) -> audio as `vocode`."""
+        if self.ne_net is None:
+            raise CheckpointError("these weights have no noise-level network; run `python -m model.train ne` first")
+        return self._sample(mel, lambda eps, m: ne_ddpm(eps, self.ne_net, m, steps, seed, self.spec.hop,
+                                                        self.score_net.prior, family, self.diffusion))
+
+    def _sample(self, mel: np.ndarray | torch.Tensor, sample: Callable[[EpsFn, torch.Tensor], torch.Tensor]):
+        """`sample(eps_theta, mel (B, n_mels, F))` on this device and precision, for one mel or a batch."""
+        mel = as_mel(mel)
         single = mel.dim() == 2
         mel = (mel[None] if single else mel).to(self.device)
-        eps = windowed_eps(self.step_net)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            audio = SAMPLERS[sampler](eps, mel, schedule, seed, self.spec.hop, self.score_net.prior, noise)
-        audio = audio.float().cpu().numpy()
+            audio = sample(windowed_eps(self.step_net), mel).float().cpu().numpy()
         return audio[0] if single else audio
 
     def stream(self, mel: np.ndarray | torch.Tensor, schedule: Schedule, seed: int | None = None,
                first: int = FIRST_FRAMES, largest: int = LARGEST_FRAMES) -> Stream:
         """The same audio as `vocode(mel, schedule, seed)` (DDPM), as chunks of `first` frames doubling up to
         `largest`, computed one at a time (`model.streaming`)."""
-        mel = torch.as_tensor(np.asarray(mel, dtype=np.float32) if not torch.is_tensor(mel) else mel).float()
-        return Stream(lambda m, s, noise: self.vocode(m, s, noise=noise), mel, schedule, seed, self.spec.hop,
+        return Stream(lambda m, s, noise: self.vocode(m, s, noise=noise), as_mel(mel), schedule, seed, self.spec.hop,
                       self.score_net.receptive_field, first, largest)

@@ -16,7 +16,9 @@ import uvicorn
 
 from bench.common import free_port
 from model.audio import SAMPLE_RATE, MelSpec
-from model.checkpoint import SCHEDULE_NET, SCORE_NET, save_module, write_config
+from model.checkpoint import NE_NET, SCHEDULE_NET, SCORE_NET, save_module, write_config
+from model.ne_net import CONFIGS as NE_CONFIGS
+from model.ne_net import NENet
 from model.schedule_net import CONFIGS as SCHEDULE_CONFIGS
 from model.schedule_net import ScheduleNet
 from model.schedules import Diffusion
@@ -48,6 +50,12 @@ def tiny_nets(seed: int = 0) -> tuple[ScoreNet, ScheduleNet]:
     return score_net.eval(), schedule_net.eval()
 
 
+def tiny_ne_net(seed: int = 0) -> NENet:
+    """A seeded random tiny noise-level network."""
+    torch.manual_seed(seed)
+    return NENet(NE_CONFIGS["tiny"]).eval()
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not (SHARED_DATA / "wavs").is_dir():
@@ -57,17 +65,20 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A complete weights directory (score net, schedule net, searched schedules, presets, reference mel)."""
+    """A complete weights directory (score net, schedule net, searched schedules, presets, reference mel, and a
+    noise-level net)."""
     root = tmp_path_factory.mktemp("tiny-weights")
     (root / "data").mkdir()
     sf.write(root / "data" / "tone.wav", voiced_tone(0.5), SAMPLE_RATE)
     out = root / "weights"
     score_net, schedule_net = tiny_nets()
+    ne_net = tiny_ne_net()
     write_config(out, {"audio": MelSpec().to_dict(), "diffusion": Diffusion().to_dict(),
                        "score_net": score_net.params.to_dict(), "schedule_net": schedule_net.params.to_dict(),
-                       "training": {}})
+                       "ne_net": ne_net.params.to_dict(), "training": {}})
     save_module(out / SCORE_NET, score_net)
     save_module(out / SCHEDULE_NET, schedule_net)
+    save_module(out / NE_NET, ne_net)
     run_search(Search(str(out), str(root / "data"), clips=1, grid=3, seconds=0.1, device="cpu"))
     return out
 

@@ -1,4 +1,4 @@
-"""Trainer CLI: `python -m model.train score|schedule|search|all ...` (see --help of each)."""
+"""Trainer CLI: `python -m model.train score|schedule|search|ne|all ...` (see --help of each)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 
 from ..checkpoint import CheckpointError
 from ..prior import PRIORS
+from .ne import NETraining, train_ne
 from .schedule import ScheduleTraining, train_schedule
 from .score import ScoreTraining, train_score
 from .search import Search, run_search
@@ -116,6 +117,15 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--device", default="auto", help="auto|cpu|cuda")
     s.add_argument("--seed", type=int, default=0)
 
+    s = sub.add_parser("ne", help="train the noise-level network of noise-estimation sampling (San-Roman et al. "
+                                  "2021) on data alone, the score net untouched (resumes)")
+    s.add_argument("--weights", required=True, help="weights directory (its audio settings and prior); written "
+                                                    "in place: ne_net.safetensors")
+    add_data(s)
+    s.add_argument("--net", default="small", help="noise-level net architecture for a new run: tiny|small")
+    add_loop(s)
+    s.set_defaults(batch=16, lr=1e-3)
+
     s = sub.add_parser("all", help="score -> schedule -> search in one --minutes budget (resumes from --out)")
     add_data(s)
     s.add_argument("--valid-list", required=True, help="held-out ids: the conditioning probe and the search")
@@ -143,6 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if command == "schedule":
             train_schedule(ScheduleTraining(**args))
+        elif command == "ne":
+            train_ne(NETraining(**args))
         elif command == "search":
             run_search(Search(**args))
         else:

@@ -6,12 +6,15 @@ import contextlib
 import os
 import platform
 import signal
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from tqdm import tqdm
 
 from ..checkpoint import TRAIN_STATE, load_tensors, save_tensors
 
@@ -75,6 +78,34 @@ class StopRequest:
 
     def __bool__(self) -> bool:
         return self.requested
+
+
+def optimize(loss: torch.Tensor, module: nn.Module, opt: torch.optim.Optimizer, grad_clip: float) -> None:
+    """One Adam step on `loss`, gradients clipped to `grad_clip`."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
+    opt.step()
+
+
+def run_loop(step: Callable[[], torch.Tensor], save: Callable[[int, float], None], steps: int,
+             minutes: float | None, save_every: int) -> tuple[int, float]:
+    """The loop of the small trainers (schedule net, noise-level net): `step` until `steps`, `minutes` or a stop
+    signal, `save(steps done, seconds)` every `save_every` steps and at the end. Returns (steps, seconds)."""
+    t0, done, stop = time.time(), 0, StopRequest()
+    bar = tqdm(total=steps, dynamic_ncols=True, mininterval=5)
+    try:
+        while not stop and done < steps and (minutes is None or time.time() - t0 < 60 * minutes):
+            loss = step()
+            done += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}", steps_s=f"{done / (time.time() - t0):.2f}", refresh=False)
+            if done % save_every == 0:
+                save(done, time.time() - t0)
+    finally:
+        bar.close()
+        save(done, time.time() - t0)
+    return done, time.time() - t0
 
 
 class EMA:

@@ -1,4 +1,5 @@
-"""Training losses: DDPM noise prediction for eps_theta, BDDM's step loss for sigma_phi."""
+"""Training losses: DDPM noise prediction for eps_theta, BDDM's step loss for sigma_phi, and the noise-level
+network's loss (San-Roman et al. 2021)."""
 
 from __future__ import annotations
 
@@ -57,3 +58,16 @@ def step_loss(score_net, schedule_net, audio: torch.Tensor, mel: torch.Tensor, d
     ratio = beta_hat / delta_sq
     kl = (delta_sq / (2 * (delta_sq - beta_hat)) * (eps - ratio * eps_theta) ** 2).mean(dim=1, keepdim=True)
     return (kl + torch.log(1 / ratio) / 4 + (ratio - 1) / 2).mean()
+
+
+def ne_loss(ne_net, audio: torch.Tensor, mel: torch.Tensor, diffusion: Diffusion,
+            generator: torch.Generator | None = None, prior: Prior = Prior()) -> torch.Tensor:
+    """(log(1 - alpha) - log(1 - alpha_hat))^2 of the noise-level network (`model.ne_net`), alpha the cumulative
+    level alpha_t^2 at a continuous step index drawn uniformly over the grid, on the whitened noisy clip
+    (`model.prior`): y_t = alpha_t x_0 / s + sqrt(1 - alpha_t^2) eps."""
+    b = audio.shape[0]
+    t = torch.rand(b, device=audio.device, generator=generator) * (diffusion.steps - 1)
+    alpha = alpha_at(t, diffusion)[:, None]
+    eps = torch.randn(audio.shape, device=audio.device, generator=generator)
+    y_t = alpha * prior.whiten(audio, mel) + torch.sqrt(1 - alpha**2) * eps
+    return F.mse_loss(ne_net(y_t).float(), torch.log(1 - alpha[:, 0] ** 2))

@@ -8,14 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..audio import MelSpec
 from ..checkpoint import SCHEDULE_NET, SCORE_NET, git_revision, load_module, read_config, save_module, write_config
 from ..schedule_net import CONFIGS, ScheduleNet, ScheduleNetParams
 from ..schedules import Diffusion
 from ..score_net import ScoreNet, ScoreNetParams
-from .common import StopRequest, hardware, load_train_state, runtime, save_train_state
+from .common import hardware, load_train_state, optimize, run_loop, runtime, save_train_state
 from .data import AudioCorpus
 from .losses import step_loss
 
@@ -90,27 +89,15 @@ def train_schedule(job: ScheduleTraining) -> Path:
                                           "wall_seconds": round(base_wall + run_seconds, 1), "runs": runs + [run]}
         write_config(out, config)
 
-    t0, step, stop = time.time(), 0, StopRequest()
-    bar = tqdm(total=job.steps, dynamic_ncols=True, mininterval=5)
-    try:
-        while not stop and step < job.steps and (job.minutes is None or time.time() - t0 < 60 * job.minutes):
-            audio, mel = corpus.segments(job.batch, job.segment_frames, rng)
-            audio, mel = audio.to(rt.device, non_blocking=True), mel.to(rt.device, non_blocking=True)
-            with rt.autocast():
-                loss = step_loss(score_fwd, schedule_fwd, audio, mel, diffusion, job.tau, gen, score_net.prior)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), job.grad_clip)
-            opt.step()
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}", steps_s=f"{step / (time.time() - t0):.2f}", refresh=False)
-            if step % job.save_every == 0:
-                save(step, time.time() - t0)
-    finally:
-        bar.close()
-        save(step, time.time() - t0)
-    dt = time.time() - t0
-    print(f"trained the schedule net {step} steps in {dt:.0f} s ({step / max(dt, 1e-9):.2f} steps/s); "
-          f"total {base_steps + step} steps -> {out / SCHEDULE_NET}")
+    def step() -> torch.Tensor:
+        audio, mel = corpus.segments(job.batch, job.segment_frames, rng)
+        audio, mel = audio.to(rt.device, non_blocking=True), mel.to(rt.device, non_blocking=True)
+        with rt.autocast():
+            loss = step_loss(score_fwd, schedule_fwd, audio, mel, diffusion, job.tau, gen, score_net.prior)
+        optimize(loss, net, opt, job.grad_clip)
+        return loss
+
+    steps, dt = run_loop(step, save, job.steps, job.minutes, job.save_every)
+    print(f"trained the schedule net {steps} steps in {dt:.0f} s ({steps / max(dt, 1e-9):.2f} steps/s); "
+          f"total {base_steps + steps} steps -> {out / SCHEDULE_NET}")
     return out
