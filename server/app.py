@@ -329,7 +329,7 @@ async def model_info(engine: Annotated[Engine, Depends(engine_of)]) -> ModelInfo
         schedule = engine.cache.pinned.get(engine.resolve_rho(value))
         presets[name] = Preset(rho=engine.resolve_rho(value), steps=schedule.steps if schedule else None)
     return ModelInfo(weights=engine.weights_id, net=voc.net, chosen_because=voc.chosen_because, device=str(voc.device), dtype=str(voc.dtype).removeprefix("torch."),
-                     compiled=voc.compiled,
+                     compiled=voc.compiled, warm_up_seconds=engine.warm_up_seconds,
                      sample_rate=spec.sample_rate, hop=spec.hop,
                      n_mels=spec.n_mels, n_fft=spec.n_fft, fmin=spec.fmin, fmax=spec.fmax,
                      default_rho=voc.default_rho, presets=presets, max_frames=engine.settings.max_frames)

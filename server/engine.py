@@ -149,6 +149,7 @@ class Engine:
         self.weights_id = weights_id(vocoder)
         self.ready = False
         self.not_ready_reason = "warming up"
+        self.warm_up_seconds: float | None = None
         self._jobs: deque[Job] = deque()
         self._wake = asyncio.Event()
         self._busy = False
@@ -165,7 +166,9 @@ class Engine:
                        asyncio.create_task(self._warm_up(), name="warm-up")]
 
     async def _warm_up(self) -> None:
-        """Generate (and pin) the presets' schedules, then one short vocode; only then report ready."""
+        """Generate (and pin) the presets' schedules, then one short vocode (which compiles the step where
+        VOCODER_COMPILE says so); only then report ready, with the time it took (`warm_up_seconds`)."""
+        start = time.perf_counter()
         try:
             rhos = {*self.vocoder.presets.values(), *([self.vocoder.default_rho] if self.vocoder.default_rho else [])}
             for rho in sorted(rhos):
@@ -179,9 +182,11 @@ class Engine:
                     mel = np.full((self.vocoder.spec.n_mels, frames), math.log(LOG_FLOOR), np.float32)
                     jobs = [Job(mel, rho, self.cache.pinned[rho], i, loop.create_future()) for i in range(batch)]
                     await loop.run_in_executor(self._executor, self._synthesize, jobs)
+            self.warm_up_seconds = time.perf_counter() - start
             self.ready = True
             voc = self.vocoder
-            log.info("ready: net %s, weights %s on %s (%s); presets %s", voc.net, self.weights_id, voc.device,
+            log.info("ready after a %.1f s warm-up%s: net %s, weights %s on %s (%s); presets %s", self.warm_up_seconds,
+                     " (compile included)" if voc.compiled else "", voc.net, self.weights_id, voc.device,
                      voc.chosen_because, voc.presets)
         except Exception as e:  # noqa: BLE001 -- stays alive but not ready, and says why on /readyz
             self.not_ready_reason = f"warm-up failed: {e}"

@@ -59,6 +59,8 @@ class ModelInfo(BaseModel):
     device: str
     dtype: str = Field(description="inference precision: float32 or bfloat16 (autocast)")
     compiled: bool = Field(description="whether the score net's step runs torch.compile'd (VOCODER_COMPILE)")
+    warm_up_seconds: float | None = Field(description="the start-up warm-up before /readyz turned 200 (schedules, "
+                                                      "a first synthesis, the compile when `compiled`); null until ready")
     sample_rate: int
     hop: int
     n_mels: int

@@ -91,6 +91,7 @@ def test_vocode_npy_returns_16bit_wav_and_headers(client):
     assert audio_of(r).shape == (20 * HOP,)
     model = client.get("/v1/model").json()
     assert model["dtype"] == "float32" and model["compiled"] is False  # auto on the CPU: fp32, eager
+    assert model["warm_up_seconds"] > 0
     assert float(r.headers["x-rho"]) == model["default_rho"]
     assert int(r.headers["x-diffusion-steps"]) >= 1
     assert r.headers["x-schedule-cache"] in ("hit", "miss")
