@@ -98,18 +98,24 @@ def plot(runs: list[dict]):
     return fig
 
 
+def parse_runs(ap: argparse.ArgumentParser, specs: list[str]) -> list[tuple[str, Path]]:
+    """--run LABEL=DIR options as (label, directory)."""
+    runs = []
+    for spec in specs:
+        label, _, directory = spec.partition("=")
+        if not directory:
+            ap.error(f"--run {spec!r}: expected LABEL=DIR")
+        runs.append((label, Path(directory)))
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.conditioning", description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", action="append", required=True, metavar="LABEL=DIR", help="a training run's weights dir")
     ap.add_argument("--note", action="append", default=[], help="a line for the report's notes (e.g. the commands)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args(argv)
-    runs = []
-    for spec in args.run:
-        label, _, directory = spec.partition("=")
-        if not directory:
-            ap.error(f"--run {spec!r}: expected LABEL=DIR")
-        runs.append(load_run(label, Path(directory)))
+    runs = [load_run(label, directory) for label, directory in parse_runs(ap, args.run)]
     head = header("bench.conditioning", Path(runs[0]["dir"]))
     write_outputs(args.out, "conditioning", "Conditioning: which design follows its mel", head,
                   report(runs, args.note), {"runs": runs, "notes": args.note}, plot, runs)

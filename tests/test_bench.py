@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench import precision, quality, speed
+from bench import prior as prior_bench
 from bench.common import fmt, table
 
 
@@ -88,6 +89,25 @@ def test_precision_vocodes_then_rescores(tiny_weights: Path, shared_data: Path, 
     again = json.loads((tmp_path / "b" / "precision.json").read_text())
     assert again["means"] == first["means"] and again["header"]["command"] == first["header"]["command"]
     assert "Scored on" in (tmp_path / "b" / "precision.md").read_text()
+
+
+def test_prior_comparison_runs_end_to_end(shared_data: Path, tmp_path: Path) -> None:
+    """Two tiny runs, one per prior, a few steps each: their histories and the same fixed schedules side by side."""
+    from model.train.__main__ import main as train_main  # noqa: PLC0415
+
+    (tmp_path / "train.txt").write_text("LJ001-0001\n")
+    for prior in ("standard", "energy"):
+        train_main(["score", "--config", "tiny", "--prior", prior, "--out", str(tmp_path / prior), "--data",
+                    str(shared_data / "wavs"), "--list", str(tmp_path / "train.txt"), "--steps", "2", "--batch", "1",
+                    "--segment-frames", "8", "--probe-every", "1", "--probe-seconds", "0.5", "--device", "cpu"])
+    assert prior_bench.main(["--run", f"standard={tmp_path / 'standard'}", "--run", f"energy={tmp_path / 'energy'}",
+                             "--data", str(shared_data), "--clips", "2", "--seconds", "1", "--skip-full",
+                             "--threads", "1", "--note", "a note", "--out", str(tmp_path / "out")]) == 0
+    data = check_outputs(tmp_path / "out", "prior")
+    assert {r["net"] for r in data["results"]} == {"standard", "energy"}
+    assert len(data["results"]) == 6 and all(finite([r["summary"]["stoi"][0]]) for r in data["results"])
+    md = (tmp_path / "out" / "prior.md").read_text()
+    assert "quiet frames are" in md and "energy prior" in md and "a note" in md and "## Training history" in md
 
 
 def test_table_and_numbers() -> None:
