@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 
 PRIORS = ("standard", "energy")
+#: The prior of a new score net: chosen by the controlled comparison in bench/results/prior.md.
+DEFAULT_PRIOR = "standard"
 #: PriorGrad's floor on s: silence still gets a tenth of the standard noise.
 FLOOR = 0.1
 

@@ -76,6 +76,24 @@ def test_cli_makes_a_complete_weights_dir(trained: Path):
         assert audio.shape == (10 * 256,) and np.all(np.isfinite(audio))
 
 
+def test_an_explicit_prior_continues_a_trained_net_under_it(shared_data: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture):
+    """The GPU recipe's question (does `base` continued under the energy prior beat a new net?) needs this."""
+    (tmp_path / "train.txt").write_text(read_id_list(shared_data / "train.txt")[0] + "\n")
+    args = ["score", "--out", str(tmp_path / "w"), "--data", str(shared_data / "wavs"), "--list",
+            str(tmp_path / "train.txt"), "--batch", "1", "--segment-frames", "8", "--probe-every", "100",
+            "--probe-seconds", "0.5", "--device", "cpu"]
+    main([*args, "--config", "tiny", "--steps", "2"])
+    assert read_config(tmp_path / "w")["score_net"]["prior"] == "standard"  # the default prior of a new net
+    main([*args, "--steps", "1"])  # resumed as it is
+    main([*args, "--prior", "energy", "--steps", "1"])
+    assert "continuing its weights under energy" in capsys.readouterr().out
+    config = read_config(tmp_path / "w")
+    assert config["score_net"]["prior"] == "energy" and config["score_net"]["prior_energy"][0] > 0
+    assert config["training"]["prior_switches"] == [{"at_step": 3, "to": "energy"}]
+    assert config["training"]["score"]["steps"] == 4
+
+
 def test_schedule_training_resumes(trained: Path, shared_data: Path):
     r = train("schedule", "--weights", str(trained), "--data", str(shared_data / "wavs"),
               "--list", str(trained.parent / "train.txt"), "--steps", "1", "--batch", "1", "--device", "cpu")

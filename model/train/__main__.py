@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..checkpoint import CheckpointError
-from ..prior import PRIORS
+from ..prior import DEFAULT_PRIOR, PRIORS
 from .ne import NETraining, train_ne
 from .schedule import ScheduleTraining, train_schedule
 from .score import ScoreTraining, train_score
@@ -85,9 +85,10 @@ def add_probe(s: argparse.ArgumentParser) -> None:
                    help="a new net standardises its mel with the corpus's per-band statistics (default: on)")
     s.add_argument("--step-embedding", choices=("diffwave", "smooth"), default="smooth",
                    help="step-embedding frequencies of a new net (model.score_net.STEP_FREQUENCIES)")
-    s.add_argument("--prior", choices=PRIORS, default="standard",
-                   help="diffusion prior of a new net (model.prior): standard N(0, I), or energy, PriorGrad's "
-                        "N(0, s^2) with s from each mel frame's energy")
+    s.add_argument("--prior", choices=PRIORS,
+                   help=f"diffusion prior (model.prior): standard N(0, I), or energy, PriorGrad's N(0, s^2) with s "
+                        f"from each mel frame's energy. A new net's (default: {DEFAULT_PRIOR}); given for a trained "
+                        "net under another prior, training continues its weights under this one")
     s.add_argument("--probe-every", type=int, default=250, help="steps between conditioning probes")
     s.add_argument("--probe-clips", type=int, default=2)
     s.add_argument("--probe-seconds", type=float, default=1.5)

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from ..audio import MelSpec
 from ..checkpoint import CONFIG, SCORE_NET, git_revision, load_module, read_config, save_module, write_config
 from ..conditioning import describe, health
+from ..prior import DEFAULT_PRIOR
 from ..schedules import Diffusion
 from ..score_net import CONFIGS, ScoreNet, ScoreNetParams
 from .common import EMA, StopRequest, hardware, load_train_state, runtime, save_train_state
@@ -40,24 +41,37 @@ class ScoreTraining:
     seed: int = 0
     mel_norm: bool = True
     step_embedding: str = "smooth"
-    prior: str = "standard"
+    prior: str | None = None  # a new net's prior (None: DEFAULT_PRIOR); set on a trained net, it switches
     probe_list: str | None = None
     probe_every: int = 250
     probe_clips: int = 2
     probe_seconds: float = 1.5
 
 
+def with_prior(params: ScoreNetParams, prior: str, corpus: AudioCorpus) -> ScoreNetParams:
+    """`params` under `prior`, the energy prior's range from the training set (`model.prior`)."""
+    energy = corpus.energy_range() if prior == "energy" else None
+    return replace(params, prior=prior, prior_energy=energy)
+
+
 def _score_net_for(out: Path, job: ScoreTraining, corpus: AudioCorpus) -> tuple[ScoreNet, dict]:
-    """Resume the architecture stored in `out`, else start the named config (with the corpus's mel statistics)."""
+    """Resume the architecture stored in `out`, else start the named config (with the corpus's mel statistics).
+    An explicit `job.prior` other than a resumed net's own continues its weights under that prior."""
     if (out / CONFIG).exists():
         config = read_config(out)
-        return ScoreNet(ScoreNetParams(**config["score_net"])), config
+        params = ScoreNetParams(**config["score_net"])
+        if job.prior is not None and job.prior != params.prior:
+            print(f"the net was trained under the {params.prior} prior: continuing its weights under {job.prior}")
+            params = with_prior(params, job.prior, corpus)
+            config["score_net"] = params.to_dict()
+            config["training"].setdefault("prior_switches", []).append(
+                {"at_step": (config["training"].get("score") or {}).get("steps", 0), "to": job.prior})
+        return ScoreNet(params), config
     if job.config not in CONFIGS:
         raise SystemExit(f"unknown --config {job.config!r}; choose from {', '.join(CONFIGS)}")
     params = replace(CONFIGS[job.config], step_embedding=job.step_embedding)
     params = params.with_mel_stats(*corpus.mel_stats()) if job.mel_norm else params
-    if job.prior != "standard":  # the prior's energy range comes from the training set (`model.prior`)
-        params = replace(params, prior=job.prior, prior_energy=corpus.energy_range())
+    params = with_prior(params, job.prior or DEFAULT_PRIOR, corpus)
     config = {"audio": corpus.spec.to_dict(), "diffusion": Diffusion().to_dict(), "score_net": params.to_dict(),
               "training": {}}
     return ScoreNet(params), config
