@@ -98,6 +98,13 @@ def plot(runs: list[dict]):
     return fig
 
 
+def add_runs(ap: argparse.ArgumentParser) -> None:
+    """The options of a comparison of training runs: the runs, notes (the commands) and where to write."""
+    ap.add_argument("--run", action="append", required=True, metavar="LABEL=DIR", help="a training run's weights dir")
+    ap.add_argument("--note", action="append", default=[], help="a line for the report's notes (e.g. the commands)")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+
+
 def parse_runs(ap: argparse.ArgumentParser, specs: list[str]) -> list[tuple[str, Path]]:
     """--run LABEL=DIR options as (label, directory)."""
     runs = []
@@ -111,9 +118,7 @@ def parse_runs(ap: argparse.ArgumentParser, specs: list[str]) -> list[tuple[str,
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.conditioning", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--run", action="append", required=True, metavar="LABEL=DIR", help="a training run's weights dir")
-    ap.add_argument("--note", action="append", default=[], help="a line for the report's notes (e.g. the commands)")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    add_runs(ap)
     args = ap.parse_args(argv)
     runs = [load_run(label, directory) for label, directory in parse_runs(ap, args.run)]
     head = header("bench.conditioning", Path(runs[0]["dir"]))

@@ -22,9 +22,9 @@ from model.audio import mel_spectrogram
 from model.schedules import Schedule, diffwave_fast, full
 from model.vocoder import Vocoder
 
-from .common import (DEFAULT_DATA, DEFAULT_OUT, DEFAULT_REFERENCE, OFFICIAL, apply_threads, header, table,
-                     validation_clips, write_outputs)
-from .conditioning import load_run, parse_runs
+from .common import (DEFAULT_DATA, DEFAULT_REFERENCE, OFFICIAL, apply_threads, header, table, validation_clips,
+                     write_outputs)
+from .conditioning import add_runs, load_run, parse_runs
 from .conditioning import report as history_report
 from .quality import METRICS, conditioning_health, health_report, mean_pm, our_methods, run_logged, scheduled
 
@@ -93,8 +93,7 @@ def plot(runs: list[dict], results: list[dict]):
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.prior", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--run", action="append", required=True, metavar="LABEL=DIR", help="a training run's weights dir")
-    ap.add_argument("--note", action="append", default=[], help="a line for the report's notes (e.g. the commands)")
+    add_runs(ap)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--reference-schedules", type=Path, default=DEFAULT_REFERENCE)
     ap.add_argument("--clips", type=int, default=6)
@@ -102,7 +101,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-full", action="store_true", help="leave out 200-step DDPM (slow on a CPU)")
     ap.add_argument("--threads", type=int)
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args(argv)
     apply_threads(args.threads)
     specs = parse_runs(ap, args.run)

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from ..checkpoint import TRAIN_STATE, load_tensors, save_tensors
+from ..checkpoint import TRAIN_STATE, git_revision, load_module, load_tensors, save_tensors
 
 
 @dataclass
@@ -78,6 +78,62 @@ class StopRequest:
 
     def __bool__(self) -> bool:
         return self.requested
+
+
+@dataclass(kw_only=True)
+class LoopOptions:
+    """What every trainer takes (`model.train`'s shared options): data, length, batch, optimiser, device."""
+
+    data: str
+    steps: int
+    id_list: str | None = None
+    batch: int = 8
+    segment_frames: int = 32
+    lr: float = 5e-4
+    grad_clip: float = 1.0
+    minutes: float | None = None
+    save_every: int = 250
+    device: str = "auto"
+    compile: bool | None = None
+    seed: int = 0
+
+
+class TrainingRecord:
+    """A network's entry under `training` in config.json: steps and seconds over all runs, and one entry per run
+    (this one's replaced at each save), each with its hardware, batch, data and the code it started with."""
+
+    def __init__(self, config: dict, key: str, job: LoopOptions, rt: Runtime, hop: int) -> None:
+        self.config, self.key, self.job, self.rt, self.hop = config, key, job, rt, hop
+        self.before = config["training"].get(key) or {"steps": 0, "wall_seconds": 0.0, "runs": []}
+        self.started, self.revision = time.strftime("%Y-%m-%dT%H:%M:%S"), git_revision()
+
+    @property
+    def steps(self) -> int:
+        return self.before["steps"]
+
+    def update(self, run_steps: int, run_seconds: float, **extra) -> None:
+        job = self.job
+        run = {"started": self.started, "hardware": hardware(self.rt), "steps": run_steps, "batch": job.batch,
+               "segment_samples": job.segment_frames * self.hop, "lr": job.lr, **extra,
+               "wall_seconds": round(run_seconds, 1), "data": str(job.data),
+               "list": str(job.id_list) if job.id_list else None, "git_revision": self.revision}
+        runs = [r for r in self.before["runs"] if r.get("started") != self.started]
+        self.config["training"][self.key] = {"steps": self.before["steps"] + run_steps, **extra,
+                                             "wall_seconds": round(self.before["wall_seconds"] + run_seconds, 1),
+                                             "runs": runs + [run]}
+
+
+def adam_resumed(directory: Path, prefix: str, net: nn.Module, weights: Path | None, lr: float,
+                 rt: Runtime) -> tuple[torch.optim.Optimizer, bool]:
+    """Adam for `net` at `lr`: with `net` and the moments restored from the directory's train state (`prefix`), or
+    else the net from its `weights` file when there is one (continued with a fresh Adam). Returns (opt, resumed)."""
+    opt = torch.optim.Adam(net.parameters(), lr=lr, fused=rt.device.type == "cuda")
+    resumed = load_train_state(directory, prefix, net, None, opt)
+    if not resumed and weights is not None:
+        load_module(weights, net)
+    for g in opt.param_groups:
+        g["lr"] = lr
+    return opt, resumed
 
 
 def optimize(loss: torch.Tensor, module: nn.Module, opt: torch.optim.Optimizer, grad_clip: float) -> None:

@@ -63,8 +63,9 @@ class AudioCorpus:
         mels = torch.stack([self.mels[i][:, s:s + frames] for i, s in zip(chosen, starts)])
         return audio, mels, [self.names[i] for i in chosen]
 
-    def segments(self, batch: int, frames: int, generator: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """A batch of (audio (B, frames*hop), mel (B, n_mels, frames)), clips drawn by length."""
+    def segments(self, batch: int, frames: int, generator: np.random.Generator,
+                 device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch of (audio (B, frames*hop), mel (B, n_mels, frames)) on `device`, clips drawn by length."""
         p = self.frames / self.frames.sum()
         audio, mels, hop = [], [], self.spec.hop
         for i in generator.choice(len(self), size=batch, p=p):
@@ -76,4 +77,4 @@ class AudioCorpus:
             start = int(generator.integers(0, mel.shape[-1] - frames + 1))
             audio.append(wav[start * hop:(start + frames) * hop])
             mels.append(mel[:, start:start + frames])
-        return torch.stack(audio), torch.stack(mels)
+        return torch.stack(audio).to(device, non_blocking=True), torch.stack(mels).to(device, non_blocking=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,32 +9,21 @@ import numpy as np
 import torch
 
 from ..audio import MelSpec
-from ..checkpoint import SCHEDULE_NET, SCORE_NET, git_revision, load_module, read_config, save_module, write_config
+from ..checkpoint import SCHEDULE_NET, SCORE_NET, load_module, read_config, save_module, write_config
 from ..schedule_net import CONFIGS, ScheduleNet, ScheduleNetParams
 from ..schedules import Diffusion
 from ..score_net import ScoreNet, ScoreNetParams
-from .common import hardware, load_train_state, optimize, run_loop, runtime, save_train_state
+from .common import (LoopOptions, TrainingRecord, adam_resumed, hardware, optimize, run_loop, runtime,
+                     save_train_state)
 from .data import AudioCorpus
 from .losses import step_loss
 
 
 @dataclass
-class ScheduleTraining:
+class ScheduleTraining(LoopOptions):
     weights: str
-    data: str
-    steps: int
-    id_list: str | None = None
     net: str = "paper"
     tau: int = 66
-    batch: int = 8
-    segment_frames: int = 32
-    lr: float = 5e-4
-    grad_clip: float = 1.0
-    minutes: float | None = None
-    save_every: int = 250
-    device: str = "auto"
-    compile: bool | None = None
-    seed: int = 0
 
 
 def _schedule_net_for(config: dict, name: str) -> ScheduleNet:
@@ -57,41 +45,28 @@ def train_schedule(job: ScheduleTraining) -> Path:
     score_net = load_module(out / SCORE_NET, ScoreNet(ScoreNetParams(**config["score_net"])))
     score_net.to(rt.device).eval().requires_grad_(False)
     net = _schedule_net_for(config, job.net).to(rt.device)
-    opt = torch.optim.Adam(net.parameters(), lr=job.lr, fused=rt.device.type == "cuda")
-    resumed = load_train_state(out, "schedule", net, None, opt)
-    if not resumed and (out / SCHEDULE_NET).exists() and config.get("schedule_net"):
-        load_module(out / SCHEDULE_NET, net)
-    for g in opt.param_groups:
-        g["lr"] = job.lr
-    record = config["training"].get("schedule") or {"steps": 0, "wall_seconds": 0.0, "runs": []}
+    shipped = out / SCHEDULE_NET if (out / SCHEDULE_NET).exists() and config.get("schedule_net") else None
+    opt, resumed = adam_resumed(out, "schedule", net, shipped, job.lr, rt)
+    record = TrainingRecord(config, "schedule", job, rt, spec.hop)
 
     corpus = AudioCorpus(job.data, job.id_list, spec)
     print(f"data: {len(corpus)} clips, {corpus.seconds / 60:.1f} min from {job.data}; schedule net "
           f"{sum(p.numel() for p in net.parameters()) / 1e6:.2f} M params on {hardware(rt)}; "
-          f"{'resuming at step ' + str(record['steps']) if resumed else 'new run'}")
+          f"{'resuming at step ' + str(record.steps) if resumed else 'new run'}")
     use_compile = job.compile if job.compile is not None else rt.device.type == "cuda"
     score_fwd, schedule_fwd = (torch.compile(score_net), torch.compile(net)) if use_compile else (score_net, net)
-    rng = np.random.default_rng(job.seed + record["steps"])
-    gen = torch.Generator(rt.device).manual_seed(job.seed + record["steps"])
-    revision = git_revision()  # the code this run started with, not whatever HEAD is at save time
-    started, base_steps, base_wall = time.strftime("%Y-%m-%dT%H:%M:%S"), record["steps"], record["wall_seconds"]
+    rng = np.random.default_rng(job.seed + record.steps)
+    gen = torch.Generator(rt.device).manual_seed(job.seed + record.steps)
 
     def save(run_steps: int, run_seconds: float) -> None:
         save_module(out / SCHEDULE_NET, net)
         save_train_state(out, "schedule", net, None, opt)
-        run = {"started": started, "hardware": hardware(rt), "steps": run_steps, "batch": job.batch,
-               "segment_samples": job.segment_frames * spec.hop, "lr": job.lr, "tau": job.tau,
-               "wall_seconds": round(run_seconds, 1), "data": str(job.data),
-               "list": str(job.id_list) if job.id_list else None, "git_revision": revision}
-        runs = [r for r in record["runs"] if r.get("started") != started]
         config["schedule_net"] = net.params.to_dict()
-        config["training"]["schedule"] = {"steps": base_steps + run_steps, "tau": job.tau,
-                                          "wall_seconds": round(base_wall + run_seconds, 1), "runs": runs + [run]}
+        record.update(run_steps, run_seconds, tau=job.tau)
         write_config(out, config)
 
     def step() -> torch.Tensor:
-        audio, mel = corpus.segments(job.batch, job.segment_frames, rng)
-        audio, mel = audio.to(rt.device, non_blocking=True), mel.to(rt.device, non_blocking=True)
+        audio, mel = corpus.segments(job.batch, job.segment_frames, rng, rt.device)
         with rt.autocast():
             loss = step_loss(score_fwd, schedule_fwd, audio, mel, diffusion, job.tau, gen, score_net.prior)
         optimize(loss, net, opt, job.grad_clip)
@@ -99,5 +74,5 @@ def train_schedule(job: ScheduleTraining) -> Path:
 
     steps, dt = run_loop(step, save, job.steps, job.minutes, job.save_every)
     print(f"trained the schedule net {steps} steps in {dt:.0f} s ({steps / max(dt, 1e-9):.2f} steps/s); "
-          f"total {base_steps + steps} steps -> {out / SCHEDULE_NET}")
+          f"total {record.steps + steps} steps -> {out / SCHEDULE_NET}")
     return out

@@ -17,28 +17,16 @@ from ..conditioning import describe, health
 from ..prior import DEFAULT_PRIOR
 from ..schedules import Diffusion
 from ..score_net import CONFIGS, ScoreNet, ScoreNetParams
-from .common import EMA, StopRequest, hardware, load_train_state, runtime, save_train_state
+from .common import EMA, LoopOptions, StopRequest, hardware, load_train_state, runtime, save_train_state
 from .data import AudioCorpus
 from .losses import score_loss
 
 
 @dataclass
-class ScoreTraining:
-    data: str
+class ScoreTraining(LoopOptions):
     out: str
-    steps: int
-    id_list: str | None = None
     config: str = "small"
-    batch: int = 8
-    segment_frames: int = 32
-    lr: float = 5e-4
     ema_decay: float = 0.998
-    grad_clip: float = 1.0
-    minutes: float | None = None
-    save_every: int = 250
-    device: str = "auto"
-    compile: bool | None = None
-    seed: int = 0
     mel_norm: bool = True
     step_embedding: str = "smooth"
     prior: str | None = None  # a new net's prior (None: DEFAULT_PRIOR); set on a trained net, it switches
@@ -161,8 +149,7 @@ def train_score(job: ScoreTraining) -> Path:
     bar = tqdm(total=job.steps, disable=not rt.main, dynamic_ncols=True, mininterval=5)
     try:
         while not stop and step < job.steps and (job.minutes is None or time.time() - t0 < 60 * job.minutes):
-            audio, mel = corpus.segments(job.batch, job.segment_frames, rng)
-            audio, mel = audio.to(rt.device, non_blocking=True), mel.to(rt.device, non_blocking=True)
+            audio, mel = corpus.segments(job.batch, job.segment_frames, rng, rt.device)
             with rt.autocast():
                 loss = score_loss(forward, audio, mel, diffusion, gen, net.prior)
             opt.zero_grad(set_to_none=True)
