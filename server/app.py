@@ -258,13 +258,16 @@ async def vocode_stream(request: Request, engine: Annotated[Engine, Depends(read
     mel, rho, seed = await read_mel(request, engine, rho, seed)
     rho_used, schedule, hit = await schedule_for(engine, rho)
     spec, samples = engine.vocoder.spec, mel.shape[-1] * engine.vocoder.spec.hop
-    chunks = engine.stream(mel, rho_used, schedule, seed, asyncio.ensure_future(disconnected(request)))
+    watcher = asyncio.ensure_future(disconnected(request))
+    chunks = engine.stream(mel, rho_used, schedule, seed, watcher)
     request.state.log.update(frames=mel.shape[-1], rho=rho_used, steps=schedule.steps, seeded=seed is not None,
                              streamed=True)
     try:  # the first chunk before the first byte: a refusal or failure is still a JSON error
         first = await anext(chunks)
     except ClientGone:
         return Response(status_code=499)
+    finally:
+        watcher.cancel()  # from the first byte on, the streaming response itself listens for the client leaving
     first_audio_s = time.perf_counter() - request.state.started
     engine.metrics.time_to_first_audio.labels(preset=engine.preset_of(rho_used)).observe(first_audio_s)
     request.state.log.update(first_audio_s=round(first_audio_s, 4))
