@@ -136,8 +136,9 @@ def report(rows: list[dict], kernels: dict[str, list[dict]], notes: list[str], a
     today = next((r["samples_per_s"] for r in rows if r["step"] == "today" and r["batch"] == args.batch), None)
     what = "kernels" if device.startswith("cuda") else "operators"
     parts = [f"## Score-net training step: `{args.config}` on {device}", "",
-             f"Timed over {args.steps} steps after {args.warmup} untimed ones (the compile runs in these). Samples/s "
-             f"= batch x segment samples x steps/s; *vs today* = samples/s over today's step at batch {args.batch}.",
+             f"{args.steps} timed steps per row after {args.warmup} untimed ones (which run any compile). "
+             f"Samples/s = batch x segment samples x steps/s; *vs today* = samples/s over today's step at batch "
+             f"{args.batch}.",
              "",
              table(["Step", "Batch", "Segment", "Dtype", "Compiled", "Warm-up s", "Steps/s", "Samples/s", "TFLOP/s",
                     "Peak memory GB", "vs today"],
