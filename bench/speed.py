@@ -204,18 +204,20 @@ def batch_rows(args, weights: Path, audio: np.ndarray, dev: str) -> tuple[list[d
     return rows, kernels
 
 
-def top_kernels(fn, top: int = 10) -> list[dict]:
-    """The CUDA kernels that take the time of one call of `fn`, by total device time."""
+def top_kernels(fn, top: int = 10, device: str = "cuda") -> list[dict]:
+    """The CUDA kernels (or on the CPU, the operators) that take the time of one call of `fn`, by total self time."""
     from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
 
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    activity, key = ((ProfilerActivity.CUDA, "self_device_time_total") if device == "cuda"
+                     else (ProfilerActivity.CPU, "self_cpu_time_total"))
+    with profile(activities=[activity]) as prof:
         fn()
         sync()
-    events = [e for e in prof.key_averages() if getattr(e, "self_device_time_total", 0) > 0]
-    total = sum(e.self_device_time_total for e in events) or 1.0
-    events.sort(key=lambda e: -e.self_device_time_total)
-    return [{"kernel": e.key[:90], "calls": e.count, "ms": e.self_device_time_total / 1e3,
-             "share": e.self_device_time_total / total} for e in events[:top]]
+    events = [e for e in prof.key_averages() if getattr(e, key, 0) > 0]
+    total = sum(getattr(e, key) for e in events) or 1.0
+    events.sort(key=lambda e: -getattr(e, key))
+    return [{"kernel": e.key[:90], "calls": e.count, "ms": getattr(e, key) / 1e3, "share": getattr(e, key) / total}
+            for e in events[:top]]
 
 
 def devices(which: str) -> list[str]:
@@ -451,10 +453,13 @@ def batch_section(rows: list[dict], kernels: list[dict]) -> list[str]:
                    [[r["net"], r["device"], r["dtype"], str(r["compiled"]), r["warm_up_s"], r["steps"], r["seconds"], r["batch"],
                      r["wall_s"], r["rtf"], r["audio_s_per_s"], r["tflops"]] for r in rows])]
     if kernels:
-        parts += ["", "Top CUDA kernels of one compiled synthesis (batch 1):", "",
-                  table(["Kernel", "Calls", "ms", "Share"],
-                        [[f"`{k['kernel']}`", k["calls"], k["ms"], f"{100 * k['share']:.1f}%"] for k in kernels])]
+        parts += ["", "Top CUDA kernels of one compiled synthesis (batch 1):", "", kernel_table(kernels)]
     return parts + [""]
+
+
+def kernel_table(kernels: list[dict]) -> str:
+    return table(["Kernel", "Calls", "ms", "Share"],
+                 [[f"`{k['kernel']}`", k["calls"], k["ms"], f"{100 * k['share']:.1f}%"] for k in kernels])
 
 
 def load_section(load: dict, args) -> list[str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import precision, quality, speed
+from bench import precision, quality, speed, train
 from bench import prior as prior_bench
 from bench.common import fmt, table
 
@@ -108,6 +108,20 @@ def test_prior_comparison_runs_end_to_end(shared_data: Path, tmp_path: Path) -> 
     assert len(data["results"]) == 6 and all(finite([r["summary"]["stoi"][0]]) for r in data["results"])
     md = (tmp_path / "out" / "prior.md").read_text()
     assert "quiet frames are" in md and "energy prior" in md and "a note" in md and "## Training history" in md
+
+
+def test_train_quick(tmp_path: Path) -> None:
+    """Today's step and the fast one at the same batch, the fast one at another beside it, on the CPU."""
+    assert train.main(["--quick", "--threads", "1", "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "train.md").read_text()
+    assert "- Hardware:" in md and "- Command: `python -m bench.train" in md
+    data = json.loads((tmp_path / "train.json").read_text())
+    assert [(r["step"], r["batch"]) for r in data["rows"]] == [("today", 2), ("fast", 2), ("fast", 4)]
+    for r in data["rows"]:
+        assert finite([r["steps_per_s"], r["samples_per_s"], r["tflops"], r["peak_memory_gb"]]) and r["tflops"] > 0
+        assert r["samples_per_s"] == pytest.approx(r["steps_per_s"] * r["batch"] * 16 * 256)
+    assert set(data["top_kernels"]) == {"today", "fast"} and all(data["top_kernels"].values())
+    assert "Top operators of one fast step" in md
 
 
 def test_table_and_numbers() -> None:

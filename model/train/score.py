@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..audio import MelSpec
 from ..checkpoint import CONFIG, SCORE_NET, git_revision, load_module, read_config, save_module, write_config
 from ..conditioning import describe, health
-from ..prior import DEFAULT_PRIOR
+from ..prior import DEFAULT_PRIOR, Prior
 from ..schedules import Diffusion
 from ..score_net import CONFIGS, ScoreNet, ScoreNetParams
-from .common import EMA, LoopOptions, StopRequest, hardware, load_train_state, runtime, save_train_state
+from .common import (EMA, LoopOptions, Runtime, StopRequest, hardware, load_train_state, optimize, runtime,
+                     save_train_state)
 from .data import AudioCorpus
 from .losses import score_loss
 
@@ -40,6 +43,29 @@ def with_prior(params: ScoreNetParams, prior: str, corpus: AudioCorpus) -> Score
     """`params` under `prior`, the energy prior's range from the training set (`model.prior`)."""
     energy = corpus.energy_range() if prior == "energy" else None
     return replace(params, prior=prior, prior_energy=energy)
+
+
+@dataclass
+class ScoreStep:
+    """One optimiser step on the score loss, as `train_score` repeats it and `bench.train` times it: the loss under
+    the runtime's autocast, backward, gradient clipping, Adam and the EMA."""
+
+    forward: Callable  # the net as called, compiled or DDP-wrapped; `net` holds the parameters
+    net: nn.Module
+    opt: torch.optim.Optimizer
+    ema: EMA
+    diffusion: Diffusion
+    rt: Runtime
+    generator: torch.Generator
+    grad_clip: float = 1.0
+    prior: Prior = Prior()
+
+    def __call__(self, audio: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
+        with self.rt.autocast():
+            loss = score_loss(self.forward, audio, mel, self.diffusion, self.generator, self.prior)
+        optimize(loss, self.net, self.opt, self.grad_clip)
+        self.ema.update(self.net)
+        return loss
 
 
 def _score_net_for(out: Path, job: ScoreTraining, corpus: AudioCorpus) -> tuple[ScoreNet, dict]:
@@ -101,9 +127,10 @@ def train_score(job: ScoreTraining) -> Path:
               f"conditioning probe every {job.probe_every} steps on the raw weights, {probe_source}")
     model = DistributedDataParallel(net) if rt.world > 1 else net
     use_compile = job.compile if job.compile is not None else rt.device.type == "cuda"
-    forward = torch.compile(model) if use_compile else model
     rng = np.random.default_rng(job.seed + 1000 * rt.rank + record["steps"])
     gen = torch.Generator(rt.device).manual_seed(job.seed + 7919 * rt.rank + record["steps"])
+    train_step = ScoreStep(torch.compile(model) if use_compile else model, net, opt, ema, diffusion, rt, gen,
+                           job.grad_clip, net.prior)
 
     def save(run_steps: int, run_seconds: float) -> None:
         if not rt.main:
@@ -150,13 +177,7 @@ def train_score(job: ScoreTraining) -> Path:
     try:
         while not stop and step < job.steps and (job.minutes is None or time.time() - t0 < 60 * job.minutes):
             audio, mel = corpus.segments(job.batch, job.segment_frames, rng, rt.device)
-            with rt.autocast():
-                loss = score_loss(forward, audio, mel, diffusion, gen, net.prior)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), job.grad_clip)
-            opt.step()
-            ema.update(net)
+            loss = train_step(audio, mel)
             loss_sum += loss.detach().float()
             loss_count += 1
             step += 1
