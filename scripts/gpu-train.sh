@@ -14,8 +14,14 @@
 #                                              carry=["data-carry", ".whl"], timeout_s=590)
 #   bash scripts/gpu-train.sh more [MINUTES]   a next call on the still-warm machine: resumes the run's own
 #                                              train state (Adam included), trains only, no benches
+#   bash scripts/gpu-train.sh batch-test [MINUTES]   two score-net runs from FROM, MINUTES each: BATCH at LR, and
+#                                              twice BATCH at LR x sqrt 2; their probe logs (every 500 steps) say
+#                                              which learns more per minute (batch-B.log, 2 files back)
 #   CONFIG=tiny FROM= DEVICE=cpu BATCH=2 SEGMENT=16 DATA=../shared/data/ljspeech bash scripts/gpu-train.sh run 2
 #                                              the CPU rehearsal (DATA: the corpus, default data-carry/ljspeech)
+#
+# LR (default 5e-4) is the learning rate; PRIOR (standard|energy, model.prior) is the prior of a new net, or for
+# FROM's net under another prior, the one its weights continue under (the energy prior's GPU question).
 #
 # FROM: the weights to continue (default weights/base, the quality net: every GPU minute grows it; empty: a
 # new CONFIG net). The results land in $OUT (the device's return folder; runs/gpu-out here): weights.tar
@@ -33,6 +39,20 @@ BATCH=${BATCH:-32}
 SEGMENT=${SEGMENT:-64}
 WORK=runs/gpu
 RESULTS=${OUT:-runs/gpu-out}
+LR=${LR:-5e-4}
+
+setup() {  # the carried wheels where the GPU image lacks them; the results folder
+  if ! python3 -c "import soundfile, httpx, diffwave" 2>/dev/null; then
+    python3 -m pip install --quiet --no-index --no-deps --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site
+  fi
+  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+  mkdir -p "$RESULTS"
+}
+
+quiet() {  # a trainer's log without its progress bars
+  tr '\r' '\n' | grep -av 'it/s[],]\|s/it[],]'
+}
 
 case "${1:-}" in
 prepare)
@@ -47,12 +67,7 @@ prepare)
   ;;
 run | more)
   minutes=${2:-8}
-  if ! python3 -c "import soundfile, httpx, diffwave" 2>/dev/null; then  # not in the GPU image: the carried wheels
-    python3 -m pip install --quiet --no-index --no-deps --upgrade --target /tmp/site .whl/*.whl
-    export PYTHONPATH=/tmp/site
-  fi
-  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-  mkdir -p "$RESULTS"
+  setup
   bench=$WORK/bench
   cuda=$(python3 -c "import torch; print(int(torch.cuda.is_available()))")
   if [ "$1" = run ]; then  # a fresh $WORK from FROM: weights and EMA go on, Adam starts afresh (no train state travels)
@@ -70,8 +85,8 @@ run | more)
   fi  # more: $WORK as the last call left it on this still-warm machine, its train state included
   python3 -m model.train all --data "$DATA/wavs" --list "$DATA/train.txt" --valid-list "$DATA/valid.txt" \
     --out "$WORK" --config "$CONFIG" --minutes "$minutes" --batch "$BATCH" --segment-frames "$SEGMENT" \
-    --device "$DEVICE" --clips 8 --seconds 2 --probe-every "${PROBE_EVERY:-1000}" --save-every 1000 2>&1 \
-    | tr '\r' '\n' | grep -av 'it/s[],]\|s/it[],]' | tee "$RESULTS/train.log"
+    --lr "$LR" ${PRIOR:+--prior "$PRIOR"} --device "$DEVICE" --clips 8 --seconds 2 \
+    --probe-every "${PROBE_EVERY:-1000}" --save-every 1000 2>&1 | quiet | tee "$RESULTS/train.log"
   find "$WORK" -maxdepth 1 -type f ! -name 'train_state*' -printf '%f\n' | tar -C "$WORK" -cf "$RESULTS/weights.tar" -T -
   tar -tvf "$RESULTS/weights.tar"
   if [ "$1" = run ] && [ "${SPEED:-1}" = 1 ] && [ "$cuda" = 1 ]; then
@@ -84,8 +99,23 @@ run | more)
     tar -C "$bench" -cf "$RESULTS/bench.tar" . && tar -tvf "$RESULTS/bench.tar"  # one file: at most 8 come back
   fi
   ;;
+batch-test)
+  minutes=${2:-4}
+  setup
+  for spec in "$BATCH $LR" "$((2 * BATCH)) $(python3 -c "print($LR * 2 ** 0.5)")"; do
+    read -r batch lr <<<"$spec"
+    dir=runs/gpu-batch-$batch && rm -rf "$dir" && mkdir -p "$dir"
+    if [ -n "$FROM" ]; then
+      find "$FROM" -maxdepth 1 -type f -name '*.json' -exec cp {} "$dir"/ \; && cp "$FROM/score_net.safetensors" "$dir"/
+    fi
+    python3 -m model.train score --data "$DATA/wavs" --list "$DATA/train.txt" --probe-list "$DATA/valid.txt" \
+      --out "$dir" --config "$CONFIG" --steps 1000000000 --minutes "$minutes" --batch "$batch" --lr "$lr" \
+      --segment-frames "$SEGMENT" ${PRIOR:+--prior "$PRIOR"} --device "$DEVICE" --probe-every 500 \
+      --save-every 100000 2>&1 | quiet | tee "$RESULTS/batch-$batch.log"
+  done
+  ;;
 *)
-  sed -n 2,25p "$0"
+  sed -n 2,32p "$0"
   exit 2
   ;;
 esac
