@@ -3,7 +3,7 @@ real server over ONE keep-alive connection, and to the CLIs.
 
 Every answer must be a 2xx or a 4xx with a JSON message, never a 5xx, and the connection must survive every
 bad request (a server that drops it breaks the client's next request). The CLIs must exit 0 or 2 with one
-line on stderr. 2,000 HTTP cases in all, derandomized so CI is stable.
+line on stderr. 2,300 HTTP cases in all, derandomized so CI is stable.
 """
 
 from __future__ import annotations
@@ -103,6 +103,16 @@ def test_mutated_npy(conn: KeepAlive, ops):
 @given(ops=edits)
 def test_mutated_json(conn: KeepAlive, ops):
     conn.post("/v1/vocode", mutate(JSON, ops, head=len(JSON)), "application/json")
+    conn.still_serving()
+
+
+@fuzz(300)
+@given(ops=edits)
+def test_mutated_npy_streamed(conn: KeepAlive, ops):
+    """The streaming route: a chunked WAV whose header matches its PCM, or a JSON 4xx before any audio."""
+    status, data = conn.post("/v1/vocode/stream", mutate(NPY, ops), "application/x-npy")
+    if status == 200:
+        assert data[:4] == b"RIFF" and int.from_bytes(data[40:44], "little") == len(data) - 44
     conn.still_serving()
 
 
