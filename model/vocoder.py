@@ -115,7 +115,8 @@ class Vocoder:
         return voc
 
     def _load_scheduling(self, directory: Path) -> None:
-        """Schedule net, reference mel and searched schedules, when `train schedule` / `search` made them."""
+        """Schedule net, reference mel and searched schedules, when `train schedule` / `search` made them, and the
+        noise-level net of noise-estimation sampling when `train ne` did."""
         from . import scheduling  # noqa: PLC0415  (scheduling imports this module's neighbours only)
 
         if (directory / SCHEDULE_NET).exists() and self.config.get("schedule_net"):
