@@ -17,6 +17,9 @@
 #   bash scripts/gpu-train.sh batch-test [MINUTES]   two score-net runs from FROM, MINUTES each: BATCH at LR, and
 #                                              twice BATCH at LR x sqrt 2; their probe logs (every 500 steps) say
 #                                              which learns more per minute (batch-B.log, 2 files back)
+#   bash scripts/gpu-train.sh prior-test [MINUTES]   two score-net runs under the energy prior, MINUTES each: FROM
+#                                              continued under it, and a new CONFIG net (prior-continued.log,
+#                                              prior-new.log): which is the better start for the energy prior
 #   CONFIG=tiny FROM= DEVICE=cpu BATCH=2 SEGMENT=16 DATA=../shared/data/ljspeech bash scripts/gpu-train.sh run 2
 #                                              the CPU rehearsal (DATA: the corpus, default data-carry/ljspeech)
 #
@@ -48,6 +51,19 @@ setup() {  # the carried wheels where the GPU image lacks them; the results fold
   fi
   export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
   mkdir -p "$RESULTS"
+}
+
+probe_run() {  # NAME BATCH LR FROM MINUTES: the score net alone from FROM (empty: a new CONFIG net), the probe
+  # every 500 steps, its log back as NAME.log
+  local dir=runs/gpu-$1
+  rm -rf "$dir" && mkdir -p "$dir"
+  if [ -n "$4" ]; then
+    cp "$4/config.json" "$4/score_net.safetensors" "$dir"/
+  fi
+  python3 -m model.train score --data "$DATA/wavs" --list "$DATA/train.txt" --probe-list "$DATA/valid.txt" \
+    --out "$dir" --config "$CONFIG" --steps 1000000000 --minutes "$5" --batch "$2" --lr "$3" \
+    --segment-frames "$SEGMENT" ${PRIOR:+--prior "$PRIOR"} --device "$DEVICE" --probe-every 500 \
+    --save-every 100000 2>&1 | quiet | tee "$RESULTS/$1.log"
 }
 
 quiet() {  # a trainer's log without its progress bars
@@ -99,23 +115,18 @@ run | more)
     tar -C "$bench" -cf "$RESULTS/bench.tar" . && tar -tvf "$RESULTS/bench.tar"  # one file: at most 8 come back
   fi
   ;;
-batch-test)
-  minutes=${2:-4}
+batch-test)  # does twice the batch, at sqrt 2 the learning rate, learn more per minute from the same weights?
   setup
-  for spec in "$BATCH $LR" "$((2 * BATCH)) $(python3 -c "print($LR * 2 ** 0.5)")"; do
-    read -r batch lr <<<"$spec"
-    dir=runs/gpu-batch-$batch && rm -rf "$dir" && mkdir -p "$dir"
-    if [ -n "$FROM" ]; then
-      find "$FROM" -maxdepth 1 -type f -name '*.json' -exec cp {} "$dir"/ \; && cp "$FROM/score_net.safetensors" "$dir"/
-    fi
-    python3 -m model.train score --data "$DATA/wavs" --list "$DATA/train.txt" --probe-list "$DATA/valid.txt" \
-      --out "$dir" --config "$CONFIG" --steps 1000000000 --minutes "$minutes" --batch "$batch" --lr "$lr" \
-      --segment-frames "$SEGMENT" ${PRIOR:+--prior "$PRIOR"} --device "$DEVICE" --probe-every 500 \
-      --save-every 100000 2>&1 | quiet | tee "$RESULTS/batch-$batch.log"
-  done
+  probe_run batch-$BATCH "$BATCH" "$LR" "$FROM" "${2:-4}"
+  probe_run batch-$((2 * BATCH)) $((2 * BATCH)) "$(python3 -c "print($LR * 2 ** 0.5)")" "$FROM" "${2:-4}"
+  ;;
+prior-test)  # under the energy prior: FROM's weights continued, against a new net of the same size
+  setup
+  PRIOR=energy probe_run prior-continued "$BATCH" "$LR" "$FROM" "${2:-4}"
+  PRIOR=energy probe_run prior-new "$BATCH" "$LR" "" "${2:-4}"
   ;;
 *)
-  sed -n 2,32p "$0"
+  sed -n 2,35p "$0"
   exit 2
   ;;
 esac

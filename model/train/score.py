@@ -109,7 +109,8 @@ def train_score(job: ScoreTraining) -> Path:
     opt = torch.optim.Adam(net.parameters(), lr=job.lr, fused=rt.device.type == "cuda")
     ema = EMA(net, job.ema_decay)
     resumed = load_train_state(out, "score", net, ema, opt)
-    if not resumed and (out / SCORE_NET).exists():  # weights without optimizer state: continue from them
+    continued = not resumed and (out / SCORE_NET).exists()
+    if continued:  # weights without optimizer state: continue from them
         load_module(out / SCORE_NET, net)
         ema = EMA(net, job.ema_decay)
     for g in opt.param_groups:
@@ -119,11 +120,13 @@ def train_score(job: ScoreTraining) -> Path:
     probe_audio, probe_mel, probe_source = _probe_clips(job, corpus)
     probe_audio, probe_mel = probe_audio.to(rt.device), probe_mel.to(rt.device)
 
+    start = (f"resuming at step {record['steps']}" if resumed else "new run" if not continued else
+             f"continuing its weights at step {record['steps']} with a fresh Adam")
     if rt.main:
         print(f"data: {len(corpus)} clips, {corpus.seconds / 60:.1f} min from {job.data}; "
               f"score net {sum(p.numel() for p in net.parameters()) / 1e6:.2f} M params on {hardware(rt)}, "
               f"{'standardised' if net.params.normalized else 'raw'} ln-mel input, {net.prior.kind} prior; "
-              f"{'resuming at step ' + str(record['steps']) if resumed else 'new run'}\n"
+              f"{start}\n"
               f"conditioning probe every {job.probe_every} steps on the raw weights, {probe_source}")
     model = DistributedDataParallel(net) if rt.world > 1 else net
     use_compile = job.compile if job.compile is not None else rt.device.type == "cuda"
