@@ -59,7 +59,7 @@ def test_model_endpoint_says_which_net_serves_and_why(tmp_path):
 
 @pytest.mark.parametrize("weights, flag", [("", None), ("weights/base", "--weights weights/base")])
 def test_make_serve_passes_weights_only_when_set(weights, flag):
-    line = subprocess.run(["make", "-n", "serve", f"WEIGHTS={weights}"], cwd=REPO, capture_output=True, text=True,
-                          check=True).stdout.splitlines()[-1]
-    assert "-m server" in line
+    recipe = subprocess.run(["make", "--no-print-directory", "-n", "serve", f"WEIGHTS={weights}"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout.splitlines()
+    line = next(line for line in recipe if "-m server" in line)
     assert (flag in line) if flag else "--weights" not in line
