@@ -16,15 +16,18 @@
 #                                              train state (Adam included), trains only, no benches
 #   bash scripts/gpu-train.sh batch-test [MINUTES]   two score-net runs from FROM, MINUTES each: BATCH at LR, and
 #                                              twice BATCH at LR x sqrt 2; their probe logs (every 500 steps) say
-#                                              which learns more per minute (batch-B.log, 2 files back)
+#                                              which learns more per minute (batch-B.log and batch-B.tar, the
+#                                              weights: 4 files back); both keep FROM's own prior
 #   bash scripts/gpu-train.sh prior-test [MINUTES]   two score-net runs under the energy prior, MINUTES each: FROM
 #                                              continued under it, and a new CONFIG net (prior-continued.log,
-#                                              prior-new.log): which is the better start for the energy prior
+#                                              prior-new.log, each with its .tar of weights): which is the better
+#                                              start for the energy prior
 #   CONFIG=tiny FROM= DEVICE=cpu BATCH=2 SEGMENT=16 DATA=../shared/data/ljspeech bash scripts/gpu-train.sh run 2
 #                                              the CPU rehearsal (DATA: the corpus, default data-carry/ljspeech)
 #
-# LR (default 5e-4) is the learning rate; PRIOR (standard|energy, model.prior) is the prior of a new net, or for
-# FROM's net under another prior, the one its weights continue under (the energy prior's GPU question).
+# LR (default 5e-4) is the learning rate. PRIOR (standard|energy, model.prior; default energy, the winner of
+# bench/results/prior.md) is the prior of a new net, and for FROM's net under another prior the one its weights
+# continue under (recorded in training.prior_switches); PRIOR= keeps FROM's own prior.
 #
 # FROM: the weights to continue (default weights/base, the quality net: every GPU minute grows it; empty: a
 # new CONFIG net). The results land in $OUT (the device's return folder; runs/gpu-out here): weights.tar
@@ -43,6 +46,7 @@ SEGMENT=${SEGMENT:-64}
 WORK=runs/gpu
 RESULTS=${OUT:-runs/gpu-out}
 LR=${LR:-5e-4}
+PRIOR=${PRIOR-energy}
 
 setup() {  # the carried wheels where the GPU image lacks them; the results folder
   if ! python3 -c "import soundfile, httpx, diffwave" 2>/dev/null; then
@@ -54,7 +58,7 @@ setup() {  # the carried wheels where the GPU image lacks them; the results fold
 }
 
 probe_run() {  # NAME BATCH LR FROM MINUTES: the score net alone from FROM (empty: a new CONFIG net), the probe
-  # every 500 steps, its log back as NAME.log
+  # every 500 steps; its log back as NAME.log and its weights (no train state) as NAME.tar, so no minute is lost
   local dir=runs/gpu-$1
   rm -rf "$dir" && mkdir -p "$dir"
   if [ -n "$4" ]; then
@@ -64,6 +68,7 @@ probe_run() {  # NAME BATCH LR FROM MINUTES: the score net alone from FROM (empt
     --out "$dir" --config "$CONFIG" --steps 1000000000 --minutes "$5" --batch "$2" --lr "$3" \
     --segment-frames "$SEGMENT" ${PRIOR:+--prior "$PRIOR"} --device "$DEVICE" --probe-every 500 \
     --save-every 100000 2>&1 | quiet | tee "$RESULTS/$1.log"
+  tar -C "$dir" -cf "$RESULTS/$1.tar" config.json score_net.safetensors
 }
 
 quiet() {  # a trainer's log without its progress bars
@@ -117,8 +122,8 @@ run | more)
   ;;
 batch-test)  # does twice the batch, at sqrt 2 the learning rate, learn more per minute from the same weights?
   setup
-  probe_run batch-$BATCH "$BATCH" "$LR" "$FROM" "${2:-4}"
-  probe_run batch-$((2 * BATCH)) $((2 * BATCH)) "$(python3 -c "print($LR * 2 ** 0.5)")" "$FROM" "${2:-4}"
+  PRIOR= probe_run batch-$BATCH "$BATCH" "$LR" "$FROM" "${2:-4}"
+  PRIOR= probe_run batch-$((2 * BATCH)) $((2 * BATCH)) "$(python3 -c "print($LR * 2 ** 0.5)")" "$FROM" "${2:-4}"
   ;;
 prior-test)  # under the energy prior: FROM's weights continued, against a new net of the same size
   setup

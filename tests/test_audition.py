@@ -6,7 +6,7 @@ Chromium, so CI runs this test; elsewhere it is skipped when no Chromium is foun
 to a path to keep the screenshot, and AUDITION_WEIGHTS to serve other weights than the tiny test ones. The
 README's screenshot:
 
-    AUDITION_WEIGHTS=weights/default AUDITION_SCREENSHOT=bench/results/demo.png pytest tests/test_audition.py
+    AUDITION_WEIGHTS=weights/small AUDITION_SCREENSHOT=bench/results/demo.png pytest tests/test_audition.py
 """
 
 from __future__ import annotations

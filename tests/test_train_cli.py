@@ -13,6 +13,7 @@ import pytest
 
 from model.audio import read_id_list
 from model.checkpoint import SCHEDULE_NET, read_config
+from model.prior import DEFAULT_PRIOR
 from model.scheduling import REFERENCE
 from model.train.__main__ import main
 from model.vocoder import Vocoder
@@ -28,14 +29,14 @@ def train(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def trained(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny weights directory made by the three subcommands, on a few clips of the shared data, under the energy
-    prior (every other test's nets use the standard one)."""
+    """A tiny weights directory made by the three subcommands, on a few clips of the shared data, under the
+    default prior of a new net, `energy` (every other test's nets use the standard one)."""
     tmp = tmp_path_factory.mktemp("train-cli")
     (tmp / "train.txt").write_text("\n".join(read_id_list(shared_data / "train.txt")[:3]) + "\n")
     (tmp / "valid.txt").write_text(read_id_list(shared_data / "valid.txt")[0] + "\n")
     out, wavs = tmp / "weights", str(shared_data / "wavs")
     small = ["--batch", "2", "--segment-frames", "16", "--device", "cpu"]
-    for args in (["score", "--config", "tiny", "--prior", "energy", "--out", str(out)],
+    for args in (["score", "--config", "tiny", "--out", str(out)],
                  ["schedule", "--net", "tiny", "--weights", str(out)]):
         r = train(*args, "--data", wavs, "--list", str(tmp / "train.txt"), "--steps", "3", *small)
         assert r.returncode == 0, r.stderr
@@ -50,7 +51,7 @@ def test_cli_makes_a_complete_weights_dir(trained: Path):
     config = read_config(trained)
     assert (trained / SCHEDULE_NET).exists() and (trained / REFERENCE).exists()
     lo, hi = config["score_net"]["prior_energy"]  # the training clips' frame energy range
-    assert config["score_net"]["prior"] == "energy" and 0 < lo < hi
+    assert config["score_net"]["prior"] == DEFAULT_PRIOR == "energy" and 0 < lo < hi
     assert config["training"]["score"]["steps"] == 3
     schedule = config["training"]["schedule"]
     assert schedule["steps"] == 3 and schedule["tau"] == 66 and schedule["runs"][-1]["git_revision"]
@@ -83,8 +84,8 @@ def test_an_explicit_prior_continues_a_trained_net_under_it(shared_data: Path, t
     args = ["score", "--out", str(tmp_path / "w"), "--data", str(shared_data / "wavs"), "--list",
             str(tmp_path / "train.txt"), "--batch", "1", "--segment-frames", "8", "--probe-every", "100",
             "--probe-seconds", "0.5", "--device", "cpu"]
-    main([*args, "--config", "tiny", "--steps", "2"])
-    assert read_config(tmp_path / "w")["score_net"]["prior"] == "standard"  # the default prior of a new net
+    main([*args, "--config", "tiny", "--prior", "standard", "--steps", "2"])
+    assert read_config(tmp_path / "w")["score_net"]["prior"] == "standard"
     main([*args, "--steps", "1"])  # resumed as it is
     main([*args, "--prior", "energy", "--steps", "1"])
     assert "continuing its weights under energy" in capsys.readouterr().out
