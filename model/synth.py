@@ -1,12 +1,14 @@
 """Offline vocoding: a mel `.npy` in, a 16-bit WAV out.
 
     python -m model.synth MEL.npy -o OUT.wav [--rho R | --preset fast|balanced|quality | --steps-schedule S.json]
-                          [--sampler ddpm|ddim] [--seed S] [--weights DIR] [--device auto|cpu|cuda]
+                          [--seed S] [--weights DIR] [--device auto|cpu|cuda]
     python -m model.synth MEL.npy -o OUT.wav --method ne --steps N [--family fibonacci|linear] [...]
 
 BDDM (the default method) takes its schedule from rho, a preset or a file; without one, the weights' default
 rho. Noise estimation (`--method ne`, `model.noise_estimation`) fits an N-step schedule to the utterance as it
-samples. Bad input (file, mel, weights, schedule or options) gets a one-line message on stderr and exit code 2.
+samples. Both sample with DDPM: DDIM measured below it on every schedule and step count of
+bench/results/quality.md, so it is not offered. Bad input (file, mel, weights, schedule or options) gets a
+one-line message on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from .audio import encode_audio
 from .checkpoint import CheckpointError
 from .mel import read_mel_file
 from .noise_estimation import DEFAULT_FAMILY, FAMILIES
-from .sampling import SAMPLERS
 from .scheduling import canonical_rho
 from .schedules import Schedule
 from .vocoder import Vocoder
@@ -65,7 +66,6 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--steps", type=int, help="--method ne: the number of reverse steps")
     ap.add_argument("--family", choices=sorted(FAMILIES), default=DEFAULT_FAMILY, help="--method ne: the schedule "
                     "family fitted at each step")
-    ap.add_argument("--sampler", choices=sorted(SAMPLERS), default="ddpm")
     ap.add_argument("--seed", type=int, default=None, help="noise seed; the same seed gives the same audio")
     ap.add_argument("--weights", type=Path, help="weights directory (default: weights/base on CUDA, weights/small "
                                                  "on a CPU)")
@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     if (args.method == "ne") != (args.steps is not None):
         ap.error("--steps N goes with --method ne (noise estimation), and --method ne needs --steps N; BDDM takes "
                  "--rho, --preset or --steps-schedule")
-    if args.method == "ne" and (args.steps < 1 or args.sampler != "ddpm"):
-        ap.error("--method ne samples with DDPM in --steps >= 1 steps")
+    if args.method == "ne" and args.steps < 1:
+        ap.error("--method ne needs --steps >= 1")
 
     try:
         voc = Vocoder.load(args.weights, args.device)
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     if schedule is None:
         audio = voc.vocode_ne(mel, args.steps, seed=args.seed, family=args.family)
     else:
-        audio = voc.vocode(mel, schedule, seed=args.seed, sampler=args.sampler)
+        audio = voc.vocode(mel, schedule, seed=args.seed)
     if voc.device.type == "cuda":
         torch.cuda.synchronize()
     wall = time.perf_counter() - start
@@ -103,11 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     seconds = len(audio) / voc.spec.sample_rate
     if schedule is None:
-        how = f"{args.steps} steps (noise estimation, {args.family} schedule fitted per step, ddpm)"
+        how = f"{args.steps} steps (noise estimation, {args.family} schedule fitted per step)"
     else:
         rho = schedule.meta.get("rho")
-        how = (f"{schedule.steps} steps ({schedule.name or 'schedule'}{f', rho={rho:g}' if rho is not None else ''}, "
-               f"{args.sampler})")
+        how = f"{schedule.steps} steps ({schedule.name or 'schedule'}{f', rho={rho:g}' if rho is not None else ''})"
     print(f"{args.output}: {how}, {seconds:.2f} s of audio, wall {wall:.2f} s, RTF {wall / seconds:.3f} on "
           f"{voc.device.type}")
     return 0

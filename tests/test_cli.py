@@ -75,9 +75,9 @@ def test_synth_accepts_float_mels_2d_or_batched_one(capsys, tiny_weights, tmp_pa
 def test_synth_schedule_options_and_seeded_determinism(capsys, tiny_weights, mel_file, shared_data, tmp_path):
     official = shared_data.parent / "reference-schedules" / "bddm-official-ljspeech-7steps.json"
     runs = {
-        "a": ["--steps-schedule", str(official), "--sampler", "ddim", "--seed", "5"],
-        "b": ["--steps-schedule", str(official), "--sampler", "ddim", "--seed", "5"],
-        "c": ["--steps-schedule", str(official), "--sampler", "ddim", "--seed", "6"],
+        "a": ["--steps-schedule", str(official), "--seed", "5"],
+        "b": ["--steps-schedule", str(official), "--seed", "5"],
+        "c": ["--steps-schedule", str(official), "--seed", "6"],
         "rho": ["--rho", str(json.loads((tiny_weights / CONFIG).read_text())["search"]["default_rho"])],
     }
     audio = {}
