@@ -29,7 +29,7 @@ from model import metrics
 from model.audio import mel_spectrogram
 from model.checkpoint import CheckpointError
 from model.conditioning import GAIN_STEPS, conditioning_gain, silence_gap
-from model.noise_estimation import FAMILIES
+from model.noise_estimation import DEFAULT_FAMILY, FAMILIES
 from model.schedules import Diffusion, Schedule, diffwave_fast, full, linear_subset
 from model.vocoder import Vocoder
 
@@ -66,7 +66,7 @@ def ne_methods(voc: Vocoder, quick: bool) -> tuple[list[Method], list[str]]:
         return [], ["noise estimation skipped: these weights have no noise-level network (`model.train ne`)"]
     return [Method(f"NE {family} {n} (DDPM)", f"NE {family} (DDPM)", "ddpm", n, f"ne-{family}-{n}",
                    lambda voc, mel, seed, n=n, family=family: voc.vocode_ne(mel, n, seed=seed, family=family))
-            for family in (("fibonacci",) if quick else sorted(FAMILIES)) for n in ((7,) if quick else (3, 7, 12))], []
+            for family in ((DEFAULT_FAMILY,) if quick else sorted(FAMILIES)) for n in ((7,) if quick else (3, 7, 12))], []
 
 
 def baseline_methods(diffusion: Diffusion, quick: bool, skip_full: bool) -> list[Method]:

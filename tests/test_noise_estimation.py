@@ -48,15 +48,15 @@ def test_the_ne_sampler_is_pinned_on_tiny_nets_and_deterministic_for_a_seed():
     ne_net = tiny_ne_net()
     eps_fn = windowed_eps(score_net)
     levels: list = []
-    a = ne_ddpm(eps_fn, ne_net, MEL, 3, seed=[4, 5], levels=levels)
-    b = ne_ddpm(eps_fn, ne_net, MEL, 3, seed=[4, 5])
-    c = ne_ddpm(eps_fn, ne_net, MEL, 3, seed=[4, 6])
+    a = ne_ddpm(eps_fn, ne_net, MEL, 3, seed=[4, 5], levels=levels, family="fibonacci")
+    b = ne_ddpm(eps_fn, ne_net, MEL, 3, seed=[4, 5], family="fibonacci")
+    c = ne_ddpm(eps_fn, ne_net, MEL, 3, seed=[4, 6], family="fibonacci")
     assert a.shape == (2, 6 * HOP) and torch.equal(a, b) and not torch.equal(a[1], c[1]) and torch.equal(a[0], c[0])
     assert len(levels) == 3 and all(len(step) == 2 for step in levels)
     np.testing.assert_allclose(np.array([step[0] for step in levels]), np.array(STORED_LEVELS), rtol=1e-4)
     last_alpha, last_beta = levels[-1][0]
     assert last_beta == pytest.approx(1 - last_alpha)  # the final step always lands on clean audio
-    assert torch.equal(ne_ddpm(eps_fn, ne_net, MEL, 3, seed=[4, 5], prior=Prior()), a)
+    assert torch.equal(ne_ddpm(eps_fn, ne_net, MEL, 3, seed=[4, 5], prior=Prior(), family="fibonacci"), a)
 
 
 @pytest.fixture(scope="module")
