@@ -5,6 +5,7 @@ Used by the offline CLIs (`model.synth`), the benchmarks and the server alike.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -37,14 +38,42 @@ WHY_DEFAULT = {"cuda": "no weights named; CUDA serves DiffWave base, the quality
 WHY_NAMED = "named by the caller (--weights or VOCODER_WEIGHTS)"
 
 
-#: Inference precisions: "auto" is bf16 on CUDA (autocast; the noise and the sampler's arithmetic stay fp32)
-#: and fp32 elsewhere.
+#: Inference precisions: "auto" is bf16 on CUDA (autocast; the noise and the sampler's arithmetic stay fp32); on a
+#: CPU it is bf16 where `cpu_bf16_serves`, else fp32.
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+#: Beside the weights, written by `python -m bench.precision --device cpu --record`: per CPU bf16 ISA
+#: (`cpu_bf16_isa`), whether the quality guard held there and how much faster bf16 was than fp32.
+CPU_BF16_RECORD = "cpu_bf16.json"
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+def cpu_bf16_isa(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """"amx_bf16" or "avx512_bf16" where this CPU multiplies bf16 natively; None elsewhere (ARM, older x86)."""
+    try:
+        line = next(line for line in cpuinfo.read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return None
+    flags = set(line.split(":", 1)[1].split())
+    return next((isa for isa in ("amx_bf16", "avx512_bf16") if isa in flags), None)
+
+
+def cpu_bf16_serves(directory: Path | None, isa: str | None = None) -> bool:
+    """bf16 serves these weights on this CPU only where its ISA has bf16, the guard held on that ISA and bf16 was
+    the faster there (`CPU_BF16_RECORD`); a net whose elementwise passes outweigh its GEMMs stays fp32."""
+    isa = isa or cpu_bf16_isa()
+    if directory is None or isa is None:
+        return False
+    try:
+        entry = json.loads((Path(directory) / CPU_BF16_RECORD).read_text()).get(isa) or {}
+    except (OSError, ValueError):
+        return False
+    return entry.get("guard_holds") is True and entry.get("speedup", 0) > 1
+
+
+def resolve_dtype(dtype: str, device: torch.device, directory: Path | None = None) -> torch.dtype:
     if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        if device.type == "cuda":
+            return torch.bfloat16
+        return torch.bfloat16 if cpu_bf16_serves(directory) else torch.float32
     if dtype not in DTYPES:
         raise CheckpointError(f"dtype must be auto, fp32 or bf16, not {dtype!r}")
     return DTYPES[dtype]
@@ -149,8 +178,8 @@ class Vocoder:
     def __post_init__(self) -> None:
         if self.compiled:
             self.step_net = torch.compile(self.score_net, dynamic=True)
-        elif self.device.type == "cpu" and self.cpu_fast and self.dtype == torch.float32:
-            self.step_net = CpuScoreNet(self.score_net)
+        elif self.device.type == "cpu" and self.cpu_fast:
+            self.step_net = CpuScoreNet(self.score_net, dtype=self.dtype)
         else:
             self.step_net = self.score_net
 
@@ -164,7 +193,7 @@ class Vocoder:
         directory, why = (Path(directory), WHY_NAMED) if directory is not None else default_weights(dev, root)
         directory = directory.resolve()  # weights/default is a link to small: report the net, not the alias
         config = read_config(directory)
-        precision = resolve_dtype(dtype, dev)
+        precision = resolve_dtype(dtype, dev, directory)
         compiled = resolve_compile(compile, dev)
         try:
             score_net = ScoreNet(ScoreNetParams(**config["score_net"]))
