@@ -721,7 +721,9 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--batches", type=int, nargs="+", help="(f) batch sizes (default 1 4 16 64 on CUDA, 1 4 on CPU)")
     ap.add_argument("--batch-seconds", type=float, default=10.0, help="(f) clip length")
     ap.add_argument("--cpu-paths", action="store_true",
-                    help="(h) alone, into speed-cpu-<net>.md (its lengths: --lengths)")
+                    help="(h) alone, into speed-cpu-<net>.md (its lengths: --lengths), with every preset's RTF on "
+                         "the fast path in fp32 and bf16 at --preset-seconds")
+    ap.add_argument("--preset-seconds", type=float, default=5.0, help="(h) with --cpu-paths: the presets' length")
     args = parse_with_quick(ap, argv, {"lengths": [1, 5], "reps": 1, "clients": [1, 4], "requests": 2,
                                        "per_client": 1, "load_seconds": 20.0, "mel_seconds": [2.0, 3.0],
                                        "batches": [1, 2], "batch_seconds": 1.0, "stream_lengths": [2.0]})
@@ -794,11 +796,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def cpu_paths_main(args, nets: list[Path], head: dict) -> int:
     """--cpu-paths: (h) alone for each net, one report named after the nets (each a run under 10 minutes)."""
-    audio = speech(args.data, max(args.lengths), read_config(nets[0])["audio"]["sample_rate"])
-    rows = [r for weights in nets for r in cpu_path_rows(weights, audio, args.lengths, args.reps)]
+    audio = speech(args.data, max(*args.lengths, args.preset_seconds), read_config(nets[0])["audio"]["sample_rate"])
+    rows, presets = [], []
+    for weights in nets:
+        rows += cpu_path_rows(weights, audio, args.lengths, args.reps)
+        for dtype in ("fp32", "bf16"):  # every preset on the fast path, for the choice of the CPU default
+            voc = Vocoder.load(weights, "cpu", dtype)
+            presets += [{**r, "device": f"cpu, fast {dtype}"} for r in
+                        synthesis_rows(voc, audio, bench_schedules(voc, args.reference_schedules)[0],
+                                       [args.preset_seconds])]
     name = "speed-cpu-" + "-".join(w.resolve().name for w in nets)
-    write_outputs(args.out, name, "CPU paths side by side", head, "\n".join(cpu_path_section(rows)),
-                  {"cpu_paths": rows}, plot_cpu_paths, rows)
+    write_outputs(args.out, name, "CPU paths side by side", head,
+                  "\n".join(cpu_path_section(rows) + synthesis_section(presets)),
+                  {"cpu_paths": rows, "presets": presets}, plot_cpu_paths, rows)
     print(f"wrote {args.out}/{name}.md, {name}.json, {name}.png", file=sys.stderr)
     return 0
 
