@@ -107,3 +107,16 @@ def test_a_request_runs_on_its_threads_and_restores_torchs():
     with pytest.raises(Exception, match="at least 1"):
         resolve_threads(0)
 
+
+
+def test_a_vocoders_requests_run_on_its_thread_count(tiny_weights):
+    """VOCODER_THREADS reaches each request: the net runs on that many intra-op threads, and torch's count is
+    restored after."""
+    before, seen = torch.get_num_threads(), []
+    voc = Vocoder.load(tiny_weights, "cpu", "fp32", threads=before + 1)
+    hook = voc.score_net.step_embedding.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    try:
+        voc.vocode(inputs(1, 8)[1][0], voc.schedule(voc.default_rho), seed=0)
+    finally:
+        hook.remove()
+    assert seen and set(seen) == {before + 1} and torch.get_num_threads() == before
