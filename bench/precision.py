@@ -35,18 +35,25 @@ TOLERANCE = {"stoi": 0.01, "pesq": 0.05}
 
 def vocode_clips(weights: Path, device: str, data: Path, clips: int, seconds: float) -> dict[str, np.ndarray]:
     """{"reference": (clips, samples), "fp32": ..., "bf16": ..., "seconds_fp32": ..., "seconds_bf16": ...}: the
-    recordings, both precisions' audio and their wall seconds (after one warm-up clip each)."""
+    recordings, both precisions' audio and their wall seconds, each clip in both precisions in turn (so that a
+    shared machine's load falls on both alike), after a warm-up."""
     refs = validation_clips(data, clips, seconds)
     length = min(len(c.audio) for c in refs) // 256 * 256
     out = {"reference": np.stack([c.audio[:length] for c in refs])}
-    for name in PRECISIONS:
-        voc = Vocoder.load(weights, device, name)
-        schedule = voc.schedule(voc.default_rho)
-        mels = [mel_spectrogram(c.audio[:length], voc.spec) for c in refs]
+    vocs = {name: Vocoder.load(weights, device, name) for name in PRECISIONS}
+    schedule = vocs["fp32"].schedule(vocs["fp32"].default_rho)
+    mels = [mel_spectrogram(c.audio[:length], vocs["fp32"].spec) for c in refs]
+    audio = {name: [] for name in PRECISIONS}
+    walls = dict.fromkeys(PRECISIONS, 0.0)
+    for name, voc in vocs.items():
         voc.vocode(mels[0][:, :64], schedule, seed=0)
-        start = time.perf_counter()
-        out[name] = np.stack([voc.vocode(mel, schedule, seed=i) for i, mel in enumerate(mels)])
-        out[f"seconds_{name}"] = np.array(time.perf_counter() - start)
+    for i, mel in enumerate(mels):
+        for name, voc in vocs.items():
+            start = time.perf_counter()
+            audio[name].append(voc.vocode(mel, schedule, seed=i))
+            walls[name] += time.perf_counter() - start
+    for name in PRECISIONS:
+        out[name], out[f"seconds_{name}"] = np.stack(audio[name]), np.array(walls[name])
     return out
 
 

@@ -609,7 +609,8 @@ def cpu_path_section(rows: list[dict]) -> list[str]:
         return []
     return ["## CPU paths side by side", "",
             f"Seeded DDPM at the {rows[0]['schedule']} preset ({rows[0]['steps']} steps), batch 1, real speech, "
-            f"{torch.get_num_threads()} threads, median wall time with the paths interleaved in each repetition. "
+            f"{torch.get_num_threads()} threads (OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}), "
+            "median wall time with the paths interleaved in each repetition. "
             "*Eager module*: `Vocoder` with today's `ScoreNet` (`cpu_fast=False`); *fast*: `Vocoder` on "
             "`model.score_net_cpu` (fp32 exact; bf16 GEMMs); *lmnt DiffWave*: lmnt-com's `DiffWave` with our "
             "weights in a plain DDPM loop at the same step count. GFLOP/s counts the step as it runs "
