@@ -1,25 +1,30 @@
-"""bf16 inference quality guard: STOI and PESQ of bf16 autocast against fp32 on the same held-out clips.
+"""bf16 inference quality guard: STOI and PESQ of bf16 against fp32 on the same held-out clips.
 
 Both precisions vocode each clip from its mel at the default rho with the same seed; the guard holds
-when bf16's mean STOI is within 0.01 and its mean PESQ within 0.05 of fp32's (issue 11). Where `pesq`
-is not installed (the bare GPU image: it ships as source only), PESQ is left out and `--audio-out`
-saves the clips so that `--rescore` can score them on a machine that has it.
+when bf16's mean STOI is within 0.01 and its mean PESQ within 0.05 of fp32's (issue 11). On CUDA bf16 is
+autocast; on a CPU it is `CpuScoreNet`'s bf16 GEMMs, and the run also times both precisions: `--record`
+writes the verdict and the speed-up beside the weights (`model.vocoder.CPU_BF16_RECORD`), under this CPU's
+bf16 ISA, which is what lets VOCODER_DTYPE=auto serve bf16 there. Where `pesq` is not installed (the bare GPU
+image: it ships as source only), PESQ is left out and `--audio-out` saves the clips so that `--rescore` can
+score them on a machine that has it.
 
     python -m bench.precision --device cuda --audio-out runs/precision-audio.npz
     python -m bench.precision --rescore runs/precision-audio.npz
+    python -m bench.precision --device cpu --threads 2 --weights weights/base --record
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 
 from model import metrics
 from model.audio import mel_spectrogram
-from model.vocoder import Vocoder
+from model.vocoder import CPU_BF16_RECORD, Vocoder, cpu_bf16_isa
 
 from .common import apply_threads, base_parser, fmt, header, table, validation_clips, weights_for, write_outputs
 
@@ -29,15 +34,26 @@ TOLERANCE = {"stoi": 0.01, "pesq": 0.05}
 
 
 def vocode_clips(weights: Path, device: str, data: Path, clips: int, seconds: float) -> dict[str, np.ndarray]:
-    """{"reference": (clips, samples), "fp32": ..., "bf16": ...}: the recordings and both precisions' audio."""
+    """{"reference": (clips, samples), "fp32": ..., "bf16": ..., "seconds_fp32": ..., "seconds_bf16": ...}: the
+    recordings, both precisions' audio and their wall seconds, each clip in both precisions in turn (so that a
+    shared machine's load falls on both alike), after a warm-up."""
     refs = validation_clips(data, clips, seconds)
     length = min(len(c.audio) for c in refs) // 256 * 256
     out = {"reference": np.stack([c.audio[:length] for c in refs])}
+    vocs = {name: Vocoder.load(weights, device, name) for name in PRECISIONS}
+    schedule = vocs["fp32"].schedule(vocs["fp32"].default_rho)
+    mels = [mel_spectrogram(c.audio[:length], vocs["fp32"].spec) for c in refs]
+    audio = {name: [] for name in PRECISIONS}
+    walls = dict.fromkeys(PRECISIONS, 0.0)
+    for name, voc in vocs.items():
+        voc.vocode(mels[0][:, :64], schedule, seed=0)
+    for i, mel in enumerate(mels):
+        for name, voc in vocs.items():
+            start = time.perf_counter()
+            audio[name].append(voc.vocode(mel, schedule, seed=i))
+            walls[name] += time.perf_counter() - start
     for name in PRECISIONS:
-        voc = Vocoder.load(weights, device, name)
-        schedule = voc.schedule(voc.default_rho)
-        out[name] = np.stack([voc.vocode(mel_spectrogram(c.audio[:length], voc.spec), schedule, seed=i)
-                              for i, c in enumerate(refs)])
+        out[name], out[f"seconds_{name}"] = np.stack(audio[name]), np.array(walls[name])
     return out
 
 
@@ -59,8 +75,11 @@ def score(audio: dict[str, np.ndarray]) -> dict:
                        "pesq": float(np.nanmean([metrics.pesq_wb(r, e) for r, e in pairs])) if with_pesq else None}
     diff = {k: None if means["fp32"][k] is None else abs(means["bf16"][k] - means["fp32"][k]) for k in TOLERANCE}
     held = all(d is not None and d <= TOLERANCE[k] for k, d in diff.items())
+    timed = "seconds_fp32" in audio
     return {"means": means, "abs_diff": diff, "guard_holds": held if with_pesq else None,
-            "clips": len(audio["reference"]), "seconds": audio["reference"].shape[1] / 22050}
+            "clips": len(audio["reference"]), "seconds": audio["reference"].shape[1] / 22050,
+            "wall_s": {p: float(audio[f"seconds_{p}"]) for p in PRECISIONS} if timed else None,
+            "speedup": float(audio["seconds_fp32"] / audio["seconds_bf16"]) if timed else None}
 
 
 def report(result: dict, device: str) -> str:
@@ -72,7 +91,24 @@ def report(result: dict, device: str) -> str:
         table(["Precision", "STOI", "PESQ"], [[p, m[p]["stoi"], fmt(m[p]["pesq"])] for p in PRECISIONS]
               + [["abs difference", d["stoi"], fmt(d["pesq"])],
                  ["tolerance", TOLERANCE["stoi"], TOLERANCE["pesq"]]]), "",
-        f"Guard: {verdict[result['guard_holds']]}."])
+        f"Guard: {verdict[result['guard_holds']]}."]
+        + ([f"Wall time of the {result['clips']} clips: fp32 {result['wall_s']['fp32']:.2f} s, bf16 "
+            f"{result['wall_s']['bf16']:.2f} s (bf16 {result['speedup']:.2f}x as fast)."] if result["wall_s"] else []))
+
+
+def record(weights: Path, result: dict, head: dict) -> Path:
+    """This CPU's verdict beside the weights, under its bf16 ISA (`model.vocoder.cpu_bf16_serves` reads it)."""
+    isa = cpu_bf16_isa()
+    if isa is None:
+        raise SystemExit("--record: this CPU has no bf16 ISA (amx_bf16, avx512_bf16) to record a verdict for")
+    path = weights / CPU_BF16_RECORD
+    entries = json.loads(path.read_text()) if path.exists() else {}
+    entries[isa] = {"guard_holds": result["guard_holds"], "abs_diff": result["abs_diff"],
+                    "speedup": result["speedup"], "cpu": head["hardware"]["cpu"],
+                    "threads": head["hardware"]["torch_threads"], "date": head["date"],
+                    "git_revision": head["git_revision"], "command": head["command"]}
+    path.write_text(json.dumps(entries, indent=2) + "\n")
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--audio-out", type=Path, help="save the vocoded clips (for --rescore)")
     ap.add_argument("--rescore", type=Path, help="score clips saved by --audio-out instead of vocoding")
+    ap.add_argument("--record", action="store_true",
+                    help=f"with --device cpu: write the verdict and speed-up to WEIGHTS/{CPU_BF16_RECORD}")
     args = ap.parse_args(argv)
     apply_threads(args.threads)
     args.weights = weights_for(args.weights, args.device)[0]
@@ -101,8 +139,11 @@ def main(argv: list[str] | None = None) -> int:
             args.audio_out.parent.mkdir(parents=True, exist_ok=True)
             np.savez(args.audio_out, device=np.array(device), header=np.array(json.dumps(head)), **audio)
     result = score(audio)
-    write_outputs(args.out, "precision", "bf16 quality guard", head, report(result, device) + rescored, result)
-    print(f"wrote {args.out}/precision.md", file=sys.stderr)
+    name = f"precision-cpu-{args.weights.name}" if device == "cpu" else "precision"
+    write_outputs(args.out, name, "bf16 quality guard", head, report(result, device) + rescored, result)
+    print(f"wrote {args.out}/{name}.md", file=sys.stderr)
+    if args.record and args.device == "cpu":
+        print(f"wrote {record(args.weights, result, head)}", file=sys.stderr)
     return 0 if result["guard_holds"] is not False else 1
 
 

@@ -14,6 +14,11 @@
 (g) Streaming: for real speech of several lengths at each preset, the whole request (`/v1/vocode`) against
     `/v1/vocode/stream` on the same server: the time to the first audio (the WAV header and the first 16 KiB of
     PCM at the client), the time to the last byte, and the largest difference of the two answers in 16-bit steps.
+(h) The CPU paths side by side, per net and length at batch 1, in one run: balanced synthesis through `Vocoder` with
+    today's eager module, the fast path (`model.score_net_cpu`) in fp32 and in bf16, and lmnt's `DiffWave` of the
+    same shape and step count in a plain DDPM loop; each path's GFLOP/s from the FLOPs of the step as it runs
+    (the windows with their margins, conditioner projections only where the cache is off) against the best
+    GEMM rate measured in the same run. `--cpu-paths` runs this part alone into `speed-cpu-<net>.md`.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import torch
 
 from model.audio import mel_spectrogram
 from model.checkpoint import read_config
-from model.sampling import CONDITIONING_CACHE_BYTES, ddpm, windowed_eps
+from model.sampling import CONDITIONING_CACHE_BYTES, MARGIN_FRAMES, WINDOW_FRAMES, ddpm, windowed_eps
 from model.schedules import Schedule
 from model.score_net import ScoreNet, step_embedding
 from model.vocoder import Vocoder
@@ -170,6 +175,100 @@ def step_macs(net: ScoreNet) -> int:
     (all but the mel upsampler; the conditioner projections count, as a call without the cache runs them)."""
     return sum(m.weight.numel() for name, m in net.named_modules()
                if isinstance(m, torch.nn.Conv1d) and not name.startswith("upsampler"))
+
+
+def run_flops(net: ScoreNet, frames: int, steps: int, cache_bytes: int = CONDITIONING_CACHE_BYTES,
+              window_frames: int = WINDOW_FRAMES) -> float:
+    """FLOPs of `steps` score-net calls on `frames` of mel as `sampling.windowed_eps` runs them: every window with
+    its margins; per sample and layer the dilated conv (3C x 2C) and the 1x1 projection (C x 2C), plus the
+    conditioner projection (n_mels x 2C) only at the first step or, for windows the cache does not hold, at
+    every step; the input and output layers. The mel upsampler and the step embedding are left out (<1%)."""
+    p = net.params
+    c, layers, hop = p.residual_channels, p.residual_layers, p.hop
+    margin = max(MARGIN_FRAMES, 2 + -(-net.receptive_field // hop))
+    single = frames <= window_frames + 2 * margin
+    spans = [(0, frames)] if single else [(max(0, a - margin), min(frames, a + window_frames + margin))
+                                          for a in range(0, frames, window_frames)]
+    left, total = cache_bytes, 0.0
+    for lo, hi in spans:
+        samples = (hi - lo) * hop
+        size = samples * 2 * c * layers * 4
+        projections = 1 if size <= left else steps
+        left -= size if size <= left else 0
+        total += samples * (steps * (layers * 8 * c * c + c * c + 2 * c) + projections * layers * p.n_mels * 2 * c)
+    return 2 * total
+
+
+def gemm_peak(dtype: torch.dtype, reps: int = 5) -> float:
+    """The best FLOP/s of torch.mm in `dtype` over a square GEMM and the fast path's tile shapes, in this run."""
+    best = 0.0
+    for m, k, n in ((2048, 2048, 2048), (4096, 96, 64), (4096, 192, 128)):
+        a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+        best = max(best, 2 * m * k * n / min(timed(torch.mm, a, b)[1] for _ in range(reps)))
+    return best
+
+
+@torch.inference_mode()
+def reference_synthesis(ref: torch.nn.Module, mel: torch.Tensor, schedule: Schedule, seed: int = 0) -> torch.Tensor:
+    """A plain DDPM loop over `schedule` with lmnt's DiffWave at the nearest integer steps, on its own standardised
+    mel (`reference_diffwave`): what a naive eager vocoder of the same shape and step count spends."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, mel.shape[-1] * 256, generator=g)
+    for n in reversed(range(schedule.steps)):
+        alpha, beta, sigma = float(schedule.alpha[n]), float(schedule.beta[n]), float(schedule.sigma[n])
+        eps = ref(x, mel, torch.tensor([round(float(schedule.timesteps[n]))])).squeeze(1)
+        x = (x - beta / (1 - alpha**2) ** 0.5 * eps) / (1 - beta) ** 0.5
+        if n > 0:
+            x = x + sigma * torch.randn(x.shape, generator=g)
+    return x
+
+
+#: (h) the paths timed side by side: label -> Vocoder.load keywords (None: lmnt's DiffWave).
+CPU_PATHS = {"eager module": {"dtype": "fp32", "cpu_fast": False}, "fast fp32": {"dtype": "fp32"},
+             "fast bf16": {"dtype": "bf16"}, "lmnt DiffWave": None}
+
+
+def cpu_path_rows(weights: Path, audio: np.ndarray, lengths: list[float], reps: int) -> list[dict]:
+    """(h) Balanced synthesis per path and length, the paths interleaved within each repetition (median)."""
+    vocs = {label: Vocoder.load(weights, "cpu", **kw) for label, kw in CPU_PATHS.items() if kw is not None}
+    voc = vocs["fast fp32"]
+    schedules, _ = bench_schedules(voc, DEFAULT_REFERENCE)
+    label = next((k for k in schedules if k.startswith("balanced")), next(iter(schedules)))
+    schedule, net = schedules[label], voc.score_net
+    ref = reference_diffwave(net, voc.diffusion.betas)
+    peak = {"fp32": gemm_peak(torch.float32), "bf16": gemm_peak(torch.bfloat16)}
+
+    def paths(mel: torch.Tensor) -> dict:
+        runs = {k: (lambda v=v: v.vocode(mel, schedule, seed=0)) for k, v in vocs.items()}
+        if ref is not None:
+            ref_mel = (mel[None] - net.mel_mean) / net.mel_std
+            runs["lmnt DiffWave"] = lambda: reference_synthesis(ref, ref_mel, schedule)
+        return runs
+
+    for run in paths(mel_of(voc, audio, 1.0)).values():  # warm-up: allocator, oneDNN kernels
+        run()
+    rows = []
+    for seconds in lengths:
+        mel = mel_of(voc, audio, seconds)
+        runs = paths(mel)
+        walls = {k: [] for k in runs}
+        for _ in range(reps):
+            for k, run in runs.items():
+                walls[k].append(timed(run)[1])
+        flops = run_flops(net, mel.shape[-1], schedule.steps)
+        reference = float(np.median(walls["lmnt DiffWave"])) if ref is not None else None
+        for k, w in walls.items():
+            wall = float(np.median(w))
+            rate = (flops if k != "lmnt DiffWave" else  # one pass over the whole input, projecting at every step
+                    run_flops(net, mel.shape[-1], schedule.steps, 0, mel.shape[-1])) / wall
+            rows.append({"net": net_label(voc), "path": k, "schedule": label, "steps": schedule.steps,
+                         "seconds": seconds, "wall_s": wall, "rtf": wall / seconds,
+                         "over_reference": wall / reference if reference else None, "gflops": rate / 1e9,
+                         "peak_gflops": peak["bf16" if "bf16" in k else "fp32"] / 1e9,
+                         "efficiency": rate / peak["bf16" if "bf16" in k else "fp32"]})
+        print(f"cpu paths of {net_label(voc)}, {seconds:g} s: "
+              + ", ".join(f"{k} RTF {fmt(float(np.median(w)) / seconds)}" for k, w in walls.items()), file=sys.stderr)
+    return rows
 
 
 def compile_modes(which: str, device: str) -> list[str]:
@@ -505,10 +604,48 @@ def schedule_section(sched: dict) -> list[str]:
                     str(r["hits_cached"])] for r in sched["rows"]])]
 
 
+def cpu_path_section(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    return ["## CPU paths side by side", "",
+            f"Seeded DDPM at the {rows[0]['schedule']} preset ({rows[0]['steps']} steps), batch 1, real speech, "
+            f"{torch.get_num_threads()} threads (OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}), "
+            "median wall time with the paths interleaved in each repetition. "
+            "*Eager module*: `Vocoder` with today's `ScoreNet` (`cpu_fast=False`); *fast*: `Vocoder` on "
+            "`model.score_net_cpu` (fp32 exact; bf16 GEMMs); *lmnt DiffWave*: lmnt-com's `DiffWave` with our "
+            "weights in a plain DDPM loop at the same step count. GFLOP/s counts the step as it runs "
+            "(`run_flops`; lmnt's projects the conditioner at every step); efficiency is against the best fp32 "
+            "(bf16 for the bf16 path) GEMM rate measured in the same run.", "",
+            table(["Net", "Path", "Audio s", "Wall s", "RTF", "x lmnt time", "GFLOP/s", "GEMM peak GFLOP/s",
+                   "Efficiency"],
+                  [[r["net"], r["path"], r["seconds"], r["wall_s"], r["rtf"], r["over_reference"], r["gflops"],
+                    r["peak_gflops"], f"{100 * r['efficiency']:.0f}%"] for r in rows]), ""]
+
+
+def plot_cpu_paths(rows: list[dict]):
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    nets = list(dict.fromkeys(r["net"] for r in rows))
+    fig, axes = plt.subplots(1, len(nets), figsize=(6 * len(nets), 4.5), squeeze=False)
+    for ax, net in zip(axes[0], nets):
+        for path in CPU_PATHS:
+            mine = [r for r in rows if (r["net"], r["path"]) == (net, path)]
+            if mine:
+                ax.plot([r["seconds"] for r in mine], [r["rtf"] for r in mine], "o-", label=path)
+        ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+        log_axes(ax, sorted({r["seconds"] for r in rows}))
+        ax.set(xlabel="audio seconds", ylabel="RTF (wall / audio)", title=f"{net}: balanced synthesis on the CPU")
+        ax.legend(fontsize=8)
+    return fig
+
+
 def report(net_rows, synth_rows, cached_rows, batched, load, sched, server_note: str | None, notes: list[str],
-           args) -> str:
+           args, cpu_rows: list[dict]) -> str:
     parts = network_section(net_rows) + [""] + synthesis_section(synth_rows) + [""] + cache_section(cached_rows) + [""]
-    parts += batch_section(*batched)
+    parts += batch_section(*batched) + cpu_path_section(cpu_rows)
     if server_note:
         parts += ["## Server under load", "", server_note]
     else:
@@ -584,6 +721,10 @@ def parse_args(argv: list[str] | None):
                     help="(f): auto times eager and compiled on CUDA, eager only on the CPU")
     ap.add_argument("--batches", type=int, nargs="+", help="(f) batch sizes (default 1 4 16 64 on CUDA, 1 4 on CPU)")
     ap.add_argument("--batch-seconds", type=float, default=10.0, help="(f) clip length")
+    ap.add_argument("--cpu-paths", action="store_true",
+                    help="(h) alone, into speed-cpu-<net>.md (its lengths: --lengths), with every preset's RTF on "
+                         "the fast path in fp32 and bf16 at --preset-seconds")
+    ap.add_argument("--preset-seconds", type=float, default=5.0, help="(h) with --cpu-paths: the presets' length")
     args = parse_with_quick(ap, argv, {"lengths": [1, 5], "reps": 1, "clients": [1, 4], "requests": 2,
                                        "per_client": 1, "load_seconds": 20.0, "mel_seconds": [2.0, 3.0],
                                        "batches": [1, 2], "batch_seconds": 1.0, "stream_lengths": [2.0]})
@@ -622,10 +763,14 @@ def main(argv: list[str] | None = None) -> int:
     apply_threads(args.threads)
     nets = weights_for(args.weights, args.device)
     head = header("bench.speed", nets)
+    if args.cpu_paths:
+        return cpu_paths_main(args, nets, head)
     net_rows, synth_rows, cached_rows, batched, notes = [], [], [], ([], []), []
     audio = speech(args.data, max(*args.lengths, args.batch_seconds), read_config(nets[0])["audio"]["sample_rate"])
+    cpu_rows = []
     for dev in devices(args.device):
         for weights in nets:  # the same inputs for every net
+            cpu_rows += cpu_path_rows(weights, audio, args.lengths, args.reps) if dev == "cpu" else []
             voc = Vocoder.load(weights, device=dev, dtype=args.dtype)
             schedules, more = bench_schedules(voc, args.reference_schedules)
             notes += [f"{net_label(voc)}: {n}" for n in more] if dev == "cpu" else []
@@ -640,11 +785,31 @@ def main(argv: list[str] | None = None) -> int:
     load, sched, server_note = server_part(args, nets[0])  # the server sections on the first net
     name = "speed-gpu" if args.device == "cuda" else "speed"
     write_outputs(args.out, name, f"Speed benchmark{' (GPU)' if args.device == 'cuda' else ''}", head,
-                  report(net_rows, synth_rows, cached_rows, batched, load, sched, server_note, notes, args),
+                  report(net_rows, synth_rows, cached_rows, batched, load, sched, server_note, notes, args, cpu_rows),
                   {"network": net_rows, "synthesis": synth_rows, "conditioning_cache": cached_rows,
+                   "cpu_paths": cpu_rows,
                    "batched": batched[0], "top_kernels": batched[1], "load": load,
                    "schedule_latency": sched,
                    "notes": notes}, plot, net_rows, synth_rows, load)
+    print(f"wrote {args.out}/{name}.md, {name}.json, {name}.png", file=sys.stderr)
+    return 0
+
+
+def cpu_paths_main(args, nets: list[Path], head: dict) -> int:
+    """--cpu-paths: (h) alone for each net, one report named after the nets (each a run under 10 minutes)."""
+    audio = speech(args.data, max(*args.lengths, args.preset_seconds), read_config(nets[0])["audio"]["sample_rate"])
+    rows, presets = [], []
+    for weights in nets:
+        rows += cpu_path_rows(weights, audio, args.lengths, args.reps)
+        for dtype in ("fp32", "bf16"):  # every preset on the fast path, for the choice of the CPU default
+            voc = Vocoder.load(weights, "cpu", dtype)
+            presets += [{**r, "device": f"cpu, fast {dtype}"} for r in
+                        synthesis_rows(voc, audio, bench_schedules(voc, args.reference_schedules)[0],
+                                       [args.preset_seconds])]
+    name = "speed-cpu-" + "-".join(w.resolve().name for w in nets)
+    write_outputs(args.out, name, "CPU paths side by side", head,
+                  "\n".join(cpu_path_section(rows) + synthesis_section(presets)),
+                  {"cpu_paths": rows, "presets": presets}, plot_cpu_paths, rows)
     print(f"wrote {args.out}/{name}.md, {name}.json, {name}.png", file=sys.stderr)
     return 0
 

@@ -18,6 +18,7 @@ import torch
 from .prior import EpsFn, Prior
 from .schedules import Schedule
 from .score_net import ScoreNet
+from .score_net_cpu import CpuScoreNet
 
 #: Window of the bounded-memory pass, in mel frames (~6 s of audio) and its context margin.
 WINDOW_FRAMES = 512
@@ -34,7 +35,7 @@ def _element_size(x: torch.Tensor) -> int:
     return x.element_size()
 
 
-def windowed_eps(net: ScoreNet, window_frames: int = WINDOW_FRAMES, margin_frames: int = MARGIN_FRAMES,
+def windowed_eps(net: ScoreNet | CpuScoreNet, window_frames: int = WINDOW_FRAMES, margin_frames: int = MARGIN_FRAMES,
                  cache_bytes: int = CONDITIONING_CACHE_BYTES) -> EpsFn:
     """eps_theta(x, mel, t) computed window by window; exact when margins cover the receptive field.
 

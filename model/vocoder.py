@@ -5,7 +5,10 @@ Used by the offline CLIs (`model.synth`), the benchmarks and the server alike.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from .refine import MAX_ITERATIONS, NOISE_SCALE, project, reach_frames
 from .sampling import SAMPLERS, Noise, NoiseSource, Seeds, windowed_eps
 from .schedules import Diffusion, Schedule
 from .score_net import CONFIGS, ScoreNet, ScoreNetParams
+from .score_net_cpu import CpuScoreNet
 from .streaming import FIRST_FRAMES, LARGEST_FRAMES, Stream, margin_frames
 
 #: Where the shipped nets live (`weights/base`, `weights/small`); a deployment points VOCODER_WEIGHTS_ROOT elsewhere.
@@ -33,11 +37,6 @@ WHY_DEFAULT = {"cuda": "no weights named; CUDA serves DiffWave base, the quality
                "cpu": "no weights named; a CPU-only host serves small, which runs faster than real time at the "
                       "balanced preset (base is about 10x slower on a CPU)"}
 WHY_NAMED = "named by the caller (--weights or VOCODER_WEIGHTS)"
-
-
-#: Inference precisions: "auto" is bf16 on CUDA (autocast; the noise and the sampler's arithmetic stay fp32)
-#: and fp32 elsewhere.
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -59,20 +58,101 @@ class Preset:
         return {"rho": self.rho, "refine": self.refine}
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+#: Inference precisions: "auto" is bf16 on CUDA (autocast; the noise and the sampler's arithmetic stay fp32); on a
+#: CPU it is bf16 where `cpu_bf16_serves`, else fp32.
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+#: Beside the weights, written by `python -m bench.precision --device cpu --record`: per CPU bf16 ISA
+#: (`cpu_bf16_isa`), whether the quality guard held there and how much faster bf16 was than fp32.
+CPU_BF16_RECORD = "cpu_bf16.json"
+
+
+def cpu_bf16_isa(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """"amx_bf16" or "avx512_bf16" where this CPU multiplies bf16 natively; None elsewhere (ARM, older x86)."""
+    try:
+        line = next(line for line in cpuinfo.read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return None
+    flags = set(line.split(":", 1)[1].split())
+    return next((isa for isa in ("amx_bf16", "avx512_bf16") if isa in flags), None)
+
+
+def cpu_bf16_serves(directory: Path | None, isa: str | None = None) -> bool:
+    """bf16 serves these weights on this CPU only where its ISA has bf16, the guard held on that ISA and bf16 was
+    the faster there (`CPU_BF16_RECORD`); a net whose elementwise passes outweigh its GEMMs stays fp32."""
+    isa = isa or cpu_bf16_isa()
+    if directory is None or isa is None:
+        return False
+    try:
+        entry = json.loads((Path(directory) / CPU_BF16_RECORD).read_text()).get(isa) or {}
+    except (OSError, ValueError):
+        return False
+    return entry.get("guard_holds") is True and entry.get("speedup", 0) > 1
+
+
+def resolve_dtype(dtype: str, device: torch.device, directory: Path | None = None) -> torch.dtype:
     if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        if device.type == "cuda":
+            return torch.bfloat16
+        return torch.bfloat16 if cpu_bf16_serves(directory) else torch.float32
     if dtype not in DTYPES:
         raise CheckpointError(f"dtype must be auto, fp32 or bf16, not {dtype!r}")
     return DTYPES[dtype]
 
 
 def resolve_compile(compile: str, device: torch.device) -> bool:
-    """VOCODER_COMPILE: "auto" compiles on CUDA only. On the CPU inductor needs a C compiler, which the slim image
-    lacks, and gained 2-27% here for 6-21 s more start-up (bench/results/speed.md)."""
+    """VOCODER_COMPILE: "auto" compiles on CUDA only. On the CPU the step runs as `CpuScoreNet` instead: inductor's
+    CPU backend needs a C++ compiler (g++), which the images do not install (they have gcc only), and on today's
+    module it was slower than eager here (bench/results/speed.md)."""
     if compile not in ("auto", "on", "off"):
         raise CheckpointError(f"compile must be auto, on or off, not {compile!r}")
     return device.type == "cuda" if compile == "auto" else compile == "on"
+
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def cpu_threads(cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = Path("/proc/self/cgroup")) -> int:
+    """The CPUs this process may run on: its affinity mask, capped by the cgroup v2 CPU quota (`cpu.max`) of its
+    cgroup and every parent, rounded down so that no thread waits out a throttled period. `os.cpu_count()`
+    counts the host's cores, which oversubscribes a container limited to fewer."""
+    n = len(os.sched_getaffinity(0))
+    try:
+        group = proc_cgroup.read_text().splitlines()[0].split(":", 2)[2]  # cgroup v2: "0::/path"
+    except (OSError, IndexError):
+        return n
+    path = cgroup_root / group.lstrip("/")
+    for directory in (path, *path.parents):
+        try:
+            quota, period = (directory / "cpu.max").read_text().split()
+        except (OSError, ValueError):
+            quota = "max"
+        if quota != "max":
+            n = min(n, max(1, int(quota) // int(period)))
+        if directory == cgroup_root:
+            break
+    return n
+
+
+def resolve_threads(threads: int | None) -> int:
+    """Intra-op threads per request: as given, else as many as torch is set to use but no more than `cpu_threads`."""
+    if threads is not None:
+        if threads < 1:
+            raise CheckpointError(f"threads must be at least 1, not {threads}")
+        return threads
+    return min(torch.get_num_threads(), cpu_threads())
+
+
+@contextmanager
+def intra_op_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op thread count set to `threads` for one request, and restored after it."""
+    before = torch.get_num_threads()
+    if threads != before:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if threads != before:
+            torch.set_num_threads(before)
 
 
 def default_weights(device: torch.device, root: str | Path = WEIGHTS_ROOT) -> tuple[Path, str]:
@@ -109,20 +189,31 @@ class Vocoder:
     #: torch.compile the score net's step (inductor fuses the gated activation and the residual arithmetic);
     #: one graph with a symbolic batch and length, so any request shape reuses it after the warm-up.
     compiled: bool = False
+    #: On a CPU the step runs as `CpuScoreNet`, the same function 2-3x faster; False keeps the module (the
+    #: benchmark's baseline and the tests' oracle).
+    cpu_fast: bool = True
+    #: Intra-op threads each request runs on (`resolve_threads`).
+    threads: int = 1
 
     def __post_init__(self) -> None:
-        self.step_net = torch.compile(self.score_net, dynamic=True) if self.compiled else self.score_net
+        if self.compiled:
+            self.step_net = torch.compile(self.score_net, dynamic=True)
+        elif self.device.type == "cpu" and self.cpu_fast:
+            self.step_net = CpuScoreNet(self.score_net, dtype=self.dtype)
+        else:
+            self.step_net = self.score_net
 
     @classmethod
     def load(cls, directory: str | Path | None = None, device: str = "auto", dtype: str = "auto",
-             compile: str = "off", root: str | Path = WEIGHTS_ROOT) -> "Vocoder":
+             compile: str = "off", root: str | Path = WEIGHTS_ROOT, threads: int | None = None,
+             cpu_fast: bool = True) -> "Vocoder":
         """Load a weights directory, or with none named the device's default net under `root`; a missing,
         corrupt or mismatched file raises CheckpointError."""
         dev = resolve_device(device)
         directory, why = (Path(directory), WHY_NAMED) if directory is not None else default_weights(dev, root)
         directory = directory.resolve()  # weights/default is a link to small: report the net, not the alias
         config = read_config(directory)
-        precision = resolve_dtype(dtype, dev)
+        precision = resolve_dtype(dtype, dev, directory)
         compiled = resolve_compile(compile, dev)
         try:
             score_net = ScoreNet(ScoreNetParams(**config["score_net"]))
@@ -130,7 +221,7 @@ class Vocoder:
             raise CheckpointError(f"{directory}/config.json: bad score_net section ({e})") from None
         load_module(directory / SCORE_NET, score_net)
         voc = cls(score_net.to(dev).eval(), config, dev, directory=directory, chosen_because=why, dtype=precision,
-                  compiled=compiled)
+                  compiled=compiled, cpu_fast=cpu_fast, threads=resolve_threads(threads))
         voc._load_scheduling(directory)
         return voc
 
@@ -234,7 +325,8 @@ class Vocoder:
         mel = as_mel(mel)
         single = mel.dim() == 2
         mel = (mel[None] if single else mel).to(self.device)
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+        autocast = self.dtype != torch.float32 and not isinstance(self.step_net, CpuScoreNet)
+        with intra_op_threads(self.threads), torch.autocast(self.device.type, dtype=self.dtype, enabled=autocast):
             audio = sample(windowed_eps(self.step_net), mel).float().cpu().numpy()
         return audio[0] if single else audio
 

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         vocoder = Vocoder.load(settings.weights, settings.device, settings.dtype, settings.compile,
-                               settings.weights_root)
+                               settings.weights_root, settings.threads)
     except CheckpointError as e:
         print(f"error: cannot load weights: {e}", file=sys.stderr)
         return 2

@@ -370,7 +370,7 @@ def create_app(settings: Settings | None = None, vocoder: Vocoder | None = None)
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         voc = vocoder or await asyncio.to_thread(Vocoder.load, settings.weights, settings.device, settings.dtype,
-                                                    settings.compile, settings.weights_root)
+                                                    settings.compile, settings.weights_root, settings.threads)
         engine = app.state.engine = Engine(voc, settings, metrics)
         await engine.start()
         yield

@@ -21,8 +21,11 @@ class Settings(BaseSettings):
     #: Where the shipped nets are, for that default.
     weights_root: Path = WEIGHTS_ROOT
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    #: Inference precision: auto is bf16 on CUDA (autocast), fp32 on the CPU.
+    #: Inference precision: auto is bf16 on CUDA (autocast); on a CPU bf16 only where the weights' record says the
+    #: guard held on this CPU's bf16 ISA and bf16 was faster (`model.vocoder.cpu_bf16_serves`), else fp32.
     dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    #: Intra-op threads per request; unset: the CPUs this process may use (affinity mask, cgroup v2 quota).
+    threads: int | None = Field(None, gt=0)
     #: torch.compile the score net's step (auto: on CUDA only); the compile runs in the warm-up, before /readyz.
     compile: Literal["auto", "on", "off"] = "auto"
     #: Longest mel accepted, in frames (86 frames ~ 1 s at 22050 Hz / hop 256): ~2 minutes.

@@ -12,6 +12,7 @@ import pytest
 from bench import precision, quality, refine, speed, train
 from bench import prior as prior_bench
 from bench.common import fmt, table
+from model.score_net import CONFIGS, ScoreNet
 
 
 def finite(values) -> bool:
@@ -100,6 +101,9 @@ def test_speed_quick(tiny_weights: Path, shared_data: Path, tmp_path: Path) -> N
     assert data["synthesis"] and all(finite([r["rtf"]]) and r["rtf"] > 0 for r in data["synthesis"])
     cache = data["conditioning_cache"]
     assert cache and all(r["same_audio"] and finite([r["speedup"]]) for r in cache)
+    paths = data["cpu_paths"]
+    assert [r["path"] for r in paths] == list(speed.CPU_PATHS)
+    assert all(finite([r["rtf"], r["gflops"], r["efficiency"]]) and r["efficiency"] > 0 for r in paths)
     rows = data["load"]["rows"]
     assert [(r["batching"], r["clients"]) for r in rows] == [("on", 1), ("on", 2), ("off", 1), ("off", 2)]
     for r in rows:
@@ -116,17 +120,18 @@ def test_speed_quick(tiny_weights: Path, shared_data: Path, tmp_path: Path) -> N
 
 
 def test_precision_vocodes_then_rescores(tiny_weights: Path, shared_data: Path, tmp_path: Path) -> None:
-    """bf16 guard: vocode both precisions (CPU autocast here), save the audio, and score it again from the file."""
+    """bf16 guard: vocode both precisions (the CPU fast path's bf16 here), save the audio, and score it again from the file."""
     common = ["--weights", str(tiny_weights), "--data", str(shared_data), "--threads", "1"]
     saved = tmp_path / "audio.npz"
     status = precision.main([*common, "--device", "cpu", "--clips", "1", "--seconds", "3", "--out", str(tmp_path / "a"),
                              "--audio-out", str(saved)])
-    first = json.loads((tmp_path / "a" / "precision.json").read_text())
-    assert status == (0 if first["guard_holds"] else 1)
+    name = f"precision-cpu-{tiny_weights.name}"  # a CPU run's report is named after the net, beside the GPU's
+    first = json.loads((tmp_path / "a" / f"{name}.json").read_text())
+    assert status == (0 if first["guard_holds"] else 1) and first["speedup"] > 0
     assert precision.main([*common, "--rescore", str(saved), "--out", str(tmp_path / "b")]) == status
-    again = json.loads((tmp_path / "b" / "precision.json").read_text())
+    again = json.loads((tmp_path / "b" / f"{name}.json").read_text())
     assert again["means"] == first["means"] and again["header"]["command"] == first["header"]["command"]
-    assert "Scored on" in (tmp_path / "b" / "precision.md").read_text()
+    assert "Scored on" in (tmp_path / "b" / f"{name}.md").read_text()
 
 
 def test_prior_comparison_runs_end_to_end(shared_data: Path, tmp_path: Path) -> None:
@@ -173,3 +178,15 @@ def test_quality_rejects_bad_sizes(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as e:
         quality.parse_args(argv)
     assert e.value.code == 2
+
+
+def test_run_flops_counts_the_step_as_it_runs() -> None:
+    """Cached, the conditioner projections run once per window; uncached, at every step; margins count."""
+    net = ScoreNet(CONFIGS["small"])
+    c, layers, samples, steps = 32, 12, 100 * 256, 7
+    per_step = layers * 8 * c * c + c * c + 2 * c
+    projection = layers * 80 * 2 * c
+    assert speed.run_flops(net, 100, steps) == 2 * samples * (steps * per_step + projection)
+    assert speed.run_flops(net, 100, steps, cache_bytes=0) == 2 * samples * steps * (per_step + projection)
+    windowed = speed.run_flops(net, 2000, 1, cache_bytes=0)
+    assert windowed > speed.run_flops(net, 2000, 1, cache_bytes=0, window_frames=2000)  # the margins' samples

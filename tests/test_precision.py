@@ -1,8 +1,10 @@
-"""Inference precision and compilation (VOCODER_DTYPE, VOCODER_COMPILE): bf16 autocast and the compiled step
-follow fp32 eager, and on CUDA bf16 keeps the quality guard."""
+"""Inference precision and compilation (VOCODER_DTYPE, VOCODER_COMPILE): bf16 (the CPU fast path's GEMMs, CUDA's
+autocast) and the compiled step follow fp32 eager, on CUDA bf16 keeps the quality guard, and on a CPU auto serves
+bf16 only where the guard held on its ISA."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,17 +12,39 @@ import pytest
 import torch
 
 from model.checkpoint import CheckpointError
-from model.vocoder import WEIGHTS_ROOT, Vocoder, resolve_compile, resolve_dtype
+from model.score_net_cpu import CpuScoreNet
+from model.vocoder import (CPU_BF16_RECORD, WEIGHTS_ROOT, Vocoder, cpu_bf16_isa, cpu_bf16_serves, resolve_compile,
+                           resolve_dtype)
 
 
-def test_auto_is_bf16_on_cuda_only():
+def test_auto_is_bf16_on_cuda_and_fp32_on_a_cpu_without_a_record():
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
     assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
     assert resolve_dtype("fp32", torch.device("cuda")) == torch.float32
 
 
-def test_bf16_autocast_follows_fp32(tiny_weights: Path):
+def test_cpu_bf16_needs_the_isa_the_guard_and_the_speed(tmp_path: Path):
+    """VOCODER_DTYPE=auto on a CPU: bf16 only where the record beside the weights says the guard held on this ISA
+    and bf16 was faster there; no record, another ISA, a failed guard or a slower bf16 keep fp32."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_tile amx_bf16\n")
+    assert cpu_bf16_isa(cpuinfo) == "amx_bf16"
+    cpuinfo.write_text("flags\t\t: fpu avx512f avx512_bf16\n")
+    assert cpu_bf16_isa(cpuinfo) == "avx512_bf16"
+    cpuinfo.write_text("Features\t: fp asimd\n")  # ARM
+    assert cpu_bf16_isa(cpuinfo) is None
+    assert not cpu_bf16_serves(tmp_path, "amx_bf16")  # no record
+    record = {"amx_bf16": {"guard_holds": True, "speedup": 1.4}, "avx512_bf16": {"guard_holds": True, "speedup": 0.9}}
+    (tmp_path / CPU_BF16_RECORD).write_text(json.dumps(record))
+    assert cpu_bf16_serves(tmp_path, "amx_bf16") and not cpu_bf16_serves(tmp_path, "avx512_bf16")
+    record["amx_bf16"]["guard_holds"] = False
+    (tmp_path / CPU_BF16_RECORD).write_text(json.dumps(record))
+    assert not cpu_bf16_serves(tmp_path, "amx_bf16") and not cpu_bf16_serves(None, "amx_bf16")
+
+
+def test_bf16_on_the_cpu_fast_path_follows_fp32(tiny_weights: Path):
     fp32, bf16 = Vocoder.load(tiny_weights, "cpu", "fp32"), Vocoder.load(tiny_weights, "cpu", "bf16")
+    assert isinstance(bf16.step_net, CpuScoreNet) and bf16.step_net.dtype == torch.bfloat16
     mel, schedule = fp32.reference_mel[:, :20], fp32.schedule(fp32.default_rho)
     a, b = fp32.vocode(mel, schedule, seed=0), bf16.vocode(mel, schedule, seed=0)
     assert b.dtype == np.float32 and b.shape == a.shape and not np.array_equal(a, b)  # it did run in bf16

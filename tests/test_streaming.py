@@ -113,7 +113,7 @@ def test_a_stream_under_the_energy_prior_is_the_whole_request(energy_voc):
 
 def test_a_cancelled_stream_runs_no_further_reverse_step(voc):
     calls = []
-    hook = voc.score_net.register_forward_pre_hook(lambda *_: calls.append(1))
+    hook = voc.score_net.step_embedding.register_forward_pre_hook(lambda *_: calls.append(1))
     try:
         stream = voc.stream(torch.from_numpy(mel(30)), voc.schedule(voc.presets["quality"].rho), seed=1, first=5)
         stream.render(stream.plan[0])
@@ -223,7 +223,7 @@ def test_a_client_that_leaves_mid_stream_costs_no_further_reverse_step(tiny_weig
     with serving(app) as url:
         engine = app.state.engine
         calls, regions, proceed, real = [], [], threading.Event(), engine.vocoder.vocode
-        engine.vocoder.score_net.register_forward_pre_hook(lambda *_: calls.append(1))
+        engine.vocoder.score_net.step_embedding.register_forward_pre_hook(lambda *_: calls.append(1))
 
         def held(*args, **kwargs):
             regions.append(1)
