@@ -360,6 +360,8 @@ def create_app(settings: Settings | None = None, vocoder: Vocoder | None = None)
     app.add_middleware(RequestContext, metrics=metrics)
     install_error_handlers(app)
     app.include_router(v1)
+    from .v2 import router as v2  # the Open Inference Protocol; it builds on this module's dependencies
+    app.include_router(v2)
     app.include_router(demo.router)
 
     @app.get("/healthz", response_model=Health, summary="the process is alive")
