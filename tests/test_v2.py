@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import threading
-import time
 
 import httpx
 import numpy as np
@@ -21,7 +19,7 @@ from tritonclient.utils import InferenceServerException
 from conftest import serving
 from model.audio import HOP, N_MELS, SAMPLE_RATE, pcm16
 from server import Settings, create_app
-from test_server_api import gate_vocoder
+from test_server_api import full_queue
 
 NPY = {"Content-Type": "application/x-npy"}
 
@@ -177,22 +175,11 @@ def test_queue_full_and_api_key_are_v1s(tiny_weights, monkeypatch):
         with pytest.raises(InferenceServerException):
             c.get_model_metadata(name, headers={"X-API-Key": "nope"})
 
-        engine = app.state.engine
-        entered, release = gate_vocoder(engine, monkeypatch)
         post_v1 = lambda: httpx.post(f"{base}/v1/vocode", content=npy(mel()), headers={**NPY, **key},  # noqa: E731
                                      timeout=60)
-        results = []
-        threads = [threading.Thread(target=lambda: results.append(post_v1())) for _ in range(2)]
-        threads[0].start()
-        assert entered.wait(30)
-        threads[1].start()
-        while engine.queue_depth < 1:
-            time.sleep(0.01)
-        r = post(base, name, request(), key)
-        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1 and set(r.json()) == {"error"}
-        release.set()
-        for t in threads:
-            t.join(30)
+        with full_queue(app.state.engine, monkeypatch, post_v1) as results:
+            r = post(base, name, request(), key)
+            assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1 and set(r.json()) == {"error"}
         assert [x.status_code for x in results] == [200, 200]
         tensor = triton.InferInput("mel", [1, N_MELS, 4], "FP32")
         tensor.set_data_from_numpy(mel(4)[None])
