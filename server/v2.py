@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from model.audio import pcm16
 from model.mel import MelError, validate_mel
+from model.schedules import Schedule
 
 from . import codec, formats
 from .app import disconnected, ready_engine, reject_unknown_query, require_api_key, schedule_for
@@ -119,7 +120,7 @@ class Call:
     binary: bool  # answer with the binary extension
 
 
-def parse_infer(body: bytes, header_length: str | None, n_mels: int, max_frames: int, max_batch: int) -> Call:
+def parse_infer(body: bytes, header_length: str | None, n_mels: int, max_frames: int, max_items: int) -> Call:
     """The JSON header (all of `body` without the binary extension) and the `mel` tensor, as 400s when wrong."""
     json_part, binary_part = body, b""
     if header_length is not None:
@@ -143,8 +144,8 @@ def parse_infer(body: bytes, header_length: str | None, n_mels: int, max_frames:
     shape = tensor.shape
     if len(shape) != 3 or shape[1] != n_mels or min(shape) < 1:
         raise ApiError(400, "invalid shape", f"{INPUT} is [B, {n_mels}, F] with B, F >= 1, not {shape}")
-    if shape[0] > max_batch:
-        raise ApiError(413, "batch too large", f"a batch of {shape[0]} is more than the {max_batch} jobs the queue holds")
+    if shape[0] > max_items:  # never admitted whole: each item is a job in the engine's queue
+        raise ApiError(413, "batch too large", f"a batch of {shape[0]} is more than the {max_items} jobs the queue holds")
     count = math.prod(shape)
     size = tensor.parameters.binary_data_size
     if size is not None:
@@ -173,7 +174,7 @@ def parse_infer(body: bytes, header_length: str | None, n_mels: int, max_frames:
     return Call(request, mels, binary)
 
 
-async def vocode_item(engine: Engine, mel: np.ndarray, rho: float, schedule, seed: int | None, refine: int | None,
+async def vocode_item(engine: Engine, mel: np.ndarray, rho: float, schedule: Schedule, seed: int | None, refine: int | None,
                       watcher: asyncio.Future) -> Result:
     """The one call into the engine for an item of a batch: `refine` reaches the engine here, and only here."""
     if refine:
@@ -181,7 +182,8 @@ async def vocode_item(engine: Engine, mel: np.ndarray, rho: float, schedule, see
     return await engine.vocode(mel, rho, schedule, seed, watcher)
 
 
-async def vocode_batch(engine: Engine, call: Call, rho: float, schedule, watcher: asyncio.Future) -> list[Result]:
+async def vocode_batch(engine: Engine, call: Call, rho: float, schedule: Schedule, watcher: asyncio.Future
+                       ) -> list[Result]:
     """Every item as its own engine job (unseeded items micro-batch together; seeded ones run alone, as /v1's do).
     The first refusal (429, 503) cancels the rest, which frees their queue slots, and is the answer."""
     seed, refine = call.request.parameters.seed, call.request.parameters.refine

@@ -161,7 +161,7 @@ def test_bad_bodies_get_the_protocols_error_and_the_server_goes_on(url, client, 
     assert post(url, "nope", request()).status_code == 404
 
 
-def test_queue_full_and_api_key_are_v1s(tiny_weights, monkeypatch):
+def test_queue_full_failures_and_api_key_are_v1s(tiny_weights, monkeypatch):
     settings = Settings(weights=tiny_weights, device="cpu", queue_size=1, max_batch=1, api_key="k3y")
     app = create_app(settings)
     with serving(app) as base:
@@ -183,5 +183,12 @@ def test_queue_full_and_api_key_are_v1s(tiny_weights, monkeypatch):
         assert [x.status_code for x in results] == [200, 200]
         tensor = triton.InferInput("mel", [1, N_MELS, 4], "FP32")
         tensor.set_data_from_numpy(mel(4)[None])
-        assert c.infer(name, [tensor], headers=key).as_numpy("audio").shape == (1, 4 * HOP)
+        assert c.infer(name, [tensor], headers=dict(key)).as_numpy("audio").shape == (1, 4 * HOP)  # it adds to headers
+
+        def failing(*args, **kwargs):
+            raise RuntimeError("CUDA out of memory")
+
+        monkeypatch.setattr(app.state.engine.vocoder, "vocode", failing)  # a failed batch: 503, as on /v1
+        r = post(base, name, request(), key)
+        assert r.status_code == 503 and r.headers["retry-after"] and "inference failed" in r.json()["error"]
         c.close()
