@@ -54,10 +54,12 @@ def build(args: dict[str, Any]) -> Application:
 
 def deployment_options(options: RayOptions, settings: Settings) -> dict[str, Any]:
     """Placement, backpressure and autoscaling (module docstring): one replica per `num_gpus`, at most the engine's
-    queue in flight per replica, scaled up once replicas average a full batch in flight."""
+    queue in flight per replica, scaled up once replicas average a full batch in flight; a stopping replica gets
+    the plain server's drain time (VOCODER_SHUTDOWN_TIMEOUT_S) for the requests it holds."""
     return {"ray_actor_options": {"num_gpus": options.num_gpus, "num_cpus": options.num_cpus},
             "max_ongoing_requests": settings.queue_size,
             "max_queued_requests": options.max_queued_requests,
+            "graceful_shutdown_timeout_s": settings.shutdown_timeout_s,
             "autoscaling_config": {"min_replicas": options.min_replicas, "max_replicas": options.max_replicas,
                                    "target_ongoing_requests": options.target_ongoing_requests or settings.max_batch}}
 

@@ -92,6 +92,7 @@ def test_replicas_take_what_the_engine_queue_admits_and_scale_on_full_batches():
     options = deployment_options(RayOptions(num_gpus=0), settings)
     assert options["ray_actor_options"]["num_gpus"] == 0
     assert options["max_ongoing_requests"] == 12 and options["autoscaling_config"]["target_ongoing_requests"] == 4
+    assert options["graceful_shutdown_timeout_s"] == settings.shutdown_timeout_s
     assert deployment_options(RayOptions(), settings)["ray_actor_options"]["num_gpus"] == 1  # one replica per GPU
     with pytest.raises(ValidationError, match="num_gpu"):
         build({"num_gpu": 0})  # a typo is refused, not ignored
