@@ -157,9 +157,12 @@ def parse_infer(body: bytes, header_length: str | None, n_mels: int, max_frames:
         raise ApiError(400, "invalid inputs", f"{INPUT} needs `data`, or binary_data_size with the binary extension")
     else:
         try:
-            values = np.asarray(tensor.data, np.float64).reshape(-1)
-        except (TypeError, ValueError):
-            raise ApiError(400, "invalid data", f"{INPUT}'s data is not an array of numbers") from None
+            values = np.asarray(tensor.data)
+        except ValueError:  # ragged rows
+            values = None
+        if values is None or values.dtype.kind not in "iuf":  # and strings, objects, booleans
+            raise ApiError(400, "invalid data", f"{INPUT}'s data is not an array of numbers")
+        values = values.astype(np.float64).reshape(-1)
     if values.size != count:
         raise ApiError(400, "invalid data", f"{INPUT} has {values.size} values; its shape {shape} needs {count}")
     try:

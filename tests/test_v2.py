@@ -129,6 +129,8 @@ BAD = {
     "fp16": ({"inputs": [{**request()["inputs"][0], "datatype": "FP16"}]}, None, 400, "FP32"),
     "short-data": ({"inputs": [{**request()["inputs"][0], "data": [0.0] * 5}]}, None, 400, "needs 160"),
     "strings": ({"inputs": [{**request()["inputs"][0], "data": ["a"] * 160}]}, None, 400, "numbers"),
+    "booleans": ({"inputs": [{**request()["inputs"][0], "data": [True] * 160}]}, None, 400, "numbers"),
+    "ragged": ({"inputs": [{**request()["inputs"][0], "data": [[1.0, 2.0]] * 79 + [[1.0]]}]}, None, 400, "numbers"),
     "nan": ({"inputs": [{**request()["inputs"][0], "data": [0.0] * 159 + [1e39]}]}, None, 422, "mel"),
     "huge-shape": ({"inputs": [{**request()["inputs"][0], "shape": [1, N_MELS, 10**12]}]}, None, 400, "values"),
     "unknown-parameter": (request(preset="fast"), None, 400, "preset"),
