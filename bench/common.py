@@ -218,10 +218,16 @@ class Clip:
         return len(self.audio) / self.sample_rate
 
 
+#: valid.txt's first clips: the search scored its candidates on them and the trainer's probe watches them, so a
+#: method is tuned on them (`bench.refine`) and accepted on the rest (`bench.quality --skip`).
+TUNING_CLIPS = 8
+
+
 def validation_clips(data: Path, count: int | None = None, seconds: float | None = None,
-                     sample_rate: int = 22050) -> list[Clip]:
-    """The held-out recordings (valid.txt), optionally the first `count`, each cropped to `seconds`."""
-    ids = read_id_list(data / "valid.txt")[:count]
+                     sample_rate: int = 22050, skip: int = 0) -> list[Clip]:
+    """The held-out recordings (valid.txt) after the first `skip`, optionally `count` of them, each cropped to
+    `seconds`."""
+    ids = read_id_list(data / "valid.txt")[skip:][:count]
     paths = {p.stem: p for p in list_audio(data / "wavs", ids)}
     missing = [i for i in ids if i not in paths]
     if missing:

@@ -62,9 +62,9 @@ def mel_of(voc: Vocoder, speech: np.ndarray, seconds: float | None = None) -> to
 
 def bench_schedules(voc: Vocoder, reference: Path) -> tuple[dict[str, Schedule], list[str]]:
     """label -> schedule: the rho presets, or the official BDDM schedules for weights without a schedule net."""
-    presets = sorted(voc.presets.items(), key=lambda kv: -kv[1])
+    presets = sorted(voc.presets.items(), key=lambda kv: -kv[1].rho)
     if presets:
-        return {f"{name} (ρ={rho:g})": voc.schedule(rho) for name, rho in presets}, []
+        return {f"{name} (ρ={p.rho:g})": voc.schedule(p.rho) for name, p in presets}, []
     official = {f"BDDM official {n}": Schedule.load(reference / OFFICIAL.format(n), voc.diffusion) for n in (7, 12)
                 if (reference / OFFICIAL.format(n)).exists()}
     return official, ["these weights have no rho presets: whole-synthesis RTF uses the official BDDM schedules"]
@@ -359,7 +359,7 @@ def stream_rows(url: str, voc: Vocoder, audio: np.ndarray, lengths: list[float],
 
 def new_rhos(voc: Vocoder, count: int) -> list[float]:
     """rhos no preset uses, inside the presets' range (so their schedules have typical lengths)."""
-    rhos = sorted(voc.presets.values())
+    rhos = sorted(p.rho for p in voc.presets.values())
     lo, hi = rhos[0], rhos[-1]
     picks = np.geomspace(lo, hi, count + 2)[1:-1] if hi > lo else [lo * 0.9 ** (i + 1) for i in range(count)]
     return [float(f"{r:.3g}") for r in picks if float(f"{r:.3g}") not in rhos]
@@ -611,9 +611,9 @@ def server_part(args, weights: Path) -> tuple[dict | None, dict | None, str | No
         if args.stream_lengths:
             with server(weights, dict(os.environ), Path(tmp) / "server-stream.log") as url:
                 audio = speech(args.data, max(args.stream_lengths), voc.spec.sample_rate)
-                streamed = stream_rows(url, voc, audio, args.stream_lengths, sorted(voc.presets, key=voc.presets.get,
+                streamed = stream_rows(url, voc, audio, args.stream_lengths, sorted(voc.presets, key=lambda n: voc.presets[n].rho,
                                                                                     reverse=True))
-    rho = f"{args.rho} ({voc.presets[args.rho]:g})" if args.rho in voc.presets else args.rho
+    rho = f"{args.rho} ({voc.presets[args.rho].rho:g})" if args.rho in voc.presets else args.rho
     return {"net": net_label(voc), "rho": rho, "device": device, "rows": rows, "stream": streamed}, sched, None
 
 

@@ -89,18 +89,36 @@ class MelSpec:
         return dict(self.__dict__)
 
 
+def stft(wav: torch.Tensor, spec: MelSpec = MelSpec()) -> torch.Tensor:
+    """The contract's complex STFT, (B, samples) -> (B, n_fft // 2 + 1, samples // hop): Hann n_fft, reflect-padded
+    by (n_fft - hop) / 2 on each side and not centred, so frame f covers samples [f hop - pad, f hop - pad + n_fft)."""
+    pad = (spec.n_fft - spec.hop) // 2
+    mode = "reflect" if wav.shape[-1] > pad else "constant"
+    wav = torch.nn.functional.pad(wav.unsqueeze(1), (pad, pad), mode=mode).squeeze(1)
+    window = torch.hann_window(spec.n_fft, device=wav.device, dtype=wav.dtype)
+    return torch.stft(wav, spec.n_fft, spec.hop, spec.n_fft, window, center=False, return_complex=True)
+
+
+def istft(frames: torch.Tensor, samples: int, spec: MelSpec = MelSpec()) -> torch.Tensor:
+    """The least-squares inverse of `stft` (Griffin and Lim 1984): each frame's inverse FFT windowed again,
+    overlap-added and divided by the summed squared window; (B, bins, F) -> (B, samples). `torch.istft` refuses
+    this framing, since the padded signal's first sample sees only a zero of the window."""
+    pad, n = (spec.n_fft - spec.hop) // 2, frames.shape[-1]
+    window = torch.hann_window(spec.n_fft, device=frames.device, dtype=frames.real.dtype)
+    total = (n - 1) * spec.hop + spec.n_fft
+    fold = dict(output_size=(1, total), kernel_size=(1, spec.n_fft), stride=(1, spec.hop))
+    parts = torch.fft.irfft(frames, n=spec.n_fft, dim=1) * window[:, None]
+    wav = torch.nn.functional.fold(parts, **fold)[:, 0, 0]
+    norm = torch.nn.functional.fold((window**2)[None, :, None].expand(1, -1, n), **fold)[0, 0, 0]
+    return (wav / norm.clamp(min=1e-8))[:, pad:pad + samples]
+
+
 def mel_spectrogram(wav: torch.Tensor | np.ndarray, spec: MelSpec = MelSpec()) -> torch.Tensor:
     """Log-mel of a waveform (samples,) or (batch, samples) -> (..., n_mels, samples // hop)."""
     wav = torch.as_tensor(wav, dtype=torch.float32)
     squeeze = wav.dim() == 1
-    wav = wav.reshape(-1, wav.shape[-1])
-    pad = (spec.n_fft - spec.hop) // 2
-    mode = "reflect" if wav.shape[-1] > pad else "constant"
-    wav = torch.nn.functional.pad(wav.unsqueeze(1), (pad, pad), mode=mode).squeeze(1)
-    window = torch.hann_window(spec.n_fft, device=wav.device)
-    stft = torch.stft(wav, spec.n_fft, spec.hop, spec.n_fft, window, center=False, return_complex=True)
     fb = torch.from_numpy(mel_filterbank(spec.sample_rate, spec.n_fft, spec.n_mels, spec.fmin, spec.fmax))
-    mel = torch.log(torch.clamp(fb.to(wav.device) @ stft.abs(), min=LOG_FLOOR))
+    mel = torch.log(torch.clamp(fb.to(wav.device) @ stft(wav.reshape(-1, wav.shape[-1]), spec).abs(), min=LOG_FLOOR))
     return mel[0] if squeeze else mel
 
 

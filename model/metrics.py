@@ -18,6 +18,12 @@ common length, with no dynamic time warping.
   after resampling to 16 kHz. Papers that quote "PESQ" for vocoders at 16 kHz (BDDM's 4.05 at 7 steps among
   them) mostly report *raw* narrow-band P.862 from `pypesq`; P.862.1 maps a raw score r to MOS-LQO
   0.999 + 4 / (1 + exp(-1.4945 r + 4.6607)), so raw 4.05 is about 4.20 here (`raw_to_lqo`).
+- Pitch (Praat's autocorrelation tracker through `praat-parselmouth`, 10 ms frames, 65-600 Hz): the RMS pitch
+  error in cents on frames voiced in both, the voiced/unvoiced F1 against the recording (voiced is positive),
+  and the periodicity error, the RMS difference of the tracker's per-frame pitch strength (0 where unvoiced),
+  as CARGAN's periodicity metric uses CREPE's confidence. A vocoder that whispers keeps STOI and loses F1.
+- DNSMOS P.835 (`speechmos`, its ONNX models in the wheel): a non-intrusive MOS (signal, background, overall)
+  of the output alone, at 16 kHz on 9 s windows; a shorter clip is looped to 9 s by the package itself.
 """
 
 from __future__ import annotations
@@ -103,6 +109,52 @@ def pesq_nb(ref: np.ndarray, est: np.ndarray, sr: int = SAMPLE_RATE) -> float:
 def raw_to_lqo(raw: float) -> float:
     """P.862.1: a raw narrow-band P.862 score (pypesq's) as MOS-LQO, the scale of `pesq_nb`."""
     return 0.999 + 4.0 / (1.0 + math.exp(-1.4945 * raw + 4.6607))
+
+
+#: Praat's pitch tracker settings: 10 ms frames, the pitch range of speech.
+PITCH_STEP, PITCH_FLOOR, PITCH_CEILING = 0.01, 65.0, 600.0
+
+
+def pitch_track(x: np.ndarray, sr: int = SAMPLE_RATE) -> tuple[np.ndarray, np.ndarray]:
+    """(f0 in Hz, 0 where unvoiced; pitch strength in [0, 1], 0 where unvoiced) per 10 ms frame."""
+    import parselmouth  # noqa: PLC0415  (the test extra: the bare GPU image lacks it)
+
+    pitch = parselmouth.Sound(np.asarray(x, dtype=np.float64), sr).to_pitch_ac(
+        time_step=PITCH_STEP, pitch_floor=PITCH_FLOOR, pitch_ceiling=PITCH_CEILING)
+    chosen = pitch.selected_array
+    f0 = chosen["frequency"]
+    return f0, np.where(f0 > 0, chosen["strength"], 0.0)
+
+
+def pitch_errors(ref: np.ndarray, est: np.ndarray, sr: int = SAMPLE_RATE) -> dict[str, float]:
+    """{"pitch_cents": RMS f0 error on frames voiced in both (NaN if none), "vuv_f1": voiced/unvoiced F1 against
+    `ref`, "periodicity": RMS error of the pitch strength}."""
+    (f_ref, s_ref), (f_est, s_est) = (pitch_track(x, sr) for x in _pair(ref, est))
+    n = min(len(f_ref), len(f_est))
+    f_ref, f_est, s_ref, s_est = f_ref[:n], f_est[:n], s_ref[:n], s_est[:n]
+    v_ref, v_est = f_ref > 0, f_est > 0
+    both = v_ref & v_est
+    cents = 1200 * np.log2(f_est[both] / f_ref[both])
+    hits = int(both.sum())
+    f1 = 2 * hits / (int(v_ref.sum()) + int(v_est.sum())) if v_ref.any() or v_est.any() else 1.0
+    return {"pitch_cents": float(np.sqrt(np.mean(cents**2))) if hits else math.nan, "vuv_f1": float(f1),
+            "periodicity": float(np.sqrt(np.mean((s_ref - s_est) ** 2)))}
+
+
+#: DNSMOS runs at 16 kHz.
+DNSMOS_RATE = 16000
+
+
+def dnsmos(x: np.ndarray, sr: int = SAMPLE_RATE) -> dict[str, float]:
+    """DNSMOS P.835 of `x` alone: {"dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl"} (1-5, higher is better)."""
+    from speechmos import dnsmos as model  # noqa: PLC0415  (the test extra)
+
+    x = np.asarray(x, dtype=np.float64).ravel()
+    if sr != DNSMOS_RATE:
+        g = gcd(sr, DNSMOS_RATE)
+        x = resample_poly(x, DNSMOS_RATE // g, sr // g)
+    scores = model.run(np.clip(x, -1.0, 1.0).astype(np.float32), sr=DNSMOS_RATE)
+    return {f"dnsmos_{k}": float(scores[f"{k}_mos"]) for k in ("sig", "bak", "ovrl")}
 
 
 def frame_levels_db(x: np.ndarray, frame: int = FRAME) -> np.ndarray:

@@ -2,9 +2,11 @@
 the same request vocoded whole.
 
 After N reverse steps an output sample depends on x_N and the injected noise within N receptive fields of it
-(and on the mel, which is known in full). So a chunk [start, end) of the output is exact once all N steps run on
-its region, the chunk widened by `margin_frames` on each side: what the region's edges get wrong moves inwards
-by at most one step's reach per step, and never reaches the chunk. Nothing is crossfaded.
+(and on the mel, which is known in full); each mel-consistency refinement after them (`model.refine`) reaches a
+few frames further. So a chunk [start, end) of the output is exact once all N steps and K refinements run on its
+region, the chunk widened by `margin_frames` plus `refine.reach_frames` on each side: what the region's edges get
+wrong moves inwards by at most one step's (or one refinement's) reach at a time, and never reaches the chunk.
+Nothing is crossfaded.
 
 The noise is the whole request's: the same seeded draws `sampling.ddpm` makes (x_N, then one per reverse step),
 replayed slice by slice by a `NoiseTape`, so a seeded stream equals `/v1/vocode` to float rounding (the two
@@ -24,7 +26,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .schedules import Schedule
 
 #: The first chunk, in mel frames (~1 s at 22050 Hz / hop 256), and the size later chunks double up to (~8 s).
 FIRST_FRAMES = 86
@@ -109,25 +110,47 @@ class TapeWindow:
         return noise[None].to(device)
 
 
-#: vocode(mel (n_mels, F), schedule, noise source) -> audio (F * hop,): `Vocoder.vocode` with a tape window.
-RegionVocoder = Callable[[torch.Tensor, Schedule, TapeWindow], np.ndarray]
+#: vocode(mel (n_mels, F), noise source) -> audio (F * hop,): the reverse process of one request on a region, with
+#: a tape window (`Vocoder.vocode`, no refinement).
+RegionVocoder = Callable[[torch.Tensor, TapeWindow], np.ndarray]
+#: refine(audio (F * hop,), mel (n_mels, F)) -> audio: the request's refinements on a region (`model.refine`).
+RegionRefiner = Callable[[np.ndarray, torch.Tensor], np.ndarray]
 
 
 class Stream:
-    """One request's audio as chunks (`chunk_plan`); `render` computes one, `cancel` stops the rest."""
+    """One request's audio as chunks (`chunk_plan`); `render` computes one, `cancel` stops the rest.
 
-    def __init__(self, vocode: RegionVocoder, mel: torch.Tensor, schedule: Schedule, seed: int | None, hop: int,
-                 receptive_field: int, first: int = FIRST_FRAMES, largest: int = LARGEST_FRAMES) -> None:
-        self.vocode, self.mel, self.schedule, self.hop = vocode, mel, schedule, hop
+    Two stages, each with its own margin. The reverse process (`margin` frames of reach, `draws` noise draws: one
+    per step, or one for projection alone) runs once per frame, ahead of the chunks as far as the refinements need
+    (`refine_margin` frames past each chunk), and its exact output is kept; the refinements then run on each
+    chunk widened by `refine_margin`. So a refinement's reach costs only cheap projections, never reverse steps.
+    """
+
+    def __init__(self, vocode: RegionVocoder, refine: RegionRefiner, mel: torch.Tensor, seed: int | None, hop: int,
+                 margin: int, refine_margin: int, draws: int, first: int = FIRST_FRAMES,
+                 largest: int = LARGEST_FRAMES) -> None:
+        self.vocode, self.refine, self.mel, self.hop, self.margin = vocode, refine, mel, hop, margin
         frames = mel.shape[-1]
-        self.plan = chunk_plan(frames, margin_frames(receptive_field, hop, schedule.steps), first, largest)
-        self.tape = NoiseTape(seed, frames * hop, schedule.steps)
+        self.plan = chunk_plan(frames, refine_margin, first, largest)
+        self.tape = NoiseTape(seed, frames * hop, draws)
+        self.sampled = np.empty(frames * hop, np.float32)  # the reverse process's final audio of frames [0, done)
+        self.done = 0
+
+    def _sample_to(self, end: int) -> None:
+        """Run the reverse process on frames [done, end), widened by its margin, and keep their exact audio."""
+        if end <= self.done:
+            return
+        lo, hi, hop = max(0, self.done - self.margin), min(self.mel.shape[-1], end + self.margin), self.hop
+        region = self.vocode(self.mel[:, lo:hi], self.tape.window(lo * hop, hi * hop))
+        self.sampled[self.done * hop:end * hop] = region[(self.done - lo) * hop:(end - lo) * hop]
+        self.done = end
 
     def render(self, chunk: Chunk) -> np.ndarray:
         """The final audio of output frames [chunk.start, chunk.end), (frames * hop,) float32 in [-1, 1]."""
-        region = self.vocode(self.mel[:, chunk.lo:chunk.hi], self.schedule,
-                             self.tape.window(chunk.lo * self.hop, chunk.hi * self.hop))
-        return region[(chunk.start - chunk.lo) * self.hop:(chunk.end - chunk.lo) * self.hop]
+        self._sample_to(chunk.hi)
+        hop = self.hop
+        region = self.refine(self.sampled[chunk.lo * hop:chunk.hi * hop], self.mel[:, chunk.lo:chunk.hi])
+        return region[(chunk.start - chunk.lo) * hop:(chunk.end - chunk.lo) * hop]
 
     def cancel(self) -> None:
         self.tape.cancelled.set()

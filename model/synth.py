@@ -1,11 +1,13 @@
 """Offline vocoding: a mel `.npy` in, a 16-bit WAV out.
 
     python -m model.synth MEL.npy -o OUT.wav [--rho R | --preset fast|balanced|quality | --steps-schedule S.json]
-                          [--seed S] [--weights DIR] [--device auto|cpu|cuda]
+                          [--refine K] [--seed S] [--weights DIR] [--device auto|cpu|cuda]
+    python -m model.synth MEL.npy -o OUT.wav --method projection [--refine K] [...]
     python -m model.synth MEL.npy -o OUT.wav --method ne --steps N [--family fibonacci|linear] [...]
 
 BDDM (the default method) takes its schedule from rho, a preset or a file; without one, the weights' default
-rho. Noise estimation (`--method ne`, `model.noise_estimation`) fits an N-step schedule to the utterance as it
+rho. Then K mel-consistency refinements (`model.refine`): `--refine K`, else the preset's, else the default
+preset's. `--method projection` is those K refinements of seeded noise, with no network (0 steps). Noise estimation (`--method ne`, `model.noise_estimation`) fits an N-step schedule to the utterance as it
 samples. Both sample with DDPM: on every schedule and step count of bench/results/quality.md, on both shipped
 nets, DDIM was below it beyond the 95% intervals on PESQ-WB or the noise in pauses, so it is not offered. Bad
 input (file, mel, weights, schedule or options) gets a one-line message on stderr and exit code 2.
@@ -24,9 +26,10 @@ from .audio import encode_audio
 from .checkpoint import CheckpointError
 from .mel import read_mel_file
 from .noise_estimation import DEFAULT_FAMILY, FAMILIES
+from .refine import MAX_ITERATIONS
 from .scheduling import canonical_rho
 from .schedules import Schedule
-from .vocoder import Vocoder
+from .vocoder import Vocoder, refine_iterations
 
 PRESETS = ("fast", "balanced", "quality")
 
@@ -45,7 +48,7 @@ def pick_schedule(voc: Vocoder, rho: float | None, preset: str | None, schedule_
     if preset is not None:
         if preset not in voc.presets:
             raise UsageError(f"these weights define no preset {preset!r} (have {sorted(voc.presets)})")
-        rho = voc.presets[preset]
+        rho = voc.presets[preset].rho
     if rho is None:
         rho = voc.default_rho
         if rho is None:
@@ -57,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m model.synth", description=__doc__.split("\n\n")[0])
     ap.add_argument("mel", type=Path, help="log-mel .npy, (80, frames) or (1, 80, frames), float16/32/64")
     ap.add_argument("-o", "--output", type=Path, required=True, help="output .wav (16-bit PCM)")
-    ap.add_argument("--method", choices=("bddm", "ne"), default="bddm",
-                    help="bddm: a schedule from rho, a preset or a file; ne: noise estimation in --steps steps")
+    ap.add_argument("--method", choices=("bddm", "projection", "ne"), default="bddm",
+                    help="bddm: a schedule from rho, a preset or a file; projection: --refine projections of noise, "
+                         "no network; ne: noise estimation in --steps steps")
     which = ap.add_mutually_exclusive_group()
     which.add_argument("--rho", type=float, help="BDDM noise-scheduling threshold: larger is faster, fewer steps")
     which.add_argument("--preset", choices=PRESETS)
@@ -66,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--steps", type=int, help="--method ne: the number of reverse steps")
     ap.add_argument("--family", choices=sorted(FAMILIES), default=DEFAULT_FAMILY, help="--method ne: the schedule "
                     "family fitted at each step")
+    ap.add_argument("--refine", type=int, help=f"mel-consistency refinements after sampling, 0-{MAX_ITERATIONS} "
+                                               "(default: the preset's, or the default preset's)")
     ap.add_argument("--seed", type=int, default=None, help="noise seed; the same seed gives the same audio")
     ap.add_argument("--weights", type=Path, help="weights directory (default: weights/base on CUDA, weights/small "
                                                  "on a CPU)")
@@ -76,11 +82,20 @@ def main(argv: list[str] | None = None) -> int:
                  "--rho, --preset or --steps-schedule")
     if args.method == "ne" and args.steps < 1:
         ap.error("--method ne needs --steps >= 1")
+    if args.method == "projection" and (args.rho, args.preset, args.steps_schedule) != (None, None, None):
+        ap.error("--method projection takes no schedule (no diffusion step); it takes --refine")
+    if args.refine is not None:
+        try:
+            refine_iterations(args.refine)
+        except ValueError as e:
+            ap.error(str(e))
 
     try:
         voc = Vocoder.load(args.weights, args.device)
         mel = read_mel_file(args.mel, voc.spec.n_mels)
-        schedule = None if args.method == "ne" else pick_schedule(voc, args.rho, args.preset, args.steps_schedule)
+        schedule = None if args.method != "bddm" else pick_schedule(voc, args.rho, args.preset, args.steps_schedule)
+        refine = args.refine if args.refine is not None else (
+            voc.presets[args.preset].refine if args.preset in voc.presets else voc.default_refine)
         if args.method == "ne" and voc.ne_net is None:
             raise UsageError(f"{voc.directory} has no noise-level network (ne_net.safetensors): train one with "
                              "`python -m model.train ne`")
@@ -89,10 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     start = time.perf_counter()
-    if schedule is None:
+    if args.method == "ne":
         audio = voc.vocode_ne(mel, args.steps, seed=args.seed, family=args.family)
     else:
-        audio = voc.vocode(mel, schedule, seed=args.seed)
+        audio = voc.vocode(mel, schedule, seed=args.seed, refine=refine)
     if voc.device.type == "cuda":
         torch.cuda.synchronize()
     wall = time.perf_counter() - start
@@ -102,11 +117,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot write {args.output}: {e.strerror or e}", file=sys.stderr)
         return 2
     seconds = len(audio) / voc.spec.sample_rate
-    if schedule is None:
+    if args.method == "ne":
         how = f"{args.steps} steps (noise estimation, {args.family} schedule fitted per step)"
+    elif schedule is None:
+        how = f"projection alone, {refine} refinements (0 steps)"
     else:
         rho = schedule.meta.get("rho")
-        how = f"{schedule.steps} steps ({schedule.name or 'schedule'}{f', rho={rho:g}' if rho is not None else ''})"
+        how = (f"{schedule.steps} steps ({schedule.name or 'schedule'}{f', rho={rho:g}' if rho is not None else ''}), "
+               f"{refine} refinements")
     print(f"{args.output}: {how}, {seconds:.2f} s of audio, wall {wall:.2f} s, RTF {wall / seconds:.3f} on "
           f"{voc.device.type}")
     return 0

@@ -17,10 +17,11 @@ from .checkpoint import NE_NET, SCHEDULE_NET, SCORE_NET, CheckpointError, load_m
 from .ne_net import NENet, NENetParams
 from .noise_estimation import DEFAULT_FAMILY, ne_ddpm
 from .prior import EpsFn
-from .sampling import SAMPLERS, NoiseSource, Seeds, windowed_eps
+from .refine import MAX_ITERATIONS, NOISE_SCALE, project, reach_frames
+from .sampling import SAMPLERS, Noise, NoiseSource, Seeds, windowed_eps
 from .schedules import Diffusion, Schedule
 from .score_net import CONFIGS, ScoreNet, ScoreNetParams
-from .streaming import FIRST_FRAMES, LARGEST_FRAMES, Stream
+from .streaming import FIRST_FRAMES, LARGEST_FRAMES, Stream, margin_frames
 
 #: Where the shipped nets live (`weights/base`, `weights/small`); a deployment points VOCODER_WEIGHTS_ROOT elsewhere.
 WEIGHTS_ROOT = Path(__file__).resolve().parent.parent / "weights"
@@ -37,6 +38,25 @@ WHY_NAMED = "named by the caller (--weights or VOCODER_WEIGHTS)"
 #: Inference precisions: "auto" is bf16 on CUDA (autocast; the noise and the sampler's arithmetic stay fp32)
 #: and fp32 elsewhere.
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named setting of the quality/speed knob: rho, the scheduling loop's threshold (so the diffusion steps),
+    and the mel-consistency refinements after sampling (`model.refine`)."""
+
+    rho: float
+    refine: int = 0
+
+    @classmethod
+    def from_config(cls, value: float | dict) -> "Preset":
+        """A stored preset: {"rho", "refine"}, or a bare rho (weights searched before refinement: none)."""
+        if isinstance(value, dict):
+            return cls(float(value["rho"]), int(value.get("refine", 0)))
+        return cls(float(value))
+
+    def to_dict(self) -> dict:
+        return {"rho": self.rho, "refine": self.refine}
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -154,12 +174,20 @@ class Vocoder:
         return self.config.get("search") or {}
 
     @property
-    def presets(self) -> dict[str, float]:
-        return dict(self.search.get("presets", {}))
+    def presets(self) -> dict[str, Preset]:
+        try:
+            return {name: Preset.from_config(v) for name, v in self.search.get("presets", {}).items()}
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"config.json: bad search presets ({e})") from None
 
     @property
     def default_rho(self) -> float | None:
         return self.search.get("default_rho")
+
+    @property
+    def default_refine(self) -> int:
+        """The refinements of the preset at the default rho: what a request that names no preset gets."""
+        return next((p.refine for p in self.presets.values() if p.rho == self.default_rho), 0)
 
     def schedule(self, rho: float) -> Schedule:
         """The BDDM schedule for rho: a stored one, else generated now by the schedule network."""
@@ -175,12 +203,22 @@ class Vocoder:
                                          self.search["alpha_hat_N"], self.search["beta_hat_N"], rho,
                                          self.diffusion, seed=0)
 
-    def vocode(self, mel: np.ndarray | torch.Tensor, schedule: Schedule, seed: Seeds = None,
-               sampler: str = "ddpm", noise: NoiseSource | None = None) -> np.ndarray:
-        """Log-mel (n_mels, F) or (B, n_mels, F) -> float32 audio (F * hop,) or (B, F * hop) in [-1, 1]; the noise
-        is `seed`'s unless a source of it is given (`sampling.ddpm`)."""
-        return self._sample(mel, lambda eps, m: SAMPLERS[sampler](eps, m, schedule, seed, self.spec.hop,
-                                                                   self.score_net.prior, noise))
+    def vocode(self, mel: np.ndarray | torch.Tensor, schedule: Schedule | None, seed: Seeds = None,
+               sampler: str = "ddpm", noise: NoiseSource | None = None, refine: int = 0) -> np.ndarray:
+        """Log-mel (n_mels, F) or (B, n_mels, F) -> float32 audio (F * hop,) or (B, F * hop) in [-1, 1], then
+        `refine` mel-consistency projections (`model.refine`). The noise is `seed`'s unless a source of it is given
+        (`sampling.ddpm`). No schedule is projection alone: the seeded noise, refined, with no network at all."""
+        iterations = refine_iterations(refine)
+
+        def sample(eps: EpsFn, m: torch.Tensor) -> torch.Tensor:
+            if schedule is None:
+                start = NOISE_SCALE * (noise or Noise(seed, len(m))).draw(m.shape[-1] * self.spec.hop, m.device)
+            else:
+                start = SAMPLERS[sampler](eps, m, schedule, seed, self.spec.hop, self.score_net.prior, noise)
+            with torch.autocast(m.device.type, enabled=False):  # the projection is fp32, whatever the net's precision
+                return project(start, m, self.spec, iterations)
+
+        return self._sample(mel, sample)
 
     def vocode_ne(self, mel: np.ndarray | torch.Tensor, steps: int, seed: Seeds = None,
                   family: str = DEFAULT_FAMILY) -> np.ndarray:
@@ -200,9 +238,28 @@ class Vocoder:
             audio = sample(windowed_eps(self.step_net), mel).float().cpu().numpy()
         return audio[0] if single else audio
 
-    def stream(self, mel: np.ndarray | torch.Tensor, schedule: Schedule, seed: int | None = None,
-               first: int = FIRST_FRAMES, largest: int = LARGEST_FRAMES) -> Stream:
-        """The same audio as `vocode(mel, schedule, seed)` (DDPM), as chunks of `first` frames doubling up to
-        `largest`, computed one at a time (`model.streaming`)."""
-        return Stream(lambda m, s, noise: self.vocode(m, s, noise=noise), as_mel(mel), schedule, seed, self.spec.hop,
-                      self.score_net.receptive_field, first, largest)
+    def stream(self, mel: np.ndarray | torch.Tensor, schedule: Schedule | None, seed: int | None = None,
+               refine: int = 0, first: int = FIRST_FRAMES, largest: int = LARGEST_FRAMES) -> Stream:
+        """The same audio as `vocode(mel, schedule, seed, refine=refine)` (DDPM), as chunks of `first` frames
+        doubling up to `largest`, computed one at a time (`model.streaming`). Each chunk's margin covers the reach
+        of every reverse step and every refinement."""
+        steps, iterations = 0 if schedule is None else schedule.steps, refine_iterations(refine)
+        return Stream(lambda m, noise: self.vocode(m, schedule, noise=noise), lambda a, m: self.refine(a, m, iterations),
+                      as_mel(mel), seed, self.spec.hop, margin_frames(self.score_net.receptive_field, self.spec.hop, steps),
+                      reach_frames(self.spec, iterations), max(steps, 1), first, largest)
+
+    def refine(self, audio: np.ndarray, mel: np.ndarray | torch.Tensor, iterations: int) -> np.ndarray:
+        """`iterations` mel-consistency projections (`model.refine.project`) of audio (F * hop,) or (B, F * hop)
+        onto its log-mel, on this device in fp32."""
+        mel, audio = as_mel(mel), torch.as_tensor(audio)
+        single = audio.dim() == 1
+        audio, mel = (audio[None], mel[None]) if single else (audio, mel)
+        out = project(audio.to(self.device), mel.to(self.device), self.spec, refine_iterations(iterations)).cpu().numpy()
+        return out[0] if single else out
+
+
+def refine_iterations(k: int) -> int:
+    """A refinement count as asked; outside 0..`MAX_ITERATIONS` is the caller's mistake."""
+    if not 0 <= k <= MAX_ITERATIONS:
+        raise ValueError(f"refine must be 0..{MAX_ITERATIONS}, not {k}")
+    return k

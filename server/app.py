@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.dependencies.models import Dependant
@@ -28,11 +28,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model.audio import AudioError, load_audio, mel_spectrogram
 from model.checkpoint import CheckpointError
+from model.refine import MAX_ITERATIONS
+from model.schedules import Schedule
 from model.vocoder import Vocoder
 
 from . import codec, demo, formats
 from .codec import ApiError
-from .engine import ClientGone, Engine, QueueFull, Unavailable
+from .engine import ClientGone, Engine, Plan, QueueFull, Unavailable
 from .metrics import Metrics
 from .schemas import MAX_SEED, ErrorOut, Health, ModelInfo, Preset, ScheduleList, ScheduleOut, ScheduleSummary
 from .settings import Settings
@@ -167,7 +169,7 @@ async def disconnected(request: Request) -> None:
         pass
 
 
-async def schedule_for(engine: Engine, value: float | str | None):
+async def schedule_for(engine: Engine, value: float | str | None) -> tuple[float, Schedule, bool]:
     """(canonical rho, schedule, cache hit) with the client's mistakes as 400s."""
     try:
         rho = engine.resolve_rho(value)
@@ -180,7 +182,21 @@ async def schedule_for(engine: Engine, value: float | str | None):
     return rho, schedule, hit
 
 
+async def plan_for(engine: Engine, method: str, rho: float | str | None, refine: int | None) -> tuple[Plan, bool]:
+    """(how to synthesise, schedule cache hit): rho's schedule and the refinements, or projection alone."""
+    iterations = engine.resolve_refine(rho, refine)
+    if method == "projection":
+        return Plan(None, None, iterations), False
+    rho_used, schedule, hit = await schedule_for(engine, rho)
+    return Plan(rho_used, schedule, iterations), hit
+
+
 Rho = Annotated[str | None, Query(description="threshold in (0, 1) or fast|balanced|quality; default from the weights")]
+Refine = Annotated[int | None, Query(ge=0, le=MAX_ITERATIONS, description="mel-consistency refinements after "
+                                     "sampling (model.refine); default: the preset's, or the default preset's")]
+Method = Annotated[Literal["bddm", "projection"], Query(description="bddm: the score net on rho's schedule, then "
+                                                        "`refine` projections; projection: `refine` projections of "
+                                                        "seeded noise onto the mel, no network (0 steps)")]
 Seed = Annotated[int | None, Query(ge=0, le=MAX_SEED, description="same seed, rho and device give the same bytes")]
 
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key), Depends(reject_unknown_query)], responses=ERRORS)
@@ -189,12 +205,13 @@ v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key), Depends(rej
 BINARY = {"schema": {"type": "string", "format": "binary"}}
 MEL_JSON = {"schema": {"type": "object", "required": ["mel"], "properties": {
     "mel": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}, "description": "(80, frames)"},
-    "rho": {"type": ["number", "string"]}, "seed": {"type": "integer", "minimum": 0}}}}
+    "rho": {"type": ["number", "string"]}, "seed": {"type": "integer", "minimum": 0},
+    "refine": {"type": "integer", "minimum": 0, "maximum": MAX_ITERATIONS}}}}
 
 
-async def read_mel(request: Request, engine: Engine, rho: str | None, seed: int | None):
-    """The request's mel (a .npy or JSON body, validated against the limits) and its rho and seed: the query's,
-    else the JSON body's."""
+async def read_mel(request: Request, engine: Engine, rho: str | None, seed: int | None, refine: int | None):
+    """The request's mel (a .npy or JSON body, validated against the limits) and its rho, seed and refine: the
+    query's, else the JSON body's."""
     settings: Settings = request.app.state.settings
     kind = codec.require_media_type(request, codec.NPY_TYPES | {codec.JSON_TYPE},
                                     "a .npy mel as application/x-npy, or application/json {\"mel\": [[...], ...]}")
@@ -203,15 +220,18 @@ async def read_mel(request: Request, engine: Engine, rho: str | None, seed: int 
     if kind == codec.JSON_TYPE:
         mel, parsed = codec.decode_json(body, n_mels)
         rho, seed = rho if rho is not None else parsed.rho, seed if seed is not None else parsed.seed
+        refine = refine if refine is not None else parsed.refine
     else:
         mel = codec.decode_npy(body, n_mels)
     codec.check_frames(mel, settings.max_frames)
-    return mel, rho, seed
+    return mel, rho, seed, refine
 
 
-def known_headers(engine: Engine, rho: float, steps: int, hit: bool, samples: int) -> dict[str, str]:
-    """The X-* headers a vocode answer carries before any synthesis."""
-    return {"X-Diffusion-Steps": str(steps), "X-Rho": f"{rho:g}", "X-Schedule-Cache": "hit" if hit else "miss",
+def known_headers(engine: Engine, plan: Plan, hit: bool, samples: int) -> dict[str, str]:
+    """The X-* headers a vocode answer carries before any synthesis (projection alone has no rho nor schedule)."""
+    rho = {} if plan.rho is None else {"X-Rho": f"{plan.rho:g}", "X-Schedule-Cache": "hit" if hit else "miss"}
+    return {"X-Method": "bddm" if plan.schedule is not None else "projection", "X-Diffusion-Steps": str(plan.steps),
+            **rho, "X-Refine-Iterations": str(plan.refine),
             "X-Audio-Seconds": f"{samples / engine.vocoder.spec.sample_rate:.4f}"}
 
 
@@ -223,14 +243,15 @@ def known_headers(engine: Engine, rho: float, steps: int, hit: bool, samples: in
                      "`format`, `encoding` and `sample_rate` (`server.formats`).")
 async def vocode(request: Request, engine: Annotated[Engine, Depends(ready_engine)],
                  output: Annotated[formats.Output, Depends(formats.vocode_output)], rho: Rho = None,
-                 seed: Seed = None) -> Response:
-    mel, rho, seed = await read_mel(request, engine, rho, seed)
-    rho_used, schedule, hit = await schedule_for(engine, rho)
-    request.state.log.update(frames=mel.shape[-1], rho=rho_used, steps=schedule.steps, seeded=seed is not None)
+                 seed: Seed = None, refine: Refine = None, method: Method = "bddm") -> Response:
+    mel, rho, seed, refine = await read_mel(request, engine, rho, seed, refine)
+    plan, hit = await plan_for(engine, method, rho, refine)
+    request.state.log.update(frames=mel.shape[-1], rho=plan.rho, steps=plan.steps, refine=plan.refine,
+                             seeded=seed is not None)
 
     watcher = asyncio.ensure_future(disconnected(request))
     try:
-        result = await engine.vocode(mel, rho_used, schedule, seed, watcher)
+        result = await engine.vocode(mel, plan, seed, watcher)
     except ClientGone:
         return Response(status_code=499)
     finally:
@@ -238,7 +259,7 @@ async def vocode(request: Request, engine: Annotated[Engine, Depends(ready_engin
     audio = await asyncio.to_thread(output.encode, result.audio, engine.vocoder.spec.sample_rate)
     request.state.log.update(batch=result.batch_size, synthesis_s=round(result.synthesis_seconds, 4))
     return Response(audio, media_type=output.media_type, headers={
-        **known_headers(engine, rho_used, result.steps, hit, len(result.audio)),
+        **known_headers(engine, plan, hit, len(result.audio)),
         "X-Inference-Seconds": f"{result.synthesis_seconds:.4f}",
         "X-Batch-Size": str(result.batch_size),
     })
@@ -254,14 +275,14 @@ async def vocode(request: Request, engine: Annotated[Engine, Depends(ready_engin
                      "format=flac or ogg-opus is a 400 here.")
 async def vocode_stream(request: Request, engine: Annotated[Engine, Depends(ready_engine)],
                         output: Annotated[formats.Output, Depends(formats.stream_output)], rho: Rho = None,
-                        seed: Seed = None) -> StreamingResponse:
-    mel, rho, seed = await read_mel(request, engine, rho, seed)
-    rho_used, schedule, hit = await schedule_for(engine, rho)
+                        seed: Seed = None, refine: Refine = None, method: Method = "bddm") -> StreamingResponse:
+    mel, rho, seed, refine = await read_mel(request, engine, rho, seed, refine)
+    plan, hit = await plan_for(engine, method, rho, refine)
     spec, samples = engine.vocoder.spec, mel.shape[-1] * engine.vocoder.spec.hop
     watcher = asyncio.ensure_future(disconnected(request))
-    chunks = engine.stream(mel, rho_used, schedule, seed, watcher)
-    request.state.log.update(frames=mel.shape[-1], rho=rho_used, steps=schedule.steps, seeded=seed is not None,
-                             streamed=True)
+    chunks = engine.stream(mel, plan, seed, watcher)
+    request.state.log.update(frames=mel.shape[-1], rho=plan.rho, steps=plan.steps, refine=plan.refine,
+                             seeded=seed is not None, streamed=True)
     try:  # the first chunk before the first byte: a refusal or failure is still a JSON error
         first = await anext(chunks)
     except ClientGone:
@@ -269,7 +290,7 @@ async def vocode_stream(request: Request, engine: Annotated[Engine, Depends(read
     finally:
         watcher.cancel()  # from the first byte on, the streaming response itself listens for the client leaving
     first_audio_s = time.perf_counter() - request.state.started
-    engine.metrics.time_to_first_audio.labels(preset=engine.preset_of(rho_used)).observe(first_audio_s)
+    engine.metrics.time_to_first_audio.labels(preset=engine.preset_of(plan.rho)).observe(first_audio_s)
     request.state.log.update(first_audio_s=round(first_audio_s, 4))
 
     async def body() -> AsyncIterator[bytes]:
@@ -284,7 +305,7 @@ async def vocode_stream(request: Request, engine: Annotated[Engine, Depends(read
 
     # X-Accel-Buffering: a proxy (nginx, deploy/nginx) passes each chunk on at once instead of buffering the answer
     return StreamingResponse(body(), media_type=output.media_type, headers={
-        **known_headers(engine, rho_used, schedule.steps, hit, samples), "X-Accel-Buffering": "no"})
+        **known_headers(engine, plan, hit, samples), "X-Accel-Buffering": "no"})
 
 
 @v1.post("/mel", response_class=Response, summary="audio (wav/flac) -> the .npy log-mel the vocoder expects",
@@ -319,8 +340,8 @@ async def schedules(engine: Annotated[Engine, Depends(engine_of)], rho: Rho = No
         return ScheduleOut(rho=rho_used, steps=schedule.steps, beta=schedule.beta.tolist(),
                            alpha=schedule.alpha.tolist(), cached=hit)
     names: dict[float, list[str]] = {}
-    for name, value in engine.vocoder.presets.items():
-        names.setdefault(engine.resolve_rho(value), []).append(name)
+    for name, preset in engine.vocoder.presets.items():
+        names.setdefault(engine.resolve_rho(preset.rho), []).append(name)
     entries = sorted(engine.cache.entries().items())
     return ScheduleList(capacity=engine.settings.schedule_cache_size, schedules=[
         ScheduleSummary(rho=r, steps=s.steps, presets=sorted(names.get(r, []))) for r, s in entries])
@@ -330,14 +351,16 @@ async def schedules(engine: Annotated[Engine, Depends(engine_of)], rho: Rho = No
 async def model_info(engine: Annotated[Engine, Depends(engine_of)]) -> ModelInfo:
     voc, spec = engine.vocoder, engine.vocoder.spec
     presets = {}
-    for name, value in voc.presets.items():
-        schedule = engine.cache.pinned.get(engine.resolve_rho(value))
-        presets[name] = Preset(rho=engine.resolve_rho(value), steps=schedule.steps if schedule else None)
+    for name, preset in voc.presets.items():
+        schedule = engine.cache.pinned.get(engine.resolve_rho(preset.rho))
+        presets[name] = Preset(rho=engine.resolve_rho(preset.rho), steps=schedule.steps if schedule else None,
+                               refine=preset.refine)
     return ModelInfo(weights=engine.weights_id, net=voc.net, chosen_because=voc.chosen_because, device=str(voc.device), dtype=str(voc.dtype).removeprefix("torch."),
                      compiled=voc.compiled, warm_up_seconds=engine.warm_up_seconds,
                      sample_rate=spec.sample_rate, hop=spec.hop,
                      n_mels=spec.n_mels, n_fft=spec.n_fft, fmin=spec.fmin, fmax=spec.fmax,
-                     default_rho=voc.default_rho, presets=presets, max_frames=engine.settings.max_frames)
+                     default_rho=voc.default_rho, default_refine=voc.default_refine, max_refine=MAX_ITERATIONS,
+                     presets=presets, max_frames=engine.settings.max_frames)
 
 
 def create_app(settings: Settings | None = None, vocoder: Vocoder | None = None) -> FastAPI:

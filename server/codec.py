@@ -95,7 +95,7 @@ def decode_json(body: bytes, n_mels: int) -> tuple[np.ndarray, VocodeBody]:
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
-        if first["loc"] and first["loc"][0] in ("rho", "seed"):  # a bad knob, as in the query: 400
+        if first["loc"] and first["loc"][0] in ("rho", "seed", "refine"):  # a bad knob, as in the query: 400
             raise ApiError(400, f"invalid {first['loc'][0]}", f"{where}: {first['msg']}") from None
         raise ApiError(422, "invalid JSON body", f"{where}: {first['msg']}") from None
     try:

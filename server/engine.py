@@ -1,8 +1,8 @@
 """The inference engine: a schedule cache and one worker that micro-batches vocode jobs off the event loop.
 
 Requests enqueue a `Job` (bounded: a full queue is the client's 429) and await its future. One worker
-task takes the oldest job, waits up to `batch_wait_ms` for companions with the same schedule, and runs
-the batch on a single inference thread. Mels of different lengths are padded with silence and trimmed
+task takes the oldest job, waits up to `batch_wait_ms` for companions with the same schedule and the same
+refinements, and runs the batch on a single inference thread. Mels of different lengths are padded with silence and trimmed
 back. A job with an explicit seed runs alone: its noise is drawn from its own seed whatever the batch,
 but CPU kernels sum in a batch-size dependent order (~1e-7, enough to flip a 16-bit sample), and the
 promise is that the same seed, rho and device give the same bytes, however busy the server is.
@@ -28,7 +28,7 @@ from model.checkpoint import CONFIG, SCHEDULE_NET, SCORE_NET
 from model.scheduling import canonical_rho
 from model.schedules import Schedule
 from model.streaming import Chunk, Stream, StreamCancelled
-from model.vocoder import Vocoder
+from model.vocoder import Vocoder, refine_iterations
 
 from .metrics import Metrics
 from .settings import Settings
@@ -64,11 +64,24 @@ class Result:
     batch_size: int
 
 
+@dataclass(frozen=True)
+class Plan:
+    """How one request is synthesised: rho's schedule (None: projection alone, no diffusion step) and the
+    mel-consistency refinements after it (`model.refine`)."""
+
+    rho: float | None
+    schedule: Schedule | None
+    refine: int
+
+    @property
+    def steps(self) -> int:
+        return 0 if self.schedule is None else self.schedule.steps
+
+
 @dataclass(eq=False)
 class Job:
     mel: np.ndarray
-    rho: float
-    schedule: Schedule
+    plan: Plan
     seed: int | None
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
@@ -81,8 +94,11 @@ class Job:
         return self.mel.shape[-1]
 
     def fits(self, batch: list[Job]) -> bool:
-        """Unseeded jobs with the same schedule batch together, whatever their lengths (module docstring)."""
-        return (self.rho == batch[0].rho and all(j.seed is None and j.stream is None for j in [self, *batch]))
+        """Unseeded jobs with the same schedule and refinements batch together, whatever their lengths (module
+        docstring)."""
+        first = batch[0].plan
+        return ((self.plan.rho, self.plan.steps, self.plan.refine) == (first.rho, first.steps, first.refine)
+                and all(j.seed is None and j.stream is None for j in [self, *batch]))
 
 
 class ScheduleCache:
@@ -170,7 +186,8 @@ class Engine:
         VOCODER_COMPILE says so); only then report ready, with the time it took (`warm_up_seconds`)."""
         start = time.perf_counter()
         try:
-            rhos = {*self.vocoder.presets.values(), *([self.vocoder.default_rho] if self.vocoder.default_rho else [])}
+            presets = self.vocoder.presets.values()
+            rhos = {*(p.rho for p in presets), *([self.vocoder.default_rho] if self.vocoder.default_rho else [])}
             for rho in sorted(rhos):
                 await self.cache.pin(canonical_rho(rho))
             if rhos:
@@ -180,7 +197,8 @@ class Engine:
                 # compiles both graphs every later request shape reuses
                 for batch, frames in ((1, WARMUP_FRAMES), (2, WARMUP_FRAMES + 1)):
                     mel = np.full((self.vocoder.spec.n_mels, frames), math.log(LOG_FLOOR), np.float32)
-                    jobs = [Job(mel, rho, self.cache.pinned[rho], i, loop.create_future()) for i in range(batch)]
+                    plan = Plan(rho, self.cache.pinned[rho], max((p.refine for p in presets), default=0))
+                    jobs = [Job(mel, plan, i, loop.create_future()) for i in range(batch)]
                     await loop.run_in_executor(self._executor, self._synthesize, jobs)
             self.warm_up_seconds = time.perf_counter() - start
             self.ready = True
@@ -216,28 +234,38 @@ class Engine:
                 raise ValueError("these weights have no default rho; pass rho")
             value = self.vocoder.default_rho
         elif isinstance(value, str) and value in presets:
-            value = presets[value]
+            value = presets[value].rho
         try:
             return canonical_rho(float(value))
         except (TypeError, ValueError):
             names = "|".join(sorted(presets)) or "no presets"
             raise ValueError(f"rho must be a number in (0, 1) or a preset ({names}), got {value!r}") from None
 
-    def preset_of(self, rho: float) -> str:
-        """The preset a canonical rho is, else "custom" (a metrics label)."""
-        return next((name for name, value in self.vocoder.presets.items() if canonical_rho(value) == rho), "custom")
+    def resolve_refine(self, rho: float | str | None, refine: int | None) -> int:
+        """The refinements a request gets: its own `refine`, else its preset's, else (no rho, or a numeric one)
+        the default preset's."""
+        if refine is not None:
+            return refine_iterations(refine)
+        preset = self.vocoder.presets.get(rho) if isinstance(rho, str) else None
+        return preset.refine if preset is not None else self.vocoder.default_refine
+
+    def preset_of(self, rho: float | None) -> str:
+        """The preset a canonical rho is, else "custom" (a metrics label); "projection" for projection alone."""
+        if rho is None:
+            return "projection"
+        return next((name for name, p in self.vocoder.presets.items() if canonical_rho(p.rho) == rho), "custom")
 
     @property
     def queue_depth(self) -> int:
         return len(self._jobs)
 
-    async def vocode(self, mel: np.ndarray, rho: float, schedule: Schedule, seed: int | None,
+    async def vocode(self, mel: np.ndarray, plan: Plan, seed: int | None,
                      disconnected: asyncio.Future | None = None) -> Result:
         """Queue one mel and wait for its audio; a disconnect or timeout drops the job if it has not run."""
-        job = self._submit(Job(mel, rho, schedule, seed, asyncio.get_running_loop().create_future()))
+        job = self._submit(Job(mel, plan, seed, asyncio.get_running_loop().create_future()))
         return await self._wait(job, disconnected)
 
-    async def stream(self, mel: np.ndarray, rho: float, schedule: Schedule, seed: int | None,
+    async def stream(self, mel: np.ndarray, plan: Plan, seed: int | None,
                      disconnected: asyncio.Future | None = None) -> AsyncIterator[Result]:
         """The audio of `vocode(...)` (seeded: the same samples), chunk by chunk as each is final (`model.streaming`).
 
@@ -246,11 +274,12 @@ class Engine:
         consumer stops (its client went away) the stream is cancelled: its queued chunk is dropped, and the
         running one stops before its next reverse step.
         """
-        stream, loop, finished = self.vocoder.stream(mel, schedule, seed), asyncio.get_running_loop(), False
+        stream = self.vocoder.stream(mel, plan.schedule, seed, plan.refine)
+        loop, finished = asyncio.get_running_loop(), False
         self._streams += 1
         try:
             for i, chunk in enumerate(stream.plan):
-                job = Job(mel, rho, schedule, seed, loop.create_future(), stream=stream, chunk=chunk)
+                job = Job(mel, plan, seed, loop.create_future(), stream=stream, chunk=chunk)
                 yield await self._wait(self._submit(job, admit=i == 0), disconnected if i == 0 else None)
             finished = True
         except (asyncio.CancelledError, GeneratorExit, ClientGone):
@@ -356,7 +385,7 @@ class Engine:
         finally:
             self._busy = False
         self._last_batch_seconds = seconds
-        steps = batch[0].schedule.steps
+        steps = batch[0].plan.steps
         self.metrics.synthesis_duration.labels(steps=str(steps)).observe(seconds)
         for job, wav in zip(batch, audio):
             self.metrics.real_time_factor.observe(seconds / (len(wav) / self.vocoder.spec.sample_rate))
@@ -380,7 +409,8 @@ class Engine:
             mel[i, :, :job.frames] = job.mel
         start = time.perf_counter()
         with torch.inference_mode():
-            audio = self.vocoder.vocode(mel, batch[0].schedule, seed=[j.seed for j in batch])
+            plan = batch[0].plan
+            audio = self.vocoder.vocode(mel, plan.schedule, seed=[j.seed for j in batch], refine=plan.refine)
         if self.vocoder.device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start

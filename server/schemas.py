@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from model.refine import MAX_ITERATIONS
+
 MAX_SEED = 2**63 - 1
 
 
@@ -15,6 +17,7 @@ class VocodeBody(BaseModel):
     mel: list[list[float]] = Field(description="log-mel, n_mels rows of `frames` values")
     rho: float | str | None = Field(None, description="BDDM threshold in (0, 1) or a preset name")
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    refine: int | None = Field(None, ge=0, le=MAX_ITERATIONS, description="mel-consistency refinements after sampling")
 
 
 class ErrorOut(BaseModel):
@@ -49,6 +52,7 @@ class ScheduleList(BaseModel):
 class Preset(BaseModel):
     rho: float
     steps: int | None = Field(description="diffusion steps; null until the schedule is generated at start-up")
+    refine: int = Field(description="mel-consistency refinements after sampling (model.refine)")
 
 
 class ModelInfo(BaseModel):
@@ -68,5 +72,7 @@ class ModelInfo(BaseModel):
     fmin: float
     fmax: float
     default_rho: float | None
+    default_refine: int = Field(description="the refinements of a request that names no preset nor refine")
+    max_refine: int = Field(description="the most refinements a request may ask for")
     presets: dict[str, Preset]
     max_frames: int

@@ -24,12 +24,11 @@ from pydantic import ValidationError
 
 from model.audio import pcm16
 from model.mel import MelError, validate_mel
-from model.schedules import Schedule
 
 from . import codec, formats
-from .app import disconnected, ready_engine, reject_unknown_query, require_api_key, schedule_for
+from .app import disconnected, plan_for, ready_engine, reject_unknown_query, require_api_key
 from .codec import ApiError
-from .engine import ClientGone, Engine, Result
+from .engine import ClientGone, Engine, Plan, Result
 from .schemas import MAX_SEED
 from .v2_schemas import (InferOutput, InferParameters, InferRequest, InferResponse, ModelMetadata, ServerMetadata,
                          TensorMetadata, V2Error)
@@ -177,23 +176,14 @@ def parse_infer(body: bytes, header_length: str | None, n_mels: int, max_frames:
     return Call(request, mels, binary)
 
 
-async def vocode_item(engine: Engine, mel: np.ndarray, rho: float, schedule: Schedule, seed: int | None, refine: int | None,
-                      watcher: asyncio.Future) -> Result:
-    """The one call into the engine for an item of a batch: `refine` reaches the engine here, and only here."""
-    if refine:
-        raise ApiError(400, "invalid refine", "this server's engine has no mel-consistency refinement yet")
-    return await engine.vocode(mel, rho, schedule, seed, watcher)
-
-
-async def vocode_batch(engine: Engine, call: Call, rho: float, schedule: Schedule, watcher: asyncio.Future
-                       ) -> list[Result]:
+async def vocode_batch(engine: Engine, call: Call, plan: Plan, watcher: asyncio.Future) -> list[Result]:
     """Every item as its own engine job (unseeded items micro-batch together; seeded ones run alone, as /v1's do).
     The first refusal (429, 503) cancels the rest, which frees their queue slots, and is the answer."""
-    seed, refine = call.request.parameters.seed, call.request.parameters.refine
+    seed = call.request.parameters.seed
     try:
         async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(vocode_item(engine, mel, rho, schedule, None if seed is None else seed + b,
-                                                   refine, watcher)) for b, mel in enumerate(call.mels)]
+            tasks = [group.create_task(engine.vocode(mel, plan, None if seed is None else seed + b, watcher))
+                     for b, mel in enumerate(call.mels)]
     except BaseExceptionGroup as e:
         raise e.exceptions[0] from None
     return [t.result() for t in tasks]
@@ -253,16 +243,19 @@ async def infer(request: Request, engine: Annotated[Engine, Depends(served_engin
     params: InferParameters = call.request.parameters
     native = engine.vocoder.spec.sample_rate
     rate = formats.check_rate(params.sample_rate) or native
-    rho, schedule, hit = await schedule_for(engine, params.rho)
-    request.state.log.update(frames=call.mels.shape[-1], batch_items=len(call.mels), rho=rho, steps=schedule.steps,
-                             seeded=params.seed is not None)
+    plan, hit = await plan_for(engine, params.method, params.rho, params.refine)
+    request.state.log.update(frames=call.mels.shape[-1], batch_items=len(call.mels), rho=plan.rho, steps=plan.steps,
+                             refine=plan.refine, seeded=params.seed is not None)
     watcher = asyncio.ensure_future(disconnected(request))
     try:
-        results = await vocode_batch(engine, call, rho, schedule, watcher)
+        results = await vocode_batch(engine, call, plan, watcher)
     except ClientGone:
         return Response(status_code=499)
     finally:
         watcher.cancel()
     audio = await asyncio.to_thread(audio_tensor, results, native, rate, params.audio_datatype)
-    return infer_response(name, call, audio, {"rho": rho, "steps": schedule.steps, "sample_rate": rate,
-                                              "schedule_cache": "hit" if hit else "miss"})
+    # as /v1's headers say: projection alone has no rho nor schedule
+    diffusion = {} if plan.rho is None else {"rho": plan.rho, "schedule_cache": "hit" if hit else "miss"}
+    return infer_response(name, call, audio, {"method": "bddm" if plan.schedule is not None else "projection",
+                                              **diffusion, "steps": plan.steps, "refine": plan.refine,
+                                              "sample_rate": rate})

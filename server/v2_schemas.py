@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from model.refine import MAX_ITERATIONS
+
 from .schemas import MAX_SEED
 
 
@@ -42,7 +44,9 @@ class InferParameters(BaseModel):
 
     rho: float | str | None = Field(None, description="threshold in (0, 1) or fast|balanced|quality")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="item b of the batch uses seed + b")
-    refine: int | None = Field(None, ge=0, description="mel-consistency refinement iterations (the quality preset's)")
+    refine: int | None = Field(None, ge=0, le=MAX_ITERATIONS, description="mel-consistency refinements after "
+                               "sampling, as /v1's refine; default: the preset's, or the default preset's")
+    method: Literal["bddm", "projection"] = Field("bddm", description="as /v1's method")
     sample_rate: int | None = Field(None, description="output rate, as /v1/vocode's sample_rate")
     audio_datatype: Literal["FP32", "INT16"] = Field("FP32", description="INT16: quantised as /v1's pcm16")
     binary_data_output: bool = Field(False, description="every output as binary data (Triton's extension)")
@@ -97,5 +101,6 @@ class InferOutput(BaseModel):
 class InferResponse(BaseModel):
     model_name: str
     id: str | None = None
-    parameters: dict[str, float | int | str] = Field(description="rho, steps, schedule_cache, sample_rate")
+    parameters: dict[str, float | int | str] = Field(description="method, rho and schedule_cache (not for "
+                                                               "projection alone), steps, refine, sample_rate")
     outputs: list[InferOutput]

@@ -76,13 +76,23 @@ def test_upload_two_rhos_and_hear_both(url: str, browser, tmp_path: Path):
         newest = page.locator("#results .result").first
         rho, steps = newest.get_attribute("data-rho"), int(newest.get_attribute("data-steps"))
         assert steps == preview == httpx.get(f"{url}/v1/schedules", params={"rho": rho}).json()["steps"]
+        fast = httpx.get(f"{url}/v1/model").json()["presets"]["fast"]
+        assert int(newest.get_attribute("data-refine")) == fast["refine"]  # the preset's, kept for the slider
+
+    page.fill("#refine", "3")
+    page.dispatch_event("#refine", "change")
+    page.click("#projection")
+    page.wait_for_function("document.querySelectorAll('#results .result').length === 3")
+    newest = page.locator("#results .result").first
+    assert (newest.get_attribute("data-steps"), newest.get_attribute("data-refine")) == ("0", "3")
+    assert "projection alone" in newest.text_content()
 
     page.wait_for_function("[...document.querySelectorAll('#results audio')].every(a => a.duration > 0)")
     durations = page.eval_on_selector_all("#results audio", "els => els.map(a => a.duration)")
-    assert durations == pytest.approx([frames * HOP / SAMPLE_RATE] * 2, abs=1e-3)
+    assert durations == pytest.approx([frames * HOP / SAMPLE_RATE] * 3, abs=1e-3)
     page.wait_for_function(f"[...document.querySelectorAll('canvas.out')].every(c => c.width === {frames})")
     rhos = page.eval_on_selector_all("#results .result", "els => els.map(e => e.dataset.rho)")
-    assert len(set(rhos)) == 2
+    assert len(set(rhos)) == 3  # two rhos, and none for projection alone
     assert page.text_content("#error") == ""
     assert not errors, errors
     page.screenshot(path=os.environ.get("AUDITION_SCREENSHOT") or str(tmp_path / "audition.png"), full_page=True)

@@ -17,7 +17,8 @@ from model import mel as mel_cli
 from model import synth
 from model.audio import HOP, SAMPLE_RATE, load_audio
 from model.checkpoint import CONFIG
-from model.mel import MelError, parse_mel_npy
+from model.mel import MelError, parse_mel_npy, read_mel_file
+from model.vocoder import Vocoder
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMES = 12
@@ -90,6 +91,26 @@ def test_synth_schedule_options_and_seeded_determinism(capsys, tiny_weights, mel
         assert name == "rho" or out.count("7 steps") == 1
     np.testing.assert_array_equal(audio["a"], audio["b"])
     assert not np.array_equal(audio["a"], audio["c"])
+
+
+def test_synth_refines_as_the_preset_says_or_as_asked_and_projects_with_no_net(capsys, tiny_weights, mel_file,
+                                                                              tmp_path):
+    voc = Vocoder.load(tiny_weights, "cpu")
+    mel = read_mel_file(mel_file, voc.spec.n_mels)
+    fast = voc.presets["fast"]
+    runs = {"preset": (["--preset", "fast"], voc.schedule(fast.rho), fast.refine, f"{fast.refine} refinements"),
+            "asked": (["--preset", "fast", "--refine", "3"], voc.schedule(fast.rho), 3, "3 refinements"),
+            "projection": (["--method", "projection", "--refine", "5"], None, 5, "projection alone, 5 refinements")}
+    for name, (options, schedule, refine, says) in runs.items():
+        rc, out, err = synth_main(capsys, str(mel_file), "-o", str(tmp_path / f"{name}.wav"),
+                                  "--weights", str(tiny_weights), "--device", "cpu", "--seed", "2", *options)
+        assert rc == 0 and says in out, err
+        expected = voc.vocode(mel, schedule, seed=2, refine=refine)
+        assert np.abs(sf.read(tmp_path / f"{name}.wav", dtype="float32")[0] - expected).max() <= 1 / 32768 + 1e-6
+    for options in (["--refine", "-1"], ["--refine", "100000"], ["--method", "projection", "--preset", "fast"]):
+        with pytest.raises(SystemExit) as e:
+            synth.main([str(mel_file), "-o", str(tmp_path / "x.wav"), "--weights", str(tiny_weights), *options])
+        assert e.value.code == 2
 
 
 BAD_MELS = {

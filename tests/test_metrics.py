@@ -8,7 +8,8 @@ import pytest
 from scipy import stats
 
 from model.audio import SAMPLE_RATE, load_audio
-from model.metrics import evaluate, ls_mse, mcd, mean_ci95, noise_floor, pesq_nb, pesq_wb, raw_to_lqo, stoi
+from model.metrics import (dnsmos, evaluate, ls_mse, mcd, mean_ci95, noise_floor, pesq_nb, pesq_wb, pitch_errors,
+                           pitch_track, raw_to_lqo, stoi)
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +86,32 @@ def test_mean_ci95_is_the_student_t_interval():
     assert mean_ci95(values + [math.nan]) == (mean, half)
     assert mean_ci95([2.0])[0] == 2.0 and math.isnan(mean_ci95([2.0])[1])
     assert all(math.isnan(v) for v in mean_ci95([]))
+
+
+def harmonic_tone(f0: float, seconds: float = 1.0) -> np.ndarray:
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    return 0.3 * sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 8))
+
+
+@pytest.mark.parametrize("f0", [110.0, 220.0])
+def test_a_harmonic_tone_is_voiced_at_its_pitch_and_white_noise_is_not(f0):
+    tone = harmonic_tone(f0)
+    pitch, strength = pitch_track(tone)
+    assert (pitch > 0).mean() > 0.9 and abs(np.median(pitch[pitch > 0]) - f0) < 1.0
+    assert strength[pitch > 0].min() > 0.5
+    noise = np.random.default_rng(0).normal(0, 0.1, len(tone))
+    assert (pitch_track(noise)[0] > 0).mean() < 0.05
+    a_semitone_up = harmonic_tone(f0 * 2 ** (1 / 12))
+    errors = pitch_errors(tone, a_semitone_up)
+    assert errors["pitch_cents"] == pytest.approx(100, abs=5) and errors["vuv_f1"] > 0.95
+    whispered = pitch_errors(tone, noise)
+    assert whispered["vuv_f1"] < 0.1 and whispered["periodicity"] > 0.5
+    assert pitch_errors(tone, tone) == {"pitch_cents": 0.0, "vuv_f1": 1.0, "periodicity": 0.0}
+
+
+def test_dnsmos_ranks_a_clean_clip_above_it_with_white_noise_at_0_db(speech):
+    clean = speech  # 3 s: the package loops it to its 9 s window
+    noisy = clean + np.random.default_rng(1).normal(0, np.sqrt(np.mean(clean**2)), len(clean))
+    a, b = dnsmos(clean), dnsmos(noisy)
+    assert set(a) == {"dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl"}
+    assert a["dnsmos_ovrl"] > b["dnsmos_ovrl"] + 0.5 and a["dnsmos_bak"] > b["dnsmos_bak"] + 1.0

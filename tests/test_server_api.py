@@ -279,7 +279,8 @@ def test_unknown_query_parameters_are_named_on_every_v1_route(client):
     r = client.post("/v1/vocode", content=npy(mel()), headers=NPY, params={"preset": "fast"})
     assert r.status_code == 400 and r.json()["error"] == "unknown query parameter"
     takes = r.json()["detail"].split("it takes ")[1].split(", ")
-    assert "'preset'" in r.json()["detail"] and {"encoding", "format", "rho", "sample_rate", "seed"} <= set(takes)
+    assert "'preset'" in r.json()["detail"]
+    assert {"encoding", "format", "method", "refine", "rho", "sample_rate", "seed"} <= set(takes)
     for method, path, params in (("GET", "/v1/model", {"verbose": "1"}), ("GET", "/v1/schedules", {"rho": "fast",
                                  "steps": "3"}), ("POST", "/v1/mel", {"rho": "fast"})):
         r = client.request(method, path, params=params)

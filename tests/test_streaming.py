@@ -90,11 +90,13 @@ def test_the_tape_replays_the_samplers_draws_by_slice(seed):
 
 @pytest.mark.parametrize("frames, first, largest", [(5, 86, 688), (86, 86, 688), (50, 4, 8), (37, 3, 64)],
                          ids=["shorter-than-a-chunk", "one-chunk", "many-chunks", "uneven"])
-@pytest.mark.parametrize("preset", ["fast", "quality"])
-def test_a_stream_is_the_whole_request_to_one_lsb_and_repeats_exactly(voc, frames, first, largest, preset):
-    m, schedule = torch.from_numpy(mel(frames)), voc.schedule(voc.presets[preset])
-    whole = voc.vocode(m, schedule, seed=7)
-    streams = [voc.stream(m, schedule, seed=7, first=first, largest=largest) for _ in range(2)]
+@pytest.mark.parametrize("preset, refine", [("fast", 0), ("quality", 0), ("fast", 3), (None, 4)],
+                         ids=["fast", "quality", "fast-refined", "projection-alone"])
+def test_a_stream_is_the_whole_request_to_one_lsb_and_repeats_exactly(voc, frames, first, largest, preset, refine):
+    m = torch.from_numpy(mel(frames))
+    schedule = None if preset is None else voc.schedule(voc.presets[preset].rho)
+    whole = voc.vocode(m, schedule, seed=7, refine=refine)
+    streams = [voc.stream(m, schedule, seed=7, refine=refine, first=first, largest=largest) for _ in range(2)]
     parts = [np.concatenate([s.render(c) for c in s.plan]) for s in streams]
     assert parts[0].shape == whole.shape and np.array_equal(parts[0], parts[1])
     assert np.abs(parts[0] - whole).max() < 1e-5
@@ -102,17 +104,18 @@ def test_a_stream_is_the_whole_request_to_one_lsb_and_repeats_exactly(voc, frame
 
 
 def test_a_stream_under_the_energy_prior_is_the_whole_request(energy_voc):
-    m, schedule = torch.from_numpy(mel(40)), energy_voc.schedule(energy_voc.presets["quality"])
-    stream = energy_voc.stream(m, schedule, seed=3, first=5, largest=10)
+    m, schedule = torch.from_numpy(mel(40)), energy_voc.schedule(energy_voc.presets["quality"].rho)
+    stream = energy_voc.stream(m, schedule, seed=3, refine=2, first=5, largest=10)
     streamed = np.concatenate([stream.render(c) for c in stream.plan])
-    assert np.abs(int16(streamed).astype(int) - int16(energy_voc.vocode(m, schedule, seed=3))).max() <= 1
+    whole = energy_voc.vocode(m, schedule, seed=3, refine=2)
+    assert np.abs(int16(streamed).astype(int) - int16(whole)).max() <= 1
 
 
 def test_a_cancelled_stream_runs_no_further_reverse_step(voc):
     calls = []
     hook = voc.score_net.register_forward_pre_hook(lambda *_: calls.append(1))
     try:
-        stream = voc.stream(torch.from_numpy(mel(30)), voc.schedule(voc.presets["quality"]), seed=1, first=5)
+        stream = voc.stream(torch.from_numpy(mel(30)), voc.schedule(voc.presets["quality"].rho), seed=1, first=5)
         stream.render(stream.plan[0])
         done = len(calls)
         stream.cancel()
@@ -135,13 +138,13 @@ def client(tiny_weights):
 
 
 def test_the_stream_route_answers_the_same_wav_as_vocode(client):
-    body = npy(mel(300))  # three chunks: 86, 172 and 42 frames
-    whole = client.post("/v1/vocode", content=body, headers=NPY, params={"seed": 5, "rho": "quality"})
-    streamed = [client.post("/v1/vocode/stream", content=body, headers=NPY, params={"seed": 5, "rho": "quality"})
-                for _ in range(2)]
+    body, params = npy(mel(300)), {"seed": 5, "rho": "quality", "refine": 3}  # three chunks: 86, 172 and 42 frames
+    whole = client.post("/v1/vocode", content=body, headers=NPY, params=params)
+    streamed = [client.post("/v1/vocode/stream", content=body, headers=NPY, params=params) for _ in range(2)]
     r = streamed[0]
     assert r.status_code == 200 and r.headers["content-type"] == "audio/wav"
-    for h in ("x-diffusion-steps", "x-rho", "x-audio-seconds", "x-schedule-cache"):
+    assert r.headers["x-refine-iterations"] == "3"
+    for h in ("x-diffusion-steps", "x-rho", "x-audio-seconds", "x-schedule-cache", "x-refine-iterations", "x-method"):
         assert r.headers[h] == whole.headers[h], h
     assert re.fullmatch(r"[0-9a-f]{32}", r.headers["x-request-id"])
     assert r.headers["x-accel-buffering"] == "no"  # a proxy in front passes each chunk on at once
@@ -159,10 +162,14 @@ def test_the_stream_route_answers_the_same_wav_as_vocode(client):
     ({"preset": "fast"}, npy(mel(8)), 400),
     ({"rho": "turbo"}, npy(mel(8)), 400),
     ({"seed": "-1"}, npy(mel(8)), 400),
+    ({"refine": "-1"}, npy(mel(8)), 400),
+    ({"refine": "100000"}, npy(mel(8)), 400),
+    ({"method": "griffin-lim"}, npy(mel(8)), 400),
     ({}, npy(mel(8).astype(object)), 422),
     ({}, npy(np.full((N_MELS, 8), np.nan, np.float32)), 422),
     ({}, npy(mel(20_000)), 413),
-], ids=["flac", "unknown-parameter", "bad-rho", "bad-seed", "object-array", "nan", "too-long"])
+], ids=["flac", "unknown-parameter", "bad-rho", "bad-seed", "negative-refine", "too-many-refinements", "bad-method",
+        "object-array", "nan", "too-long"])
 def test_bad_input_on_the_stream_route_is_a_json_error_before_any_audio(client, params, body, status):
     r = client.post("/v1/vocode/stream", content=body, headers=NPY, params=params)
     assert r.status_code == status and r.headers["content-type"] == "application/json", r.text

@@ -100,6 +100,18 @@ def test_a_batch_of_two_is_seed_and_seed_plus_one(url, client, name):
     assert unseeded.shape == (2, 10 * HOP) and np.isfinite(unseeded).all() and np.abs(unseeded).max() <= 1
 
 
+def test_refine_and_method_are_v1s(url, client, name):
+    m = mel(10, seed=6)
+    tensor = triton.InferInput("mel", [1, N_MELS, 10], "FP32")
+    tensor.set_data_from_numpy(m[None])
+    for params in ({"rho": "fast", "refine": 2}, {"method": "projection", "refine": 3}):
+        result = client.infer(name, [tensor], parameters={**params, "seed": 2, "audio_datatype": "INT16"})
+        assert np.array_equal(result.as_numpy("audio")[0], v1(url, m, seed=2, **params))
+        answered = result.get_response()["parameters"]
+        assert answered["refine"] == params["refine"] and answered["method"] == params.get("method", "bddm")
+        assert ("rho" in answered) == ("rho" in params)  # projection alone has no rho, as /v1's X-Rho says
+
+
 def test_sample_rate_is_v1s(url, client, name):
     m = mel(9, seed=2)
     audio = infer(client, name, m[None], True, rho="fast", seed=1, sample_rate=16000, audio_datatype="INT16")
@@ -137,6 +149,8 @@ BAD = {
     "bad-rho": (request(rho="fastest"), None, 400, "rho"),
     "bad-rate": (request(sample_rate=11025), None, 400, "8000, 16000, 22050, 24000, 44100, 48000"),
     "bad-datatype": (request(audio_datatype="FP64"), None, 400, "INT16"),
+    "refine-too-many": (request(refine=10**6), None, 400, "refine"),
+    "bad-method": (request(method="ddim"), None, 400, "projection"),
     "seed-overflow": (request((2, N_MELS, 2), seed=2**63 - 1), None, 400, "seed"),
     "batch-over-queue": (request((33, N_MELS, 2)), None, 413, "batch"),
     "bad-output": ({**request(), "outputs": [{"name": "wave"}]}, None, 400, "'audio'"),
