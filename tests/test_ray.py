@@ -63,6 +63,8 @@ def plain_url(tiny_weights):
 def vocode(url: str, route: str = "/v1/vocode", frames: int = 30, **params) -> bytes:
     with httpx.stream("POST", url + route, params=params, content=npy(frames), headers=NPY, timeout=120) as r:
         assert r.status_code == 200, r.read()
+        if route.endswith("/stream"):  # chunked through Ray's proxy too, not buffered into one answer
+            assert r.headers["transfer-encoding"] == "chunked" and "content-length" not in r.headers
         return b"".join(r.iter_bytes())
 
 
