@@ -48,6 +48,24 @@ ENTRYPOINT ["python", "-m", "model.train"]
 CMD ["--help"]
 
 
+# Ray: the project with its `ray` extra (ray[serve], pinned to the RayService's rayVersion), for KubeRay's head and
+# workers (deploy/ray/rayservice.yaml): `docker build --target ray -t bddm-vocoder-ray .`. KubeRay starts Ray in it;
+# the Serve application (deploy/ray/serve.yaml) runs `server.ray_app:build`.
+FROM base AS ray
+WORKDIR /opt/bddm-vocoder
+COPY pyproject.toml ./
+COPY model/ model/
+COPY server/ server/
+COPY bench/ bench/
+# Pinned after all: the `ray` extra in pyproject.toml is ray[serve]==VERSION.
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir ".[ray]" \
+    && rm -rf /opt/bddm-vocoder
+WORKDIR /app
+ENV VOCODER_WEIGHTS_ROOT=/app/weights
+USER 10001:10001
+
+
 # Server: one process, one model, one GPU. Scale by containers (Kubernetes pods with nvidia.com/gpu: 1;
 # compose replicas behind the proxy), never by uvicorn workers, which would each load a model.
 FROM base AS server

@@ -59,6 +59,8 @@ PROJECTIONS = (32, 128, 512)
 REFINED = "BDDM ours + refine (DDPM)"
 #: The net column of the rows that use none.
 NO_NET = "none (no net)"
+#: Projection alone's iterations on the degraded mels.
+DEGRADED_PROJECTION = 128
 #: Mels that look like an acoustic model's: ln-mel -> ln-mel (`--conditions`).
 LEVEL_DB = 3.0
 
@@ -150,14 +152,19 @@ def our_methods(voc: Vocoder, quick: bool) -> tuple[list[Method], list[str]]:
     return out, notes
 
 
+LIBROSA = Method("librosa mel_to_audio, 32 GLA", "librosa", "none", 0, "none",
+                 lambda voc, mel, seed: librosa_mel_to_audio(mel))
+
+
+def projection_alone(k: int) -> Method:
+    return Method(f"projection alone, {k}", "projection alone", "none", 0, f"projection-{k}",
+                  lambda voc, mel, seed: voc.vocode(mel, None, seed=seed, refine=k))
+
+
 def refine_methods(voc: Vocoder, quick: bool) -> tuple[list[Method], list[Method]]:
     """(baselines, refined): librosa and projection alone at each of `PROJECTIONS`; each preset with its
     refinements (the path the server serves for that preset)."""
-    baselines = [Method("librosa mel_to_audio, 32 GLA", "librosa", "none", 0, "none",
-                        lambda voc, mel, seed: librosa_mel_to_audio(mel))]
-    baselines += [Method(f"projection alone, {k}", "projection alone", "none", 0, f"projection-{k}",
-                         lambda voc, mel, seed, k=k: voc.vocode(mel, None, seed=seed, refine=k))
-                  for k in ((PROJECTIONS[0],) if quick else PROJECTIONS)]
+    baselines = [LIBROSA, *(projection_alone(k) for k in ((PROJECTIONS[0],) if quick else PROJECTIONS))]
     refined = []
     for name, preset in sorted(voc.presets.items(), key=lambda kv: -kv[1].rho):
         if preset.refine:
@@ -395,8 +402,7 @@ def main(argv: list[str] | None = None) -> int:
             these = mels if degrade is None else [degrade(m) for m in mels]
             served = methods if degrade is None else [m for m in methods if m.family == REFINED and m.schedule ==
                                                        voc.schedule(voc.default_rho).name]  # the default preset
-            shown = baselines if degrade is None else [b for b in baselines if b.steps == 0 and b.schedule in
-                                                       ("none", f"projection-{PROJECTIONS[1]}")]
+            shown = baselines if degrade is None else [LIBROSA, projection_alone(DEGRADED_PROJECTION)]
             if index == 0:  # the baselines need no net: once, on the first net's clips
                 results += [{**run_logged(voc, m, clips, these, args.seed, args.dnsmos, condition), "net": NO_NET}
                             for m in shown]

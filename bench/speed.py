@@ -136,16 +136,26 @@ def network_rows(voc: Vocoder, audio: np.ndarray, lengths: list[float], reps: in
     return rows
 
 
+def preset_refine(voc: Vocoder, schedule: Schedule) -> int:
+    """The refinements of the preset whose schedule this is (0 for a schedule no preset serves)."""
+    return next((p.refine for p in voc.presets.values() if voc.schedule(p.rho) is schedule), 0)
+
+
 def synthesis_rows(voc: Vocoder, audio: np.ndarray, schedules: dict[str, Schedule], lengths: list[float]) -> list[dict]:
-    """Whole synthesis (DDPM, seeded) RTF per schedule and audio length."""
+    """Whole synthesis (DDPM, seeded) RTF per schedule and audio length, as a preset serves it: the reverse process,
+    then the preset's refinements (`model.refine`), each timed, so refinement's share of the time shows."""
     rows = []
     for seconds in lengths:
         mel = mel_of(voc, audio, seconds)
         for label, schedule in schedules.items():
-            voc.vocode(mel[:, :16], schedule, seed=0)  # warm-up
-            _, wall = timed(voc.vocode, mel, schedule, seed=0)
+            k = preset_refine(voc, schedule)
+            voc.refine(voc.vocode(mel[:, :16], schedule, seed=0), mel[:, :16], k)  # warm-up
+            sampled, net_s = timed(voc.vocode, mel, schedule, seed=0)
+            _, refine_s = timed(voc.refine, sampled, mel, k)
+            wall = net_s + refine_s
             rows.append({"net": net_label(voc), "device": device_label(voc.device), "schedule": label,
-                         "steps": schedule.steps, "seconds": seconds, "wall_s": wall, "rtf": wall / seconds})
+                         "steps": schedule.steps, "refine": k, "seconds": seconds, "wall_s": wall, "rtf": wall / seconds,
+                         "refine_s": refine_s, "refine_share": refine_s / wall})
     return rows
 
 
@@ -447,7 +457,8 @@ def stream_rows(url: str, voc: Vocoder, audio: np.ndarray, lengths: list[float],
                             first_s = time.perf_counter() - t0
                 total_s = time.perf_counter() - t0
                 a, b = (np.frombuffer(x[44:], np.int16).astype(int) for x in (bytes(received), whole.content))
-                rows.append({"preset": preset, "steps": int(whole.headers["x-diffusion-steps"]), "seconds": seconds,
+                rows.append({"preset": preset, "steps": int(whole.headers["x-diffusion-steps"]),
+                             "refine": int(whole.headers["x-refine-iterations"]), "seconds": seconds,
                              "whole_s": whole_s, "first_audio_s": first_s, "stream_total_s": total_s,
                              "first_over_whole": first_s / whole_s,
                              "max_lsb": int(np.abs(a - b).max()) if a.shape == b.shape else None})
@@ -521,12 +532,18 @@ def ms(seconds: float | None) -> float | None:
 def synthesis_section(rows: list[dict]) -> list[str]:
     lengths = sorted({r["seconds"] for r in rows})
     keys = list(dict.fromkeys((r["net"], r["device"], r["schedule"], r["steps"]) for r in rows))
-    rtf = {(r["net"], r["device"], r["schedule"], r["seconds"]): r["rtf"] for r in rows}
+    by = {(r["net"], r["device"], r["schedule"], r["seconds"]): r for r in rows}
+
+    def cell(r: dict) -> str:
+        return f"{fmt(r['rtf'])} ({100 * r.get('refine_share', 0):.0f}%)"
+
     return ["## Whole synthesis", "",
-            "Real-time factor = wall seconds / audio seconds for one seeded DDPM synthesis of real speech "
-            "(lower is faster; below 1 is faster than real time).", "",
-            table(["Net", "Device", "Schedule", "Steps", *(f"RTF {s:g} s" for s in lengths)],
-                  [[net, d, s, n, *(rtf[(net, d, s, L)] for L in lengths)] for net, d, s, n in keys])]
+            "Real-time factor = wall seconds / audio seconds for one seeded DDPM synthesis of real speech, then the "
+            "preset's mel-consistency refinements, as the server serves the preset (lower is faster; below 1 is "
+            "faster than real time). In brackets: the refinements' share of that time.", "",
+            table(["Net", "Device", "Schedule", "Steps", "Refinements", *(f"RTF {s:g} s" for s in lengths)],
+                  [[net, d, s, n, by[(net, d, s, lengths[0])].get("refine", 0),
+                    *(cell(by[(net, d, s, L)]) for L in lengths)] for net, d, s, n in keys])]
 
 
 def cache_section(rows: list[dict]) -> list[str]:
@@ -588,9 +605,10 @@ def stream_section(load: dict) -> list[str]:
             "first as a whole request (`/v1/vocode`, wall time to the last byte), then streamed "
             "(`/v1/vocode/stream`): *first audio* is the WAV header and the first 16 KiB of PCM at the client. "
             "Max difference = the largest |streamed - whole| sample, in 16-bit steps.", "",
-            table(["Audio s", "Preset", "Steps", "Whole request s", "First audio s", "Stream total s",
+            table(["Audio s", "Preset", "Steps", "Refinements", "Whole request s", "First audio s", "Stream total s",
                    "First audio / whole", "Max difference (LSB)"],
-                  [[r["seconds"], r["preset"], r["steps"], r["whole_s"], r["first_audio_s"], r["stream_total_s"],
+                  [[r["seconds"], r["preset"], r["steps"], r.get("refine", 0), r["whole_s"], r["first_audio_s"],
+                    r["stream_total_s"],
                     f"{100 * r['first_over_whole']:.1f}%", r["max_lsb"]] for r in rows]), ""]
 
 

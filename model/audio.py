@@ -9,6 +9,7 @@ frames and the vocoder returns exactly frames * 256 samples.
 from __future__ import annotations
 
 import io
+import math
 import struct
 from dataclasses import dataclass
 from functools import lru_cache
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import soxr
 import torch
 from scipy.signal import resample_poly
 
@@ -33,6 +35,9 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif")
 MIN_RATE, MAX_RATE = 1000, 768000
 #: Largest denominator of the resampling ratio (an approximation below 1e-7 for odd rates; exact for 8-192 kHz).
 RATIO_TERMS = 4096
+#: Output containers and sample encodings (`encode_audio`): libsndfile's (format, subtype) for each.
+CONTAINERS = {"wav": "WAV", "flac": "FLAC", "ogg-opus": "OGG"}
+ENCODINGS = {"pcm16": "PCM_16", "mulaw": "ULAW"}
 
 
 class AudioError(ValueError):
@@ -146,27 +151,70 @@ def load_audio(source: str | Path | bytes, sample_rate: int = SAMPLE_RATE, resam
     return _to_mono_at(data, sr, sample_rate, resample)
 
 
-def encode_audio(wav: np.ndarray, sample_rate: int = SAMPLE_RATE, fmt: str = "wav") -> bytes:
-    """16-bit PCM WAV or FLAC bytes of a float waveform in [-1, 1]."""
+def encode_audio(wav: np.ndarray, sample_rate: int = SAMPLE_RATE, fmt: str = "wav", encoding: str = "pcm16") -> bytes:
+    """WAV (16-bit PCM or mu-law), FLAC (16-bit) or Ogg Opus bytes of a float waveform in [-1, 1]."""
     buf = io.BytesIO()
-    sf.write(buf, np.clip(wav, -1.0, 1.0), sample_rate, format=fmt.upper(), subtype="PCM_16")
+    subtype = "OPUS" if fmt == "ogg-opus" else ENCODINGS[encoding]
+    sf.write(buf, np.clip(wav, -1.0, 1.0), sample_rate, format=CONTAINERS[fmt], subtype=subtype)
+    return buf.getvalue()
+
+
+def raw_samples(wav: np.ndarray, encoding: str = "pcm16") -> bytes:
+    """Headerless samples of a float waveform (16-bit PCM or 8-bit mu-law), quantised exactly as `encode_audio`
+    does (libsndfile), so a stream of them is the whole file's data."""
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(wav, -1.0, 1.0), SAMPLE_RATE, format="RAW", subtype=ENCODINGS[encoding])
     return buf.getvalue()
 
 
 def pcm16(wav: np.ndarray) -> bytes:
     """Headerless 16-bit PCM of a float waveform, quantised exactly as `encode_audio` does (libsndfile)."""
-    buf = io.BytesIO()
-    sf.write(buf, np.clip(wav, -1.0, 1.0), SAMPLE_RATE, format="RAW", subtype="PCM_16")
-    return buf.getvalue()
+    return raw_samples(wav, "pcm16")
 
 
-def wav_header(samples: int, sample_rate: int = SAMPLE_RATE) -> bytes:
-    """The 44-byte header of a mono 16-bit PCM WAV of `samples` samples, the same `encode_audio` writes, for a
-    stream that sends it before the audio exists."""
-    data = 2 * samples
-    return (b"RIFF" + struct.pack("<I", 36 + data) + b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate,
-                                                                                 2 * sample_rate, 2, 16)
-            + b"data" + struct.pack("<I", data))
+def wav_header(samples: int, sample_rate: int = SAMPLE_RATE, encoding: str = "pcm16") -> bytes:
+    """The header libsndfile writes for a mono WAV of `samples` samples, for a stream that sends it before the
+    audio exists: 44 bytes for 16-bit PCM; 58 for mu-law, whose `fmt ` chunk is 18 bytes and which carries a `fact`
+    chunk (the sample count). An odd-length mu-law data chunk is followed by one pad byte (`wav_padding`), which
+    the RIFF size counts."""
+    if encoding == "pcm16":
+        data = 2 * samples
+        return (b"RIFF" + struct.pack("<I", 36 + data) + b"WAVEfmt "
+                + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, 2 * sample_rate, 2, 16) + b"data" + struct.pack("<I", data))
+    if encoding != "mulaw":
+        raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}, not {encoding!r}")
+    return (b"RIFF" + struct.pack("<I", 50 + samples + len(wav_padding(samples, encoding))) + b"WAVEfmt "
+            + struct.pack("<IHHIIHHH", 18, 7, 1, sample_rate, sample_rate, 1, 8, 0) + b"fact" + struct.pack("<II", 4, samples)
+            + b"data" + struct.pack("<I", samples))
+
+
+def wav_padding(samples: int, encoding: str = "pcm16") -> bytes:
+    """The pad byte RIFF puts after an odd-length data chunk (a mu-law WAV of an odd sample count)."""
+    return b"\0" if encoding == "mulaw" and samples % 2 else b""
+
+
+def resampled_length(samples: int, from_rate: int, to_rate: int) -> int:
+    """Samples of `samples` resampled by `Resampler`: the nearest integer (halves up) to samples * to / from."""
+    return math.floor(Fraction(samples * to_rate, from_rate) + Fraction(1, 2))
+
+
+class Resampler:
+    """A waveform resampled piece by piece (soxr's high-quality filter, which keeps its state between pieces): the
+    pieces fed in order give exactly the samples of the whole waveform resampled at once, so a stream of chunks
+    has no seams and equals the whole answer."""
+
+    def __init__(self, from_rate: int, to_rate: int) -> None:
+        self.stream = None if from_rate == to_rate else soxr.ResampleStream(from_rate, to_rate, 1, dtype="float32")
+
+    def feed(self, wav: np.ndarray, last: bool = False) -> np.ndarray:
+        """The output samples that `wav` completes (`last`: and the filter's tail)."""
+        wav = np.ascontiguousarray(wav, dtype=np.float32)
+        return wav if self.stream is None else self.stream.resample_chunk(wav, last=last)
+
+
+def resample(wav: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """A whole float waveform at another rate (`Resampler` in one piece), `resampled_length` samples long."""
+    return Resampler(from_rate, to_rate).feed(wav, last=True)
 
 
 def list_audio(directory: str | Path, ids: list[str] | None = None) -> list[Path]:

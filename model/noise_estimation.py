@@ -50,7 +50,7 @@ def fibonacci_family(theta: float, n: int, diffusion: Diffusion) -> np.ndarray:
 FAMILIES: dict[str, Callable[[float, int, Diffusion], np.ndarray]] = {"linear": linear_family,
                                                                        "fibonacci": fibonacci_family}
 #: The family `model.synth --method ne` uses unless told: the one that measured better over both shipped nets
-#: (bench/results/quality.md, 6 held-out clips): linear won 7 of the 12 (net, steps, STOI or PESQ-WB) cells and
+#: (bench/results/quality-methods.md, 6 held-out clips): linear won 7 of the 12 (net, steps, STOI or PESQ-WB) cells and
 #: left far less noise on `small` (6.4 dB over the recordings' floor at 7 steps, against 14.0); on `base`,
 #: fibonacci was better at 7 and 12 steps (STOI 0.774 / 0.819 against 0.760 / 0.786).
 DEFAULT_FAMILY = "linear"

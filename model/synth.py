@@ -8,7 +8,7 @@
 BDDM (the default method) takes its schedule from rho, a preset or a file; without one, the weights' default
 rho. Then K mel-consistency refinements (`model.refine`): `--refine K`, else the preset's, else the default
 preset's. `--method projection` is those K refinements of seeded noise, with no network (0 steps). Noise estimation (`--method ne`, `model.noise_estimation`) fits an N-step schedule to the utterance as it
-samples. Both sample with DDPM: on every schedule and step count of bench/results/quality.md, on both shipped
+samples. Both sample with DDPM: on every schedule and step count of bench/results/quality-methods.md, on both shipped
 nets, DDIM was below it beyond the 95% intervals on PESQ-WB or the noise in pauses, so it is not offered. Bad
 input (file, mel, weights, schedule or options) gets a one-line message on stderr and exit code 2.
 """

@@ -26,13 +26,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from model.audio import AudioError, encode_audio, load_audio, mel_spectrogram, pcm16, wav_header
+from model.audio import AudioError, load_audio, mel_spectrogram
 from model.checkpoint import CheckpointError
 from model.refine import MAX_ITERATIONS
 from model.schedules import Schedule
 from model.vocoder import Vocoder
 
-from . import codec, demo
+from . import codec, demo, formats
 from .codec import ApiError
 from .engine import ClientGone, Engine, Plan, QueueFull, Unavailable
 from .metrics import Metrics
@@ -198,7 +198,6 @@ Method = Annotated[Literal["bddm", "projection"], Query(description="bddm: the s
                                                         "`refine` projections; projection: `refine` projections of "
                                                         "seeded noise onto the mel, no network (0 steps)")]
 Seed = Annotated[int | None, Query(ge=0, le=MAX_SEED, description="same seed, rho and device give the same bytes")]
-Format = Annotated[Literal["wav", "flac"], Query(description="audio container, 16-bit PCM")]
 
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key), Depends(reject_unknown_query)], responses=ERRORS)
 
@@ -237,12 +236,14 @@ def known_headers(engine: Engine, plan: Plan, hit: bool, samples: int) -> dict[s
 
 
 @v1.post("/vocode", response_class=Response, summary="mel (.npy or JSON) -> audio",
-         responses={200: {"content": {"audio/wav": {}, "audio/flac": {}}}},
+         responses={200: {"content": {"audio/wav": {}, "audio/flac": {}, "audio/ogg": {}}}},
          openapi_extra={"requestBody": {"required": True, "content": {
              "application/octet-stream": BINARY, "application/json": MEL_JSON}}},  # and application/x-npy
-         description="Body: a .npy mel as application/x-npy or application/octet-stream, or JSON.")
-async def vocode(request: Request, engine: Annotated[Engine, Depends(ready_engine)], rho: Rho = None,
-                 seed: Seed = None, refine: Refine = None, method: Method = "bddm", format: Format = "wav") -> Response:
+         description="Body: a .npy mel as application/x-npy or application/octet-stream, or JSON. The audio: "
+                     "`format`, `encoding` and `sample_rate` (`server.formats`).")
+async def vocode(request: Request, engine: Annotated[Engine, Depends(ready_engine)],
+                 output: Annotated[formats.Output, Depends(formats.vocode_output)], rho: Rho = None,
+                 seed: Seed = None, refine: Refine = None, method: Method = "bddm") -> Response:
     mel, rho, seed, refine = await read_mel(request, engine, rho, seed, refine)
     plan, hit = await plan_for(engine, method, rho, refine)
     request.state.log.update(frames=mel.shape[-1], rho=plan.rho, steps=plan.steps, refine=plan.refine,
@@ -255,9 +256,9 @@ async def vocode(request: Request, engine: Annotated[Engine, Depends(ready_engin
         return Response(status_code=499)
     finally:
         watcher.cancel()
-    audio = await asyncio.to_thread(encode_audio, result.audio, engine.vocoder.spec.sample_rate, format)
+    audio = await asyncio.to_thread(output.encode, result.audio, engine.vocoder.spec.sample_rate)
     request.state.log.update(batch=result.batch_size, synthesis_s=round(result.synthesis_seconds, 4))
-    return Response(audio, media_type=codec.AUDIO_MEDIA[format], headers={
+    return Response(audio, media_type=output.media_type, headers={
         **known_headers(engine, plan, hit, len(result.audio)),
         "X-Inference-Seconds": f"{result.synthesis_seconds:.4f}",
         "X-Batch-Size": str(result.batch_size),
@@ -269,14 +270,12 @@ async def vocode(request: Request, engine: Annotated[Engine, Depends(ready_engin
          openapi_extra={"requestBody": {"required": True, "content": {
              "application/octet-stream": BINARY, "application/json": MEL_JSON}}},  # and application/x-npy
          description="The audio of /v1/vocode (for a seed, the same samples to 1 LSB) as a chunked WAV: the exact "
-                     "header first, then 16-bit PCM as each chunk is final, the first after about 1 s of audio. "
-                     "Bodies, limits and errors as /v1/vocode; format=flac is a 400 here.")
-async def vocode_stream(request: Request, engine: Annotated[Engine, Depends(ready_engine)], rho: Rho = None,
-                        seed: Seed = None, refine: Refine = None, method: Method = "bddm",
-                        format: Format = "wav") -> StreamingResponse:
-    if format != "wav":
-        raise ApiError(400, "invalid format", "a stream is a WAV: its header is exact up front and PCM follows; "
-                                              "FLAC would need another framing (ask /v1/vocode for FLAC)")
+                     "header first, then 16-bit PCM or mu-law as each chunk is final (resampled with state at another "
+                     "sample_rate), the first after about 1 s of audio. Bodies, limits and errors as /v1/vocode; "
+                     "format=flac or ogg-opus is a 400 here.")
+async def vocode_stream(request: Request, engine: Annotated[Engine, Depends(ready_engine)],
+                        output: Annotated[formats.Output, Depends(formats.stream_output)], rho: Rho = None,
+                        seed: Seed = None, refine: Refine = None, method: Method = "bddm") -> StreamingResponse:
     mel, rho, seed, refine = await read_mel(request, engine, rho, seed, refine)
     plan, hit = await plan_for(engine, method, rho, refine)
     spec, samples = engine.vocoder.spec, mel.shape[-1] * engine.vocoder.spec.hop
@@ -295,15 +294,17 @@ async def vocode_stream(request: Request, engine: Annotated[Engine, Depends(read
     request.state.log.update(first_audio_s=round(first_audio_s, 4))
 
     async def body() -> AsyncIterator[bytes]:
+        encoder = output.streamer(samples, spec.sample_rate)
         try:
-            yield wav_header(samples, spec.sample_rate) + pcm16(first.audio)
+            yield encoder.header() + encoder.feed(first.audio)
             async for result in chunks:
-                yield pcm16(result.audio)
+                yield encoder.feed(result.audio)
+            yield encoder.finish()
         finally:
             await chunks.aclose()  # a client that went away stops the stream now, not when it is collected
 
     # X-Accel-Buffering: a proxy (nginx, deploy/nginx) passes each chunk on at once instead of buffering the answer
-    return StreamingResponse(body(), media_type=codec.AUDIO_MEDIA["wav"], headers={
+    return StreamingResponse(body(), media_type=output.media_type, headers={
         **known_headers(engine, plan, hit, samples), "X-Accel-Buffering": "no"})
 
 
@@ -382,6 +383,8 @@ def create_app(settings: Settings | None = None, vocoder: Vocoder | None = None)
     app.add_middleware(RequestContext, metrics=metrics)
     install_error_handlers(app)
     app.include_router(v1)
+    from .v2 import router as v2  # the Open Inference Protocol; it builds on this module's dependencies
+    app.include_router(v2)
     app.include_router(demo.router)
 
     @app.get("/healthz", response_model=Health, summary="the process is alive")

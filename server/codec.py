@@ -21,7 +21,6 @@ NPY_TYPES = frozenset({"application/x-npy", "application/octet-stream"})
 JSON_TYPE = "application/json"
 AUDIO_TYPES = frozenset({"audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave", "audio/flac", "audio/x-flac",
                          "application/octet-stream"})
-AUDIO_MEDIA = {"wav": "audio/wav", "flac": "audio/flac"}
 NPY_MEDIA = "application/x-npy"
 
 

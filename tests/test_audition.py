@@ -142,6 +142,6 @@ def test_page_and_examples_are_served(url: str):
     assert len(names) == 3
     example = httpx.post(f"{url}/v1/vocode", params={"rho": "fast", "seed": 0},
                          content=httpx.get(f"{url}/demo/examples/{names[0]}").content,
-                         headers={"Content-Type": "application/x-npy"})
+                         headers={"Content-Type": "application/x-npy"}, timeout=120)
     assert example.status_code == 200
     assert httpx.get(url + "/demo/examples/..%2Fapp.py").status_code == 404

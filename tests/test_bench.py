@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import precision, quality, speed, train
+from bench import precision, quality, refine, speed, train
 from bench import prior as prior_bench
 from bench.common import fmt, table
 from model.score_net import CONFIGS, ScoreNet
@@ -31,19 +31,29 @@ def check_outputs(out: Path, name: str) -> dict:
 def test_quality_quick_two_nets_side_by_side(tiny_weights: Path, shared_data: Path, tmp_path: Path) -> None:
     other = Path(shutil.copytree(tiny_weights, tmp_path / "other"))
     argv = ["--quick", "--weights", str(tiny_weights), "--weights", str(other), "--data", str(shared_data),
-            "--clips", "2", "--seconds", "1.5", "--threads", "1", "--out", str(tmp_path)]
+            "--clips", "2", "--seconds", "1.5", "--threads", "1", "--no-dnsmos", "--out", str(tmp_path)]
     assert quality.main(argv) == 0
     data = check_outputs(tmp_path, "quality")
     names = [r["name"] for r in data["results"]]
     assert any(n.startswith("BDDM ours") for n in names) and any(n.startswith("DDIM linear") for n in names)
-    assert [r["net"] for r in data["results"]].count("other") == len(names) // 2
+    baselines = [r for r in data["results"] if r["net"] == "none (no net)"]
+    assert [r["name"] for r in baselines] == ["librosa mel_to_audio, 32 GLA", "projection alone, 32"]  # once, first
+    assert data["results"][:2] == baselines and all(r["steps"] == 0 for r in baselines)
+    nets = [r for r in data["results"] if r not in baselines]
+    assert [r["net"] for r in nets].count("other") == len(nets) // 2
+    assert any(r["family"] == "BDDM ours + refine (DDPM)" for r in nets)  # each preset with its refinements
+    assert [r["clips"][0]["id"] for r in data["results"]] == ["LJ003-0049"] * len(names)  # after the tuning clips
     for r in data["results"]:
-        assert len(r["clips"]) == 2 and r["steps"] >= 1 and finite([r["rtf"]]) and r["rtf"] > 0
-        assert finite([r["summary"][k][0] for k in ("ls_mse", "mcd", "stoi", "pesq", "pesq_nb")])
-    same = {r["net"]: r["summary"]["stoi"] for r in data["results"] if r["key"] == data["results"][0]["key"]}
+        assert len(r["clips"]) == 2 and finite([r["rtf"]]) and r["rtf"] > 0
+        assert finite([r["summary"][k][0] for k in ("ls_mse", "mcd", "stoi", "pesq", "pesq_nb", "periodicity",
+                                                     "vuv_f1")])
+    for r in nets:
+        assert r["steps"] >= 1
+    same = {r["net"]: r["summary"]["stoi"] for r in nets if r["key"] == nets[0]["key"]}
     assert same["weights"] == same["other"], "the same net, clips and seeds give the same numbers"
     md = (tmp_path / "quality.md").read_text()
-    assert "| Method | Net | Sampler | Steps |" in md and "PESQ-NB" in md and "| Preset | weights | other |" in md
+    assert "| Method | Net | Sampler | Steps |" in md and "PESQ-NB" in md and "| Method | weights | other |" in md
+    assert "V/UV F1" in md and "DNSMOS OVRL" in md
     assert len(data["header"]["weights"]) == 2
     for health in data["conditioning"].values():
         assert set(health["gain"]) == {"20", "60", "100"}
@@ -51,6 +61,34 @@ def test_quality_quick_two_nets_side_by_side(tiny_weights: Path, shared_data: Pa
         assert set(health["silence_gap"]) == {"fast", "balanced", "quality"}
         assert all(finite(g["db"]) for g in health["silence_gap"].values())
     assert "## Conditioning health" in md
+
+
+def test_quality_served_paths_on_degraded_mels(tiny_weights: Path, shared_data: Path, tmp_path: Path) -> None:
+    argv = ["--quick", "--methods", "refine", "--conditions", "smoothed", "+3 dB", "--weights", str(tiny_weights),
+            "--data", str(shared_data), "--clips", "1", "--seconds", "1", "--threads", "1", "--no-dnsmos",
+            "--out", str(tmp_path)]
+    assert quality.main(argv) == 0
+    data = check_outputs(tmp_path, "quality")
+    conditions = {r["condition"] for r in data["results"]}
+    assert conditions == {"clean", "smoothed", "+3 dB"}
+    assert not any(n["name"].startswith("DDIM") for n in data["results"])  # only the served paths and baselines
+    degraded = [r["name"] for r in data["results"] if r["condition"] == "smoothed"]
+    assert len(degraded) == 3 and any("refinements" in n for n in degraded)
+    assert "## Mels like an acoustic model's" in (tmp_path / "quality.md").read_text()
+
+
+def test_refine_quick(tiny_weights: Path, shared_data: Path, tmp_path: Path) -> None:
+    argv = ["--quick", "--weights", str(tiny_weights), "--data", str(shared_data), "--threads", "1",
+            "--out", str(tmp_path)]
+    assert refine.main(argv) == 0
+    md = (tmp_path / "refine.md").read_text()
+    data = json.loads((tmp_path / "refine.json").read_text())
+    kinds = {r["kind"] for r in data["rows"]}
+    assert kinds == {"baseline", "(a)", "(b)", "(c)", "(d)"}
+    assert [r["clips"][0]["id"] for r in data["rows"]] == ["LJ003-0041"] * len(data["rows"])  # the tuning clips
+    assert all(r["rtf"] > 0 and r["wall_rtf"] > 0 for r in data["rows"])
+    assert data["unit_costs"]["step"] > data["unit_costs"]["projection"] > 0
+    assert "## At matched time" in md and "tuning clips" in md
 
 
 def test_speed_quick(tiny_weights: Path, shared_data: Path, tmp_path: Path) -> None:

@@ -157,21 +157,23 @@ def test_base_image_moves_with_the_torch_pin(dockerfile):
 
 def test_images_install_exactly_what_pyproject_declares(dockerfile):
     assert not list(ROOT.glob("requirements*.txt")), "pyproject.toml is the one list of requirements"
-    installs = [(s, args) for s in dockerfile.values() for args in s.all("RUN") if "pip install" in args]
-    assert len(installs) == 1, f"one pip install, shared by both images: {installs}"
-    stage, run = installs[0]
-    command = re.search(r"pip install ([^&;|]*)", run).group(1).split()
-    assert [a for a in command if not a.startswith("-")] == ["."], f"installs the project itself, not a list: {run}"
-    assert "--no-cache-dir" in command
-
+    installs = {s.name: args for s in dockerfile.values() for args in s.all("RUN") if "pip install" in args}
+    assert len(installs) == 2 and set(installs) == {"base", "ray"}, \
+        f"one pip install shared by server and trainer, one more for the Ray image's extra: {installs}"
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    copied = {Path(shlex.split(a)[0].rstrip("/")) for a in stage.all("COPY")}
     packages = {Path(p.rstrip("*").rstrip(".")) for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
     readme = project["project"].get("readme")
     needed = {Path("pyproject.toml")} | {p for p in packages if (ROOT / p).is_dir()} | ({Path(readme)} if readme else set())
-    assert needed <= copied, f"the install stage must copy {sorted(map(str, needed - copied))}"
-    for image in ("server", "trainer"):
-        assert dockerfile[image].base == stage.name, f"{image} must build on the stage that installs the project"
+    for name, target in (("base", "."), ("ray", ".[ray]")):
+        command = re.search(r"pip install ([^&;|]*)", installs[name]).group(1).split()
+        assert [a.strip("\"'") for a in command if not a.startswith("-")] == [target], \
+            f"installs the project itself, not a list: {installs[name]}"
+        assert "--no-cache-dir" in command
+        copied = {Path(shlex.split(a)[0].rstrip("/")) for a in dockerfile[name].all("COPY")}
+        assert needed <= copied, f"the {name} stage must copy {sorted(map(str, needed - copied))}"
+    assert "ray" in project["project"]["optional-dependencies"]
+    for image in ("server", "trainer", "ray"):
+        assert dockerfile[image].base == "base", f"{image} must build on the stage that installs the project"
 
 
 def test_server_image_contract(dockerfile):

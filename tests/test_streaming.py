@@ -178,28 +178,15 @@ def test_bad_input_on_the_stream_route_is_a_json_error_before_any_audio(client, 
 
 
 def test_a_full_queue_refuses_a_stream_with_429_before_the_first_byte(tiny_weights, monkeypatch):
-    from test_server_api import gate_vocoder  # noqa: PLC0415
+    from test_server_api import full_queue  # noqa: PLC0415
 
     with TestClient(create_app(Settings(weights=tiny_weights, device="cpu", queue_size=1, max_batch=1))) as client:
         while client.get("/readyz").status_code != 200:
             time.sleep(0.05)
-        engine = client.app.state.engine
-        entered, release = gate_vocoder(engine, monkeypatch)
-        import threading  # noqa: PLC0415
-
         post = lambda: client.post("/v1/vocode/stream", content=npy(mel(8)), headers=NPY)  # noqa: E731
-        results = []
-        threads = [threading.Thread(target=lambda: results.append(post())) for _ in range(2)]
-        threads[0].start()
-        assert entered.wait(30)
-        threads[1].start()
-        while engine.queue_depth < 1:
-            time.sleep(0.01)
-        r = post()
-        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
-        release.set()
-        for t in threads:
-            t.join(30)
+        with full_queue(client.app.state.engine, monkeypatch, post) as results:
+            r = post()
+            assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
         assert [x.status_code for x in results] == [200, 200]
 
 
