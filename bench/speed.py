@@ -739,6 +739,9 @@ def parse_args(argv: list[str] | None):
                     help="(f): auto times eager and compiled on CUDA, eager only on the CPU")
     ap.add_argument("--batches", type=int, nargs="+", help="(f) batch sizes (default 1 4 16 64 on CUDA, 1 4 on CPU)")
     ap.add_argument("--batch-seconds", type=float, default=10.0, help="(f) clip length")
+    ap.add_argument("--served", action="store_true",
+                    help="only what a client meets, into speed-served.md: each preset's whole synthesis with its "
+                         "refinements' share, then the server under load, the schedule cache and streaming")
     ap.add_argument("--cpu-paths", action="store_true",
                     help="(h) alone, into speed-cpu-<net>.md (its lengths: --lengths), with every preset's RTF on "
                          "the fast path in fp32 and bf16 at --preset-seconds")
@@ -783,6 +786,8 @@ def main(argv: list[str] | None = None) -> int:
     head = header("bench.speed", nets)
     if args.cpu_paths:
         return cpu_paths_main(args, nets, head)
+    if args.served:
+        return served_main(args, nets[0], head)
     net_rows, synth_rows, cached_rows, batched, notes = [], [], [], ([], []), []
     audio = speech(args.data, max(*args.lengths, args.batch_seconds), read_config(nets[0])["audio"]["sample_rate"])
     cpu_rows = []
@@ -829,6 +834,21 @@ def cpu_paths_main(args, nets: list[Path], head: dict) -> int:
                   "\n".join(cpu_path_section(rows) + synthesis_section(presets)),
                   {"cpu_paths": rows, "presets": presets}, plot_cpu_paths, rows)
     print(f"wrote {args.out}/{name}.md, {name}.json, {name}.png", file=sys.stderr)
+    return 0
+
+
+def served_main(args, weights: Path, head: dict) -> int:
+    """--served: the presets as served (synthesis, then refinement, timed apart) and the server sections, one net."""
+    voc = Vocoder.load(weights, device="cpu" if args.device == "all" else args.device, dtype=args.dtype)
+    audio = speech(args.data, max(args.lengths), voc.spec.sample_rate)
+    rows = synthesis_rows(voc, audio, bench_schedules(voc, args.reference_schedules)[0], args.lengths)
+    load, sched, server_note = server_part(args, weights)
+    body = synthesis_section(rows) + [""]
+    body += (["## Server under load", "", server_note] if server_note else
+             load_section(load, args) + [""] + schedule_section(sched) + [""] + stream_section(load))
+    write_outputs(args.out, "speed-served", "What a client meets: the presets as served", head, "\n".join(body),
+                  {"synthesis": rows, "load": load, "schedule_latency": sched})
+    print(f"wrote {args.out}/speed-served.md, speed-served.json", file=sys.stderr)
     return 0
 
 

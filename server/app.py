@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Literal
 
+import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
@@ -227,6 +228,16 @@ async def read_mel(request: Request, engine: Engine, rho: str | None, seed: int 
     return mel, rho, seed, refine
 
 
+async def vocode_request(request: Request, engine: Engine, rho: str | None, seed: int | None, refine: int | None,
+                         method: str) -> tuple[np.ndarray, int | None, Plan, bool]:
+    """A vocode route's request, read and planned: (mel, seed, plan, schedule cache hit), logged."""
+    mel, rho, seed, refine = await read_mel(request, engine, rho, seed, refine)
+    plan, hit = await plan_for(engine, method, rho, refine)
+    request.state.log.update(frames=mel.shape[-1], rho=plan.rho, steps=plan.steps, refine=plan.refine,
+                             seeded=seed is not None)
+    return mel, seed, plan, hit
+
+
 def known_headers(engine: Engine, plan: Plan, hit: bool, samples: int) -> dict[str, str]:
     """The X-* headers a vocode answer carries before any synthesis (projection alone has no rho nor schedule)."""
     rho = {} if plan.rho is None else {"X-Rho": f"{plan.rho:g}", "X-Schedule-Cache": "hit" if hit else "miss"}
@@ -244,11 +255,7 @@ def known_headers(engine: Engine, plan: Plan, hit: bool, samples: int) -> dict[s
 async def vocode(request: Request, engine: Annotated[Engine, Depends(ready_engine)],
                  output: Annotated[formats.Output, Depends(formats.vocode_output)], rho: Rho = None,
                  seed: Seed = None, refine: Refine = None, method: Method = "bddm") -> Response:
-    mel, rho, seed, refine = await read_mel(request, engine, rho, seed, refine)
-    plan, hit = await plan_for(engine, method, rho, refine)
-    request.state.log.update(frames=mel.shape[-1], rho=plan.rho, steps=plan.steps, refine=plan.refine,
-                             seeded=seed is not None)
-
+    mel, seed, plan, hit = await vocode_request(request, engine, rho, seed, refine, method)
     watcher = asyncio.ensure_future(disconnected(request))
     try:
         result = await engine.vocode(mel, plan, seed, watcher)
@@ -276,13 +283,11 @@ async def vocode(request: Request, engine: Annotated[Engine, Depends(ready_engin
 async def vocode_stream(request: Request, engine: Annotated[Engine, Depends(ready_engine)],
                         output: Annotated[formats.Output, Depends(formats.stream_output)], rho: Rho = None,
                         seed: Seed = None, refine: Refine = None, method: Method = "bddm") -> StreamingResponse:
-    mel, rho, seed, refine = await read_mel(request, engine, rho, seed, refine)
-    plan, hit = await plan_for(engine, method, rho, refine)
+    mel, seed, plan, hit = await vocode_request(request, engine, rho, seed, refine, method)
     spec, samples = engine.vocoder.spec, mel.shape[-1] * engine.vocoder.spec.hop
     watcher = asyncio.ensure_future(disconnected(request))
     chunks = engine.stream(mel, plan, seed, watcher)
-    request.state.log.update(frames=mel.shape[-1], rho=plan.rho, steps=plan.steps, refine=plan.refine,
-                             seeded=seed is not None, streamed=True)
+    request.state.log.update(streamed=True)
     try:  # the first chunk before the first byte: a refusal or failure is still a JSON error
         first = await anext(chunks)
     except ClientGone:

@@ -13,6 +13,7 @@ from bench import precision, quality, refine, speed, train
 from bench import prior as prior_bench
 from bench.common import fmt, table
 from model.score_net import CONFIGS, ScoreNet
+from model.vocoder import Vocoder
 
 
 def finite(values) -> bool:
@@ -117,6 +118,18 @@ def test_speed_quick(tiny_weights: Path, shared_data: Path, tmp_path: Path) -> N
     batched = data["batched"]  # (f): eager only on the CPU unless --compile on
     assert [(r["compiled"], r["batch"]) for r in batched] == [(False, 1), (False, 2)]
     assert all(finite([r["audio_s_per_s"], r["tflops"]]) and r["audio_s_per_s"] > 0 for r in batched)
+
+
+def test_speed_served_times_each_presets_refinements_apart(tiny_weights: Path, shared_data: Path,
+                                                           tmp_path: Path) -> None:
+    argv = ["--served", "--skip-server", "--weights", str(tiny_weights), "--data", str(shared_data), "--lengths", "1",
+            "--threads", "1", "--out", str(tmp_path)]
+    assert speed.main(argv) == 0
+    data = json.loads((tmp_path / "speed-served.json").read_text())
+    presets = Vocoder.load(tiny_weights, "cpu").presets
+    assert sorted(r["refine"] for r in data["synthesis"]) == sorted(p.refine for p in presets.values())
+    assert all(0 < r["refine_s"] < r["wall_s"] and 0 < r["refine_share"] < 1 for r in data["synthesis"])
+    assert "Skipped (--skip-server)." in (tmp_path / "speed-served.md").read_text()
 
 
 def test_precision_vocodes_then_rescores(tiny_weights: Path, shared_data: Path, tmp_path: Path) -> None:
