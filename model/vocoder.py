@@ -117,8 +117,8 @@ def cpu_threads(cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = Path("/proc
     counts the host's cores, which oversubscribes a container limited to fewer."""
     n = len(os.sched_getaffinity(0))
     try:
-        group = proc_cgroup.read_text().splitlines()[0].split(":", 2)[2]  # cgroup v2: "0::/path"
-    except (OSError, IndexError):
+        group = next(line[3:] for line in proc_cgroup.read_text().splitlines() if line.startswith("0::"))
+    except (OSError, StopIteration):  # no cgroup v2 (a v1-only host): the mask alone
         return n
     path = cgroup_root / group.lstrip("/")
     for directory in (path, *path.parents):

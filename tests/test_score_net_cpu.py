@@ -82,7 +82,7 @@ def write_cgroup(root, group: str, limits: dict[str, str]):
         (root / path.lstrip("/")).mkdir(parents=True, exist_ok=True)
         (root / path.lstrip("/") / "cpu.max").write_text(limit + "\n")
     proc = root / "proc-self-cgroup"
-    proc.write_text(f"0::{group}\n")
+    proc.write_text(f"4:memory:/elsewhere\n0::{group}\n")  # a hybrid host lists v1 controllers too
     return proc
 
 
