@@ -30,12 +30,15 @@ from .streaming import FIRST_FRAMES, LARGEST_FRAMES, Stream, margin_frames
 #: Where the shipped nets live (`weights/base`, `weights/small`); a deployment points VOCODER_WEIGHTS_ROOT elsewhere.
 WEIGHTS_ROOT = Path(__file__).resolve().parent.parent / "weights"
 #: The net served when none is named, by the resolved device: DiffWave `base`, the quality net, where a GPU runs
-#: it; on a CPU the `small` net, which answers faster than real time at the balanced preset (on 2 cores, 5 s of
-#: audio at 7 steps: `base` RTF 6.5, `small` 0.68).
+#: it; on a CPU the `small` net: with its presets and refinements it is the only net with a preset inside RTF 0.5
+#: on 2 cores (fast, 0.43 for 5 s on the CPU fast path) and its balanced default answers a 5 s request in 0.92x
+#: real time through the server, where `base`'s presets run at RTF 5.5-11 (bench/results/speed-cpu-*.md,
+#: speed-served.md).
 DEFAULT_NETS = {"cuda": "base", "cpu": "small"}
 WHY_DEFAULT = {"cuda": "no weights named; CUDA serves DiffWave base, the quality net",
-               "cpu": "no weights named; a CPU-only host serves small, which runs faster than real time at the "
-                      "balanced preset (base is about 10x slower on a CPU)"}
+               "cpu": "no weights named; a CPU-only host serves small: with its presets' refinements it is the "
+                      "only net with a preset within RTF 0.5 on 2 cores, and its balanced default answers near "
+                      "real time (base's presets run at RTF 5.5-11 on a CPU)"}
 WHY_NAMED = "named by the caller (--weights or VOCODER_WEIGHTS)"
 
 
