@@ -105,12 +105,23 @@ def istft(frames: torch.Tensor, samples: int, spec: MelSpec = MelSpec()) -> torc
     this framing, since the padded signal's first sample sees only a zero of the window."""
     pad, n = (spec.n_fft - spec.hop) // 2, frames.shape[-1]
     window = torch.hann_window(spec.n_fft, device=frames.device, dtype=frames.real.dtype)
-    total = (n - 1) * spec.hop + spec.n_fft
-    fold = dict(output_size=(1, total), kernel_size=(1, spec.n_fft), stride=(1, spec.hop))
+    fold = _fold(n, spec.n_fft, spec.hop)
     parts = torch.fft.irfft(frames, n=spec.n_fft, dim=1) * window[:, None]
     wav = torch.nn.functional.fold(parts, **fold)[:, 0, 0]
-    norm = torch.nn.functional.fold((window**2)[None, :, None].expand(1, -1, n), **fold)[0, 0, 0]
-    return (wav / norm.clamp(min=1e-8))[:, pad:pad + samples]
+    return (wav / _window_sum(n, spec.n_fft, spec.hop, window.device, window.dtype))[:, pad:pad + samples]
+
+
+def _fold(frames: int, n_fft: int, hop: int) -> dict:
+    return dict(output_size=(1, (frames - 1) * hop + n_fft), kernel_size=(1, n_fft), stride=(1, hop))
+
+
+@lru_cache(maxsize=4)
+def _window_sum(frames: int, n_fft: int, hop: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The overlap-added squared window `istft` divides by (floored where no frame covers a sample), once per
+    length: a refinement's iterations all invert the same length."""
+    window = torch.hann_window(n_fft, device=device, dtype=dtype)
+    return torch.nn.functional.fold((window**2)[None, :, None].expand(1, -1, frames),
+                                    **_fold(frames, n_fft, hop))[0, 0, 0].clamp(min=1e-8)
 
 
 def mel_spectrogram(wav: torch.Tensor | np.ndarray, spec: MelSpec = MelSpec()) -> torch.Tensor:

@@ -23,12 +23,12 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from .audio import LOG_FLOOR, MelSpec, istft, mel_filterbank, stft
+from .audio import LOG_FLOOR, MelSpec, istft, mel_filterbank, mel_spectrogram, stft
 
 #: The most one projection raises a band: a band the net left near silence is raised in steps, not at once.
 MAX_GAIN = 16.0
-#: Fast Griffin-Lim's momentum: on held-out clips it reached in 10 iterations what plain projection reaches in 30
-#: (bench/results/refine.md).
+#: Fast Griffin-Lim's momentum: in an exploratory run on the tuning clips, 10 iterations with it matched 30 plain
+#: ones after `small`'s balanced preset; tests/test_refine.py checks that it gets closer to the mel at equal count.
 MOMENTUM = 0.99
 #: Each preset's refinements after sampling, chosen on the tuning clips at matched CPU time (bench/results/refine.md)
 #: and written with the presets by `model.train search`.
@@ -67,12 +67,12 @@ def _operators(spec: MelSpec, device: torch.device) -> tuple[torch.Tensor, torch
     return torch.from_numpy(fb).to(device), torch.from_numpy(_spread(spec)).to(device)
 
 
-def mel_gains(frames: torch.Tensor, mel: torch.Tensor, fb: torch.Tensor, spread: torch.Tensor,
+def mel_gains(frames: torch.Tensor, target: torch.Tensor, fb: torch.Tensor, spread: torch.Tensor,
               max_gain: float = MAX_GAIN) -> torch.Tensor:
-    """Per-bin real gains (B, bins, F) that move a spectrogram's mel to `mel` (B, n_mels, F). The clamp at the
-    log floor mirrors the mel's own: a band below it in both is left alone."""
+    """Per-bin real gains (B, bins, F) that move a spectrogram's mel magnitudes to `target` = exp(ln-mel)
+    (B, n_mels, F). The clamp at the log floor mirrors the mel's own: a band below it in both is left alone."""
     own = (fb @ frames.abs()).clamp(min=LOG_FLOOR)
-    return spread @ (mel.exp() / own).clamp(max=max_gain)
+    return spread @ (target / own).clamp(max=max_gain)
 
 
 @torch.inference_mode()
@@ -85,11 +85,11 @@ def project(audio: torch.Tensor, mel: torch.Tensor, spec: MelSpec, iterations: i
     samples = audio.shape[-1]
     if samples != mel.shape[-1] * spec.hop:
         raise ValueError(f"{samples} samples do not match {mel.shape[-1]} mel frames of {spec.hop}")
-    audio, mel = audio.float(), mel.float()
+    audio, target = audio.float(), mel.float().exp()
     fb, spread = _operators(spec, audio.device)
     frames, previous = stft(audio, spec), None
     for k in range(iterations):
-        audio = istft(mel_gains(frames, mel, fb, spread, max_gain) * frames, samples, spec)
+        audio = istft(mel_gains(frames, target, fb, spread, max_gain) * frames, samples, spec)
         if k + 1 < iterations:
             consistent = stft(audio, spec)
             frames = consistent if previous is None else consistent + momentum * (consistent - previous)
@@ -99,6 +99,4 @@ def project(audio: torch.Tensor, mel: torch.Tensor, spec: MelSpec, iterations: i
 
 def distance(audio: torch.Tensor, mel: torch.Tensor, spec: MelSpec) -> torch.Tensor:
     """Per item, the RMS of (own log-mel - mel): what `project` makes small."""
-    fb, _ = _operators(spec, audio.device)
-    own = torch.log((fb @ stft(audio.float(), spec).abs()).clamp(min=LOG_FLOOR))
-    return (own - mel).pow(2).mean(dim=(-2, -1)).sqrt()
+    return (mel_spectrogram(audio, spec) - mel).pow(2).mean(dim=(-2, -1)).sqrt()
