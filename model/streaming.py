@@ -3,10 +3,10 @@ the same request vocoded whole.
 
 After N reverse steps an output sample depends on x_N and the injected noise within N receptive fields of it
 (and on the mel, which is known in full); each mel-consistency refinement after them (`model.refine`) reaches a
-few frames further. So a chunk [start, end) of the output is exact once all N steps and K refinements run on its
-region, the chunk widened by `margin_frames` plus `refine.reach_frames` on each side: what the region's edges get
-wrong moves inwards by at most one step's (or one refinement's) reach at a time, and never reaches the chunk.
-Nothing is crossfaded.
+few frames further. So a chunk [start, end) of the output is exact once the K refinements run on the chunk widened
+by `refine.reach_frames`, over reverse-process audio that is itself exact there: all N steps run on that span
+widened by `margin_frames`. What a region's edges get wrong moves inwards by at most one step's (or one
+refinement's) reach at a time, and never reaches the chunk. Nothing is crossfaded.
 
 The noise is the whole request's: the same seeded draws `sampling.ddpm` makes (x_N, then one per reverse step),
 replayed slice by slice by a `NoiseTape`, so a seeded stream equals `/v1/vocode` to float rounding (the two

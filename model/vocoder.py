@@ -57,9 +57,6 @@ class Preset:
             return cls(float(value["rho"]), int(value.get("refine", 0)))
         return cls(float(value))
 
-    def to_dict(self) -> dict:
-        return {"rho": self.rho, "refine": self.refine}
-
 
 #: Inference precisions: "auto" is bf16 on CUDA (autocast; the noise and the sampler's arithmetic stay fp32); on a
 #: CPU it is bf16 where `cpu_bf16_serves`, else fp32.
