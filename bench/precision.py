@@ -29,31 +29,35 @@ from model.vocoder import CPU_BF16_RECORD, Vocoder, cpu_bf16_isa
 from .common import apply_threads, base_parser, fmt, header, table, validation_clips, weights_for, write_outputs
 
 PRECISIONS = ("fp32", "bf16")
+#: The audio each precision is scored on: the net's output alone, and as served (the default preset's refinements).
+STAGES = ("net", "served")
 #: Largest |bf16 - fp32| of the mean scores that the guard accepts.
 TOLERANCE = {"stoi": 0.01, "pesq": 0.05}
 
 
 def vocode_clips(weights: Path, device: str, data: Path, clips: int, seconds: float) -> dict[str, np.ndarray]:
-    """{"reference": (clips, samples), "fp32": ..., "bf16": ..., "seconds_fp32": ..., "seconds_bf16": ...}: the
-    recordings, both precisions' audio and their wall seconds, each clip in both precisions in turn (so that a
-    shared machine's load falls on both alike), after a warm-up."""
+    """{"reference": (clips, samples), "net_fp32", "net_bf16", "served_fp32", "served_bf16": ..., "seconds_fp32",
+    "seconds_bf16"}: the recordings, both precisions' audio before and after the default preset's refinements and
+    the wall seconds of that whole synthesis, each clip in both precisions in turn (so that a shared machine's load
+    falls on both alike), after a warm-up."""
     refs = validation_clips(data, clips, seconds)
     length = min(len(c.audio) for c in refs) // 256 * 256
     out = {"reference": np.stack([c.audio[:length] for c in refs])}
     vocs = {name: Vocoder.load(weights, device, name) for name in PRECISIONS}
-    schedule = vocs["fp32"].schedule(vocs["fp32"].default_rho)
+    schedule, refine = vocs["fp32"].schedule(vocs["fp32"].default_rho), vocs["fp32"].default_refine
     mels = [mel_spectrogram(c.audio[:length], vocs["fp32"].spec) for c in refs]
-    audio = {name: [] for name in PRECISIONS}
+    audio = {f"{stage}_{name}": [] for stage in STAGES for name in PRECISIONS}
     walls = dict.fromkeys(PRECISIONS, 0.0)
     for name, voc in vocs.items():
-        voc.vocode(mels[0][:, :64], schedule, seed=0)
+        voc.vocode(mels[0][:, :64], schedule, seed=0, refine=refine)
     for i, mel in enumerate(mels):
         for name, voc in vocs.items():
             start = time.perf_counter()
-            audio[name].append(voc.vocode(mel, schedule, seed=i))
+            audio[f"net_{name}"].append(voc.vocode(mel, schedule, seed=i))
+            audio[f"served_{name}"].append(voc.refine(audio[f"net_{name}"][-1], mel, refine))
             walls[name] += time.perf_counter() - start
-    for name in PRECISIONS:
-        out[name], out[f"seconds_{name}"] = np.stack(audio[name]), np.array(walls[name])
+    out.update({key: np.stack(clips) for key, clips in audio.items()})
+    out.update({f"seconds_{name}": np.array(walls[name]) for name in PRECISIONS})
     return out
 
 
@@ -66,15 +70,19 @@ def pesq_available() -> bool:
 
 
 def score(audio: dict[str, np.ndarray]) -> dict:
-    """Mean STOI and PESQ per precision, their differences, and whether the guard holds."""
+    """Mean STOI and PESQ per stage and precision, bf16's differences from fp32, and whether the guard holds on
+    every stage."""
     with_pesq = pesq_available()
-    means = {}
-    for name in PRECISIONS:
-        pairs = list(zip(audio["reference"], audio[name]))
-        means[name] = {"stoi": float(np.mean([metrics.stoi(r, e) for r, e in pairs])),
-                       "pesq": float(np.nanmean([metrics.pesq_wb(r, e) for r, e in pairs])) if with_pesq else None}
-    diff = {k: None if means["fp32"][k] is None else abs(means["bf16"][k] - means["fp32"][k]) for k in TOLERANCE}
-    held = all(d is not None and d <= TOLERANCE[k] for k, d in diff.items())
+    means, diff = {}, {}
+    for stage in STAGES:
+        for name in PRECISIONS:
+            pairs = list(zip(audio["reference"], audio[f"{stage}_{name}"]))
+            means[f"{stage}_{name}"] = {
+                "stoi": float(np.mean([metrics.stoi(r, e) for r, e in pairs])),
+                "pesq": float(np.nanmean([metrics.pesq_wb(r, e) for r, e in pairs])) if with_pesq else None}
+        a, b = means[f"{stage}_fp32"], means[f"{stage}_bf16"]
+        diff[stage] = {k: None if a[k] is None else abs(b[k] - a[k]) for k in TOLERANCE}
+    held = all(d is not None and d <= TOLERANCE[k] for stage in STAGES for k, d in diff[stage].items())
     timed = "seconds_fp32" in audio
     return {"means": means, "abs_diff": diff, "guard_holds": held if with_pesq else None,
             "clips": len(audio["reference"]), "seconds": audio["reference"].shape[1] / 22050,
@@ -85,14 +93,18 @@ def score(audio: dict[str, np.ndarray]) -> dict:
 def report(result: dict, device: str) -> str:
     m, d = result["means"], result["abs_diff"]
     verdict = {True: "holds", False: "FAILS", None: "not decided (no PESQ here: rescore the saved audio)"}
+    label = {"net": "net alone", "served": "as served (refined)"}
+    rows = []
+    for stage in STAGES:
+        rows += [[label[stage], p, m[f"{stage}_{p}"]["stoi"], fmt(m[f"{stage}_{p}"]["pesq"])] for p in PRECISIONS]
+        rows.append([label[stage], "abs difference", d[stage]["stoi"], fmt(d[stage]["pesq"])])
     return "\n".join([
-        f"{result['clips']} held-out clips of {result['seconds']:.2f} s vocoded on {device} at the default rho, "
-        "the same seed per clip in both precisions.", "",
-        table(["Precision", "STOI", "PESQ"], [[p, m[p]["stoi"], fmt(m[p]["pesq"])] for p in PRECISIONS]
-              + [["abs difference", d["stoi"], fmt(d["pesq"])],
-                 ["tolerance", TOLERANCE["stoi"], TOLERANCE["pesq"]]]), "",
-        f"Guard: {verdict[result['guard_holds']]}."]
-        + ([f"Wall time of the {result['clips']} clips: fp32 {result['wall_s']['fp32']:.2f} s, bf16 "
+        f"{result['clips']} held-out clips of {result['seconds']:.2f} s vocoded on {device} at the default preset, "
+        "the same seed per clip in both precisions; scored on the net's output and on it after the preset's "
+        "refinements (in fp32 for both), as the server serves it.", "",
+        table(["Audio", "Precision", "STOI", "PESQ"], rows + [["", "tolerance", TOLERANCE["stoi"], TOLERANCE["pesq"]]]),
+        "", f"Guard: {verdict[result['guard_holds']]}."]
+        + ([f"Wall time of the {result['clips']} clips as served: fp32 {result['wall_s']['fp32']:.2f} s, bf16 "
             f"{result['wall_s']['bf16']:.2f} s (bf16 {result['speedup']:.2f}x as fast)."] if result["wall_s"] else []))
 
 
@@ -126,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     head, rescored = header("bench.precision", args.weights), ""
     if args.rescore:  # the header is the vocoding run's (its machine, weights and command)
         saved = np.load(args.rescore, allow_pickle=False)
-        audio, device = {k: saved[k] for k in ("reference", *PRECISIONS)}, str(saved["device"])
+        keys = ["reference"] + [f"{stage}_{p}" for stage in STAGES for p in PRECISIONS]
+        audio, device = {k: saved[k] for k in keys}, str(saved["device"])
         rescored = f"\n\nScored on {head['hardware']['cpu']} by `{head['command']}`."
         head = json.loads(str(saved["header"]))
     else:

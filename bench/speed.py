@@ -43,6 +43,7 @@ from model.sampling import CONDITIONING_CACHE_BYTES, MARGIN_FRAMES, WINDOW_FRAME
 from model.schedules import Schedule
 from model.score_net import ScoreNet, step_embedding
 from model.vocoder import Vocoder
+from server.engine import CUDA_BATCH_WAIT_MS
 
 from .common import (DEFAULT_REFERENCE, OFFICIAL, apply_threads, base_parser, fmt, free_port, header, log_axes,
                      npy_bytes, parse_with_quick, sync, table, timed, validation_clips, wait_ready, weights_for,
@@ -496,7 +497,8 @@ def load_rows(args, weights: Path, voc: Vocoder, bodies: list[tuple[bytes, float
     Returns (load rows, schedule latencies, the device the server runs on)."""
     rows, schedules = [], None
     inherited = {k: v for k, v in os.environ.items() if k != "VOCODER_BATCH_WAIT_MS"}
-    for mode, env in (("on", inherited), ("off", {**inherited, "VOCODER_BATCH_WAIT_MS": "0"})):
+    on = {**inherited, "VOCODER_BATCH_WAIT_MS": f"{CUDA_BATCH_WAIT_MS:g}"}  # the GPU default, on any device
+    for mode, env in (("on", on), ("off", {**inherited, "VOCODER_BATCH_WAIT_MS": "0"})):
         with server(weights, env, log_dir / f"server-batching-{mode}.log") as url:
             device = httpx.get(f"{url}/v1/model", timeout=30).json()["device"]
             if schedules is None:
@@ -588,7 +590,8 @@ def load_section(load: dict, args) -> list[str]:
             f"from the validation clips, rho={load['rho']}, unseeded (the server batches seeded requests only when "
             f"their lengths are equal). At most max({args.requests}, {args.per_client} x clients) requests and "
             f"{args.load_seconds:g} s of new requests per row. Throughput = audio seconds returned per wall second; "
-            "latency percentiles over successful (200) responses; batching off = VOCODER_BATCH_WAIT_MS=0.", "",
+            "latency percentiles over successful (200) responses; batching on = VOCODER_BATCH_WAIT_MS="
+            f"{CUDA_BATCH_WAIT_MS:g} (the default on CUDA), off = 0 (the default on a CPU).", "",
             table(["Batching", "Clients", "Requests", "200", "429", "Other errors", "Unfinished", "Audio s / s",
                    "p50 s", "p95 s", "p99 s", "Mean batch"],
                   [[r["batching"], r["clients"], r["requests"], r["ok"], r["rejected_429"], r["errors"],

@@ -13,7 +13,10 @@ layout, each layer runs over tiles of `TILE` samples that stay in the core's cac
   tile's conv still reads the last d rows of this one), and the skip accumulated in place. Their biases
   are constants too: the residual's carried as a vector through the layers, h = h~ + c, c' = (c + b) / sqrt 2,
   and the skip's summed once into the output layers.
-`ScoreNet` stays the reference: tests pin this to it at fp32 rounding on random and shipped weights.
+The GEMMs go through oneDNN's linear (`torch.ops.mkldnn`, as inductor's CPU fusions do), whose adds fold into
+the product: on AMD's AVX-512 cores it runs fp32 at twice the rate of MKL's sgemm behind `torch.mm`, which takes
+its AVX2 path there (bench/results/speed-cpu-*.md). Where torch was built without oneDNN the same sums are
+`torch.addmm`. `ScoreNet` stays the reference: tests pin this to it at fp32 rounding on random and shipped weights.
 
 With `dtype=torch.bfloat16` (CPUs with AVX512_BF16 or AMX) the layers' GEMMs take bf16 operands and give bf16
 pre-activations (as CUDA's autocast does), the conditioner cache and the gate are bf16, and the residual and skip
@@ -32,12 +35,15 @@ from .score_net import ScoreNet
 
 #: Samples per time tile: a `base` layer's tile (3C + 2C + C floats a sample) is ~1.5 MB, inside a core's L2.
 TILE = 4096
+#: oneDNN's linear with its fused add, where this torch was built with it (x86 and ARM wheels are).
+ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 class CpuScoreNet:
     """`ScoreNet.forward` and `.conditioners` with the weights repacked for (S, C) GEMMs; for inference.
 
-    It copies the weights when built, so a net changed later needs a new one.
+    It copies the weights when built, so a net changed later needs a new one. Weights are (out, in), as
+    `linear` takes them.
     """
 
     def __init__(self, net: ScoreNet, tile: int = TILE, dtype: torch.dtype = torch.float32) -> None:
@@ -52,20 +58,19 @@ class CpuScoreNet:
             # The filter half (output channels C..2C) doubled: tanh(f) = 2 sigmoid(2 f) - 1.
             scale = torch.cat([torch.ones(c), torch.full((c,), 2.0)])
             taps = [layer.dilated_conv.weight * scale[:, None, None] for layer in layers]  # (2C, C, 3)
-            # (3C, 2C): rows are the taps at t - d, t, t + d, each over the C input channels.
-            self.w_dilated = [w.permute(2, 1, 0).reshape(3 * c, 2 * c).to(dtype).contiguous() for w in taps]
+            # (2C, 3C): columns are the taps at t - d, t, t + d, each over the C input channels.
+            self.w_dilated = [w.permute(0, 2, 1).reshape(2 * c, 3 * c).to(dtype).contiguous() for w in taps]
             self.w_taps = [w.sum(-1) for w in taps]
             self.w_first = [w[:, :, 0].clone() for w in taps]
             self.w_last = [w[:, :, 2].clone() for w in taps]
-            self.w_cond = [(layer.cond_proj.weight[:, :, 0] * scale[:, None]).t().to(dtype).contiguous()
+            self.w_cond = [(layer.cond_proj.weight[:, :, 0] * scale[:, None]).to(dtype).contiguous()
                            for layer in layers]
-            self.b_cond = [(layer.cond_proj.bias + layer.dilated_conv.bias) * scale for layer in layers]
+            self.b_cond = [((layer.cond_proj.bias + layer.dilated_conv.bias) * scale).to(dtype) for layer in layers]
             self.w_step = torch.cat([layer.step_proj.weight for layer in layers])  # (L C, 512)
             self.b_step = torch.cat([layer.step_proj.bias for layer in layers])
-            # The gate computes -z: the projection's weights negated, the residual's also scaled by 1 / sqrt 2.
-            r2 = 1 / math.sqrt(2.0)
-            self.w_res = [(-r2 * layer.out_proj.weight[:c, :, 0].t()).to(dtype).contiguous() for layer in layers]
-            self.w_skip = [(-layer.out_proj.weight[c:, :, 0].t()).to(dtype).contiguous() for layer in layers]
+            # The gate computes -z: the projection's weights negated.
+            self.w_res = [(-layer.out_proj.weight[:c, :, 0]).to(dtype).contiguous() for layer in layers]
+            self.w_skip = [(-layer.out_proj.weight[c:, :, 0]).to(dtype).contiguous() for layer in layers]
             self.b_res = [layer.out_proj.bias[:c].clone() for layer in layers]
             b_skip = sum(layer.out_proj.bias[c:] for layer in layers)
             root = math.sqrt(len(layers))
@@ -79,11 +84,11 @@ class CpuScoreNet:
     def conditioners(self, mel: torch.Tensor) -> torch.Tensor:
         """(B, L, S, 2C): every layer's conditioner projection with its conv's bias, once per request (as
         `ScoreNet.conditioners`), each layer's contiguous so that a tile reads one block."""
-        cond = self.net.condition(mel).transpose(1, 2).to(self.dtype)
+        cond = self.net.condition(mel).transpose(1, 2).to(self.dtype).contiguous()
         out = cond.new_empty(cond.shape[0], len(self.w_cond), cond.shape[1], 2 * self.params.residual_channels)
         for b in range(cond.shape[0]):
             for i, (w, bias) in enumerate(zip(self.w_cond, self.b_cond)):
-                torch.add(torch.mm(cond[b], w), bias, out=out[b, i])
+                out[b, i] = linear(cond[b], w, bias)
         return out
 
     @torch.inference_mode()
@@ -107,50 +112,62 @@ class CpuScoreNet:
         shadow = h.to(self.dtype)  # what the convs read: h itself in fp32, a bf16 copy kept beside it in bf16
         skip = x.new_zeros(length, c)
         carried = x.new_zeros(c)  # the residual's constant part c
-        stacked, y = x.new_empty(tile, 3 * c, dtype=self.dtype), x.new_empty(tile, 2 * c, dtype=self.dtype)
-        z = [x.new_empty(tile, c, dtype=self.dtype), x.new_empty(tile, c, dtype=self.dtype)]
+        stacked = x.new_empty(tile, 3 * c, dtype=self.dtype)
+        z: list[torch.Tensor] = []  # -z of this layer's tiles, each kept until its residual update
         r2 = 1 / math.sqrt(2.0)
         tiles = [(lo, min(lo + tile, length)) for lo in range(0, length, tile)]
         for i, d in enumerate(self.dilations):
             const = carried + steps[i]  # what the conv adds to h~ inside the signal
-            inside = self.w_taps[i] @ const
+            inside = (self.w_taps[i] @ const).to(self.dtype)
             for k, (lo, hi) in enumerate(tiles):
-                n = hi - lo
-                yt, st, zt = y[:n], stacked[:n], z[k % 2][:n]
-                if cached:
-                    torch.add(cond[i, lo:hi], inside, out=yt)
-                else:
-                    yt.copy_(self.b_cond[i] + inside)
-                    gemm_into(yt, cond[lo:hi], self.w_cond[i])
+                st = stacked[:hi - lo]
                 torch.cat([shadow[pad + lo - d:pad + hi - d], shadow[pad + lo:pad + hi],
                            shadow[pad + lo + d:pad + hi + d]], 1, out=st)
-                gemm_into(yt, st, self.w_dilated[i])
+                conditioner = cond[i, lo:hi] if cached else linear(cond[lo:hi], self.w_cond[i], self.b_cond[i])
+                y = linear(st, self.w_dilated[i], inside, conditioner)
                 if lo < d:  # the tap at t - d reads the zero padding
-                    yt[:min(d, hi) - lo] -= self.w_first[i] @ const
+                    y[:min(d, hi) - lo] -= self.w_first[i] @ const
                 if hi > length - d:  # the tap at t + d reads it
-                    yt[max(length - d, lo) - lo:] -= self.w_last[i] @ const
-                yt.sigmoid_()
-                torch.addcmul(yt[:, :c], yt[:, :c], yt[:, c:], value=-2.0, out=zt)  # -z
-                gemm_into(skip[lo:hi], zt, self.w_skip[i])
+                    y[max(length - d, lo) - lo:] -= self.w_last[i] @ const
+                y.sigmoid_()
+                z.append(torch.addcmul(y[:, :c], y[:, :c], y[:, c:], value=-2.0))  # -z
+                accumulate(skip[lo:hi], z[-1], self.w_skip[i])
                 if k:  # this tile's conv has read the previous tile's last rows: update it now
-                    self._residual(h, shadow, z[(k - 1) % 2], tiles[k - 1], i, r2)
-            self._residual(h, shadow, z[(len(tiles) - 1) % 2], tiles[-1], i, r2)
+                    self._residual(h, shadow, z.pop(0), tiles[k - 1], i, r2)
+            self._residual(h, shadow, z.pop(0), tiles[-1], i, r2)
             carried = (carried + self.b_res[i]) * r2
         out = torch.relu(torch.addmm(self.b_out1, skip, self.w_out1))
         return torch.mv(out, self.w_out2) + self.b_out2
 
     def _residual(self, h: torch.Tensor, shadow: torch.Tensor, z: torch.Tensor, tile: tuple[int, int], layer: int,
                   r2: float) -> None:
+        """(h + r) / sqrt 2 on one tile's rows, and the bf16 copy the convs read."""
         rows = slice(self.pad + tile[0], self.pad + tile[1])
-        gemm_into(h[rows], z[:tile[1] - tile[0]], self.w_res[layer], r2)
+        accumulate(h[rows], z, self.w_res[layer], r2)
         if shadow is not h:
             shadow[rows] = h[rows]
 
 
-def gemm_into(out: torch.Tensor, a: torch.Tensor, w: torch.Tensor, beta: float = 1.0) -> None:
-    """out = beta out + a w, in place: the product in the operands' dtype, the sum in out's fp32 (CPU matmuls
-    have no bf16 x bf16 -> fp32 form, so a bf16 product is added in a second pass)."""
-    if a.dtype == out.dtype:
-        out.addmm_(a, w, beta=beta)
+def linear(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
+           add: torch.Tensor | None = None) -> torch.Tensor:
+    """a w^T (+ bias) (+ add) as a new tensor in a's dtype (bias and add in it too): one oneDNN call."""
+    if ONEDNN:
+        if add is None:
+            return torch.ops.mkldnn._linear_pointwise(a, w, bias, "none", [], "")
+        return torch.ops.mkldnn._linear_pointwise.binary(a, add, w, bias, "add")
+    out = torch.mm(a, w.t()) if bias is None else torch.addmm(bias, a, w.t())
+    return out if add is None else out.add_(add)
+
+
+def accumulate(acc: torch.Tensor, a: torch.Tensor, w: torch.Tensor, scale: float = 1.0) -> None:
+    """acc = scale (acc + a w^T), in place: the product in a's dtype, the sum in acc's (fp32 when a is bf16)."""
+    if a.dtype == acc.dtype:
+        total = linear(a, w, add=acc)
+        if scale != 1:
+            torch.mul(total, scale, out=acc)
+        else:
+            acc.copy_(total)
     else:
-        torch.add(torch.mm(a, w), out, alpha=beta, out=out)
+        acc.add_(linear(a, w))
+        if scale != 1:
+            acc.mul_(scale)

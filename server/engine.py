@@ -35,6 +35,8 @@ from .settings import Settings
 
 log = logging.getLogger("server.engine")
 
+#: The micro-batching wait where none is set and a GPU runs the batch as one.
+CUDA_BATCH_WAIT_MS = 5.0
 #: Frames of the start-up vocode that warms kernels and allocators before /readyz turns 200.
 WARMUP_FRAMES = 16
 
@@ -174,6 +176,8 @@ class Engine:
         self._streams = 0  # streams under way: shutdown lets them finish, as it does queued jobs
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="vocode")
         self._tasks: list[asyncio.Task] = []
+        self.batch_wait_ms = (settings.batch_wait_ms if settings.batch_wait_ms is not None
+                              else CUDA_BATCH_WAIT_MS if vocoder.device.type == "cuda" else 0.0)
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -324,10 +328,10 @@ class Engine:
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
-        batching = self.settings.batch_wait_ms > 0 and self.settings.max_batch > 1
+        batching = self.batch_wait_ms > 0 and self.settings.max_batch > 1
         while True:
             batch = [await self._next_job()]
-            deadline = loop.time() + self.settings.batch_wait_ms / 1000
+            deadline = loop.time() + self.batch_wait_ms / 1000
             while batching and len(batch) < self.settings.max_batch:
                 self._take_fitting(batch)
                 remaining = deadline - loop.time()

@@ -34,8 +34,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(32 * 2**20, gt=0)
     #: Jobs waiting for the inference worker before new requests get 429.
     queue_size: int = Field(32, gt=0)
-    #: How long the worker waits for companions to micro-batch with; 0 disables batching.
-    batch_wait_ms: float = Field(5.0, ge=0)
+    #: How long the worker waits for companions to micro-batch with; 0 disables batching. Unset: 5 ms on CUDA, 0 on
+    #: a CPU, where the fast path runs a batch's items one after another, so a batch only makes its first reply
+    #: wait for its last (bench/results/speed-served.md).
+    batch_wait_ms: float | None = Field(None, ge=0)
     max_batch: int = Field(8, gt=0)
     schedule_cache_size: int = Field(64, gt=0)
     api_key: SecretStr | None = None

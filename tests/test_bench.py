@@ -141,6 +141,7 @@ def test_precision_vocodes_then_rescores(tiny_weights: Path, shared_data: Path, 
     name = f"precision-cpu-{tiny_weights.name}"  # a CPU run's report is named after the net, beside the GPU's
     first = json.loads((tmp_path / "a" / f"{name}.json").read_text())
     assert status == (0 if first["guard_holds"] else 1) and first["speedup"] > 0
+    assert set(first["abs_diff"]) == set(precision.STAGES) == {"net", "served"}  # before and after refinement
     assert precision.main([*common, "--rescore", str(saved), "--out", str(tmp_path / "b")]) == status
     again = json.loads((tmp_path / "b" / f"{name}.json").read_text())
     assert again["means"] == first["means"] and again["header"]["command"] == first["header"]["command"]

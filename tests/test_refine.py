@@ -89,20 +89,18 @@ def test_a_change_reaches_no_further_than_reach_frames(iterations):
 
 
 @pytest.mark.parametrize("preset", ["fast", "balanced"])
-def test_refine_0_is_the_audio_of_main_before_refinement_bit_for_bit(preset):
-    """The fixture was recorded by the shipped `small` net at main f82c294, before refinement existed, on one CPU
-    thread (as conftest sets it: a kernel's summation order depends on the thread count). Main's score net, the
-    module, reproduces it bit for bit; the CPU fast path that now serves (`model.score_net_cpu`) sums in another
-    order, so it equals it to fp32 tolerance."""
+def test_refine_0_is_the_audio_of_main_before_refinement(preset):
+    """The fixture was recorded by the shipped `small` net at main f82c294, before refinement existed, on one thread
+    of an Intel Xeon (as conftest sets it: a kernel's summation order depends on the thread count). There main's
+    score net, the module, reproduced it bit for bit; on other CPUs BLAS takes other kernels (MKL's AVX2 path on an
+    AMD EPYC differs by 7e-7), and the CPU fast path that now serves (`model.score_net_cpu`) sums in another order,
+    so both equal it to fp32 tolerance."""
     assert torch.get_num_threads() == 1
     fixture = np.load(FIXTURE)
     for cpu_fast in (False, True):
         voc = Vocoder.load(REPO / "weights" / "small", "cpu", cpu_fast=cpu_fast)
         audio = voc.vocode(fixture["mel"], voc.schedule(voc.presets[preset].rho), seed=7, refine=0)
-        if cpu_fast:
-            assert np.abs(audio - fixture[preset]).max() < 1e-5
-        else:
-            assert np.array_equal(audio, fixture[preset])
+        assert np.abs(audio - fixture[preset]).max() < 1e-5
 
 
 # --- the knob on the API ------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import torch
 from model.sampling import ddpm, windowed_eps
 from model.schedules import Schedule
 from model.score_net import ScoreNet, ScoreNetParams
+from model import score_net_cpu
 from model.score_net_cpu import CpuScoreNet
 from model.vocoder import Vocoder, cpu_threads, intra_op_threads, resolve_threads
 from test_score_net_fast import inputs, plain_eps, random_net, shipped
@@ -32,6 +33,13 @@ def test_random_weights_give_the_modules_eps(batch, frames, tile):
     """One tile or many, a last tile shorter than the rest, and tiles whose edges fall inside a dilation's reach."""
     net = random_net()
     assert_same_eps(net, CpuScoreNet(net, tile=tile), batch, frames)
+
+
+def test_without_onednn_the_torch_gemms_give_the_same_eps(monkeypatch):
+    """A torch built without oneDNN: the same sums as `torch.addmm`."""
+    monkeypatch.setattr(score_net_cpu, "ONEDNN", False)
+    net = random_net()
+    assert_same_eps(net, CpuScoreNet(net, tile=300), 2, 13)
 
 
 def test_a_net_with_every_bias_random_gives_the_plain_maths():

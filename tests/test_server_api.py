@@ -311,6 +311,12 @@ def test_limits_queue_full_and_api_key(make_client, monkeypatch):
     assert post().status_code == 200
 
 
+def test_a_cpu_engine_batches_only_when_told_to(make_client):
+    """On a CPU the fast path runs a batch's items in turn, so batching by default would only delay first replies."""
+    assert make_client().app.state.engine.batch_wait_ms == 0
+    assert make_client(batch_wait_ms=7).app.state.engine.batch_wait_ms == 7
+
+
 def test_concurrent_unseeded_requests_micro_batch_and_seeded_ones_keep_their_bytes(make_client, monkeypatch):
     client = make_client(batch_wait_ms=50, max_batch=8)
     engine = client.app.state.engine
