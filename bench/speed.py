@@ -41,6 +41,7 @@ from model.audio import mel_spectrogram
 from model.checkpoint import read_config
 from model.sampling import CONDITIONING_CACHE_BYTES, MARGIN_FRAMES, WINDOW_FRAMES, ddpm, windowed_eps
 from model.schedules import Schedule
+from model import score_net_cpu
 from model.score_net import ScoreNet, step_embedding
 from model.vocoder import Vocoder
 from server.engine import CUDA_BATCH_WAIT_MS
@@ -211,11 +212,14 @@ def run_flops(net: ScoreNet, frames: int, steps: int, cache_bytes: int = CONDITI
 
 
 def gemm_peak(dtype: torch.dtype, reps: int = 5) -> float:
-    """The best FLOP/s of torch.mm in `dtype` over a square GEMM and the fast path's tile shapes, in this run."""
+    """The best FLOP/s of a GEMM in `dtype`, torch.mm's or oneDNN's (the fast path's: on AMD's AVX-512 cores
+    twice MKL's fp32 rate), over a square GEMM and the fast path's tile shapes, in this run."""
     best = 0.0
     for m, k, n in ((2048, 2048, 2048), (4096, 96, 64), (4096, 192, 128)):
         a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-        best = max(best, 2 * m * k * n / min(timed(torch.mm, a, b)[1] for _ in range(reps)))
+        runs = [(torch.mm, b)] + ([(score_net_cpu.linear, b.t().contiguous())] if score_net_cpu.ONEDNN else [])
+        for gemm, w in runs:
+            best = max(best, 2 * m * k * n / min(timed(gemm, a, w)[1] for _ in range(reps)))
     return best
 
 
@@ -636,7 +640,8 @@ def cpu_path_section(rows: list[dict]) -> list[str]:
             "`model.score_net_cpu` (fp32 exact; bf16 GEMMs); *lmnt DiffWave*: lmnt-com's `DiffWave` with our "
             "weights in a plain DDPM loop at the same step count. GFLOP/s counts the step as it runs "
             "(`run_flops`; lmnt's projects the conditioner at every step); efficiency is against the best fp32 "
-            "(bf16 for the bf16 path) GEMM rate measured in the same run.", "",
+            "(bf16 for the bf16 path) GEMM rate measured in the same run, torch.mm's (MKL) or oneDNN's, whichever "
+            "was the faster.", "",
             table(["Net", "Path", "Audio s", "Wall s", "RTF", "x lmnt time", "GFLOP/s", "GEMM peak GFLOP/s",
                    "Efficiency"],
                   [[r["net"], r["path"], r["seconds"], r["wall_s"], r["rtf"], r["over_reference"], r["gflops"],
