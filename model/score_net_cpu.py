@@ -13,6 +13,14 @@ layout, each layer runs over tiles of `TILE` samples that stay in the core's cac
   tile's conv still reads the last d rows of this one), and the skip accumulated in place. Their biases
   are constants too: the residual's carried as a vector through the layers, h = h~ + c, c' = (c + b) / sqrt 2,
   and the skip's summed once into the output layers.
+The parallelism is the net's own, not OpenMP's: with `threads` > 1 each batch item is cut in time into parts
+widened by the net's reach (the sum of its dilations, so each part's kept samples are exact), and the parts run
+on a pool of worker threads whose torch ops are single-threaded. Each op here lasts 50-500 us, shorter than
+what OpenMP's fork and join cost once its threads sleep between regions: libgomp lets them spin only while it
+manages no more threads than there are CPUs, and a server, whose event loop and inference thread each lead
+their own team, manages more. There a 2-thread synthesis ran 2.4x slower than in a single-threaded script, as
+slow as with `OMP_WAIT_POLICY=PASSIVE`; on the pool it runs as fast in both.
+
 The GEMMs go through oneDNN's linear (`torch.ops.mkldnn`, as inductor's CPU fusions do), whose adds fold into
 the product: on AMD's AVX-512 cores it runs fp32 at twice the rate of MKL's sgemm behind `torch.mm`, which takes
 its AVX2 path there (bench/results/speed-cpu-*.md). Where torch was built without oneDNN the same sums are
@@ -27,6 +35,11 @@ updated. `bench.precision` guards what that does to the audio.
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -43,16 +56,17 @@ class CpuScoreNet:
     """`ScoreNet.forward` and `.conditioners` with the weights repacked for (S, C) GEMMs; for inference.
 
     It copies the weights when built, so a net changed later needs a new one. Weights are (out, in), as
-    `linear` takes them.
+    `linear` takes them. `threads` > 1 runs the work on that many pool threads (`workers`).
     """
 
-    def __init__(self, net: ScoreNet, tile: int = TILE, dtype: torch.dtype = torch.float32) -> None:
-        self.net, self.params, self.prior, self.dtype = net, net.params, net.prior, dtype
+    def __init__(self, net: ScoreNet, tile: int = TILE, dtype: torch.dtype = torch.float32, threads: int = 1) -> None:
+        self.net, self.params, self.prior, self.dtype, self.threads = net, net.params, net.prior, dtype, threads
         self.receptive_field = net.receptive_field
         c = net.params.residual_channels
         layers = net.layers
         self.dilations = [layer.dilated_conv.dilation[0] for layer in layers]
         self.pad = max(self.dilations)
+        self.reach = sum(self.dilations)  # samples each side that one output reads, through every layer
         self.tile = max(tile, self.pad)  # the delayed residual update needs d <= tile
         with torch.no_grad():
             # The filter half (output channels C..2C) doubled: tanh(f) = 2 sigmoid(2 f) - 1.
@@ -60,9 +74,10 @@ class CpuScoreNet:
             taps = [layer.dilated_conv.weight * scale[:, None, None] for layer in layers]  # (2C, C, 3)
             # (2C, 3C): columns are the taps at t - d, t, t + d, each over the C input channels.
             self.w_dilated = [w.permute(0, 2, 1).reshape(2 * c, 3 * c).to(dtype).contiguous() for w in taps]
-            self.w_taps = [w.sum(-1) for w in taps]
-            self.w_first = [w[:, :, 0].clone() for w in taps]
-            self.w_last = [w[:, :, 2].clone() for w in taps]
+            # What the conv adds for the constant part of its input: all three taps inside the signal, less the
+            # first (last) tap where it reads the zero padding; (L, 3, 2C, C).
+            stacked = torch.stack(taps)
+            self.w_constant = torch.stack([stacked.sum(-1), stacked[..., 0], stacked[..., 2]], 1)
             self.w_cond = [(layer.cond_proj.weight[:, :, 0] * scale[:, None]).to(dtype).contiguous()
                            for layer in layers]
             self.b_cond = [((layer.cond_proj.bias + layer.dilated_conv.bias) * scale).to(dtype) for layer in layers]
@@ -71,24 +86,32 @@ class CpuScoreNet:
             # The gate computes -z: the projection's weights negated.
             self.w_res = [(-layer.out_proj.weight[:c, :, 0]).to(dtype).contiguous() for layer in layers]
             self.w_skip = [(-layer.out_proj.weight[c:, :, 0]).to(dtype).contiguous() for layer in layers]
-            self.b_res = [layer.out_proj.bias[:c].clone() for layer in layers]
+            # The residual's constant part entering each layer: c_0 = 0, c' = (c + b) / sqrt 2 (input-independent).
+            carried, self.carried = torch.zeros(c), []
+            for layer in layers:
+                self.carried.append(carried)
+                carried = (carried + layer.out_proj.bias[:c]) / math.sqrt(2.0)
+            self.carried = torch.stack(self.carried)
             b_skip = sum(layer.out_proj.bias[c:] for layer in layers)
             root = math.sqrt(len(layers))
-            self.w_out1 = (net.skip_proj.weight[:, :, 0].t() / root).contiguous()  # skip / sqrt(L) folded in
+            self.w_out1 = (net.skip_proj.weight[:, :, 0] / root).contiguous()  # skip / sqrt(L) folded in
             self.b_out1 = net.skip_proj.bias + net.skip_proj.weight[:, :, 0] @ b_skip / root
-            self.w_out2 = net.output_proj.weight[0, :, 0].clone()
+            self.w_out2 = net.output_proj.weight[:, :, 0].clone()
             self.b_out2 = net.output_proj.bias.clone()
             self.w_in, self.b_in = net.input_proj.weight[:, 0, 0].clone(), net.input_proj.bias.clone()
 
     @torch.inference_mode()
     def conditioners(self, mel: torch.Tensor) -> torch.Tensor:
         """(B, L, S, 2C): every layer's conditioner projection with its conv's bias, once per request (as
-        `ScoreNet.conditioners`), each layer's contiguous so that a tile reads one block."""
+        `ScoreNet.conditioners`), each layer's contiguous so that a tile reads one block; a layer per pool task."""
         cond = self.net.condition(mel).transpose(1, 2).to(self.dtype).contiguous()
         out = cond.new_empty(cond.shape[0], len(self.w_cond), cond.shape[1], 2 * self.params.residual_channels)
-        for b in range(cond.shape[0]):
-            for i, (w, bias) in enumerate(zip(self.w_cond, self.b_cond)):
-                out[b, i] = linear(cond[b], w, bias)
+
+        def project(job: tuple[int, int]) -> None:
+            b, i = job
+            out[b, i] = linear(cond[b], self.w_cond[i], self.b_cond[i])
+
+        self._map(project, [(b, i) for b in range(cond.shape[0]) for i in range(len(self.w_cond))])
         return out
 
     @torch.inference_mode()
@@ -97,28 +120,57 @@ class CpuScoreNet:
         """x (B, S), mel (B, n_mels, S / hop), t (B,) -> eps (B, S), as `ScoreNet.forward`. Without
         `conditioners` each tile projects the upsampled mel itself (no S x L x 2C buffer)."""
         steps = F.linear(self.net.step_embedding(t), self.w_step, self.b_step)
-        steps = steps.view(x.shape[0], -1, self.params.residual_channels)
-        cond = (self.net.condition(mel).transpose(1, 2).to(self.dtype).contiguous() if conditioners is None
-                else conditioners)
-        return torch.stack([self._item(x[b], cond[b], steps[b], conditioners is not None)
-                            for b in range(x.shape[0])])
+        const = steps.view(x.shape[0], -1, self.params.residual_channels) + self.carried  # (B, L, C)
+        # (B, L, 3, 2C): what the conv adds for it inside the signal, and where its first or last tap reads padding.
+        constants = torch.einsum("lkoc,blc->blko", self.w_constant, const)
+        cached = conditioners is not None
+        cond = conditioners if cached else self.net.condition(mel).transpose(1, 2).to(self.dtype).contiguous()
+        length = x.shape[1]
 
-    def _item(self, x: torch.Tensor, cond: torch.Tensor, steps: torch.Tensor, cached: bool) -> torch.Tensor:
-        """One batch item: x (S,), cond (L, S, 2C) cached or the upsampled mel (S, n_mels), steps (L, C)."""
+        def part(job: tuple[int, int, int]) -> torch.Tensor:
+            """Samples lo..hi of item b, from the part widened by the reach on each side (exact inside it)."""
+            b, lo, hi = job
+            a, z = max(lo - self.reach, 0), min(hi + self.reach, length)
+            item_cond = cond[b, :, a:z] if cached else cond[b, a:z]
+            return self._item(x[b, a:z], item_cond, constants[b], cached)[lo - a:hi - a]
+
+        jobs = [(b, *span) for b in range(x.shape[0]) for span in self.parts(length, x.shape[0])]
+        out = self._map(part, jobs)
+        per_item = len(jobs) // x.shape[0]
+        return torch.stack([torch.cat(out[b * per_item:(b + 1) * per_item]) for b in range(x.shape[0])])
+
+    def parts(self, length: int, batch: int) -> list[tuple[int, int]]:
+        """How one item's samples are split: enough parts to keep every pool thread busy, none shorter than the
+        reach (beyond that the widened parts would repeat more work than they share out)."""
+        n = max(1, min(-(-self.threads // batch), length // max(self.reach, 1)))
+        return [(length * k // n, length * (k + 1) // n) for k in range(n)]
+
+    def _map(self, fn, jobs: list) -> list:
+        """fn over jobs, on the pool when there is one and more than one job, in order. torch's thread count is
+        one process-wide number, which torch's own loops read in every thread: it is 1 while the pool works (the
+        caller only waits), so that no pool thread starts threads of its own."""
+        if self.threads == 1 or len(jobs) == 1:
+            return [fn(job) for job in jobs]
+        with intra_op_threads(1):
+            return list(workers(self.threads).map(in_inference_mode(fn), jobs))
+
+    def _item(self, x: torch.Tensor, cond: torch.Tensor, constants: torch.Tensor, cached: bool) -> torch.Tensor:
+        """One batch item: x (S,), cond (L, S, 2C) cached or the upsampled mel (S, n_mels), constants (L, 3, 2C).
+        Only elementwise ops and oneDNN's GEMMs, which keep to the calling thread's one thread on the pool (MKL's
+        do not: they would start threads of their own)."""
         length, c, pad = x.shape[0], self.params.residual_channels, self.pad
         tile = min(self.tile, length)
         h = x.new_zeros(length + 2 * pad, c)  # h~, zero-padded as the conv pads; row pad + t is sample t
-        torch.clamp_min(torch.addr(self.b_in, x, self.w_in), 0, out=h[pad:pad + length])
+        torch.mul(x[:, None], self.w_in, out=h[pad:pad + length])
+        h[pad:pad + length].add_(self.b_in).clamp_min_(0)
         shadow = h.to(self.dtype)  # what the convs read: h itself in fp32, a bf16 copy kept beside it in bf16
         skip = x.new_zeros(length, c)
-        carried = x.new_zeros(c)  # the residual's constant part c
         stacked = x.new_empty(tile, 3 * c, dtype=self.dtype)
         z: list[torch.Tensor] = []  # -z of this layer's tiles, each kept until its residual update
-        r2 = 1 / math.sqrt(2.0)
         tiles = [(lo, min(lo + tile, length)) for lo in range(0, length, tile)]
         for i, d in enumerate(self.dilations):
-            const = carried + steps[i]  # what the conv adds to h~ inside the signal
-            inside = (self.w_taps[i] @ const).to(self.dtype)
+            inside, first, last = constants[i]
+            inside = inside.to(self.dtype)
             for k, (lo, hi) in enumerate(tiles):
                 st = stacked[:hi - lo]
                 torch.cat([shadow[pad + lo - d:pad + hi - d], shadow[pad + lo:pad + hi],
@@ -126,26 +178,65 @@ class CpuScoreNet:
                 conditioner = cond[i, lo:hi] if cached else linear(cond[lo:hi], self.w_cond[i], self.b_cond[i])
                 y = linear(st, self.w_dilated[i], inside, conditioner)
                 if lo < d:  # the tap at t - d reads the zero padding
-                    y[:min(d, hi) - lo] -= self.w_first[i] @ const
+                    y[:min(d, hi) - lo] -= first
                 if hi > length - d:  # the tap at t + d reads it
-                    y[max(length - d, lo) - lo:] -= self.w_last[i] @ const
+                    y[max(length - d, lo) - lo:] -= last
                 y.sigmoid_()
                 z.append(torch.addcmul(y[:, :c], y[:, :c], y[:, c:], value=-2.0))  # -z
                 accumulate(skip[lo:hi], z[-1], self.w_skip[i])
                 if k:  # this tile's conv has read the previous tile's last rows: update it now
-                    self._residual(h, shadow, z.pop(0), tiles[k - 1], i, r2)
-            self._residual(h, shadow, z.pop(0), tiles[-1], i, r2)
-            carried = (carried + self.b_res[i]) * r2
-        out = torch.relu(torch.addmm(self.b_out1, skip, self.w_out1))
-        return torch.mv(out, self.w_out2) + self.b_out2
+                    self._residual(h, shadow, z.pop(0), tiles[k - 1], i)
+            self._residual(h, shadow, z.pop(0), tiles[-1], i)
+        return linear(linear(skip, self.w_out1, self.b_out1).relu_(), self.w_out2, self.b_out2)[:, 0]
 
-    def _residual(self, h: torch.Tensor, shadow: torch.Tensor, z: torch.Tensor, tile: tuple[int, int], layer: int,
-                  r2: float) -> None:
+    def _residual(self, h: torch.Tensor, shadow: torch.Tensor, z: torch.Tensor, tile: tuple[int, int],
+                  layer: int) -> None:
         """(h + r) / sqrt 2 on one tile's rows, and the bf16 copy the convs read."""
         rows = slice(self.pad + tile[0], self.pad + tile[1])
-        accumulate(h[rows], z, self.w_res[layer], r2)
+        accumulate(h[rows], z, self.w_res[layer], 1 / math.sqrt(2.0))
         if shadow is not h:
             shadow[rows] = h[rows]
+
+
+@contextmanager
+def intra_op_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op thread count set to `threads` for one request (or one pool phase), and restored after it."""
+    before = torch.get_num_threads()
+    if threads != before:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if threads != before:
+            torch.set_num_threads(before)
+
+
+@lru_cache(maxsize=None)
+def workers(n: int) -> ThreadPoolExecutor:
+    """n pool threads for the fast path, shared by every `CpuScoreNet` of the process (so n bounds them all). Each
+    sets OpenMP's count for itself to 1 (oneDNN reads that one); torch's own count is process-wide, so it is put
+    back once all n have set theirs."""
+    before = torch.get_num_threads()
+    started = threading.Barrier(n + 1)
+
+    def single_threaded() -> None:
+        torch.set_num_threads(1)
+        started.wait()
+
+    pool = ThreadPoolExecutor(n, thread_name_prefix="score-net", initializer=single_threaded)
+    for _ in range(n):
+        pool.submit(lambda: None)
+    started.wait()
+    torch.set_num_threads(before)
+    return pool
+
+
+def in_inference_mode(fn):
+    """fn under `torch.inference_mode` (thread-local: a pool thread does not inherit the caller's)."""
+    def run(*args):
+        with torch.inference_mode():
+            return fn(*args)
+    return run
 
 
 def linear(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,

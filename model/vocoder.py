@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,21 +23,22 @@ from .refine import MAX_ITERATIONS, NOISE_SCALE, project, reach_frames
 from .sampling import SAMPLERS, Noise, NoiseSource, Seeds, windowed_eps
 from .schedules import Diffusion, Schedule
 from .score_net import CONFIGS, ScoreNet, ScoreNetParams
-from .score_net_cpu import CpuScoreNet
+from .score_net_cpu import CpuScoreNet, intra_op_threads
 from .streaming import FIRST_FRAMES, LARGEST_FRAMES, Stream, margin_frames
 
 #: Where the shipped nets live (`weights/base`, `weights/small`); a deployment points VOCODER_WEIGHTS_ROOT elsewhere.
 WEIGHTS_ROOT = Path(__file__).resolve().parent.parent / "weights"
 #: The net served when none is named, by the resolved device: DiffWave `base`, the quality net, where a GPU runs
-#: it; on a CPU the `small` net: with its presets and refinements it is the only net with a preset inside RTF 0.5
-#: on 2 cores (fast, 0.43 for 5 s on the CPU fast path) and its balanced default answers a 5 s request in 0.92x
-#: real time through the server, where `base`'s presets run at RTF 5.5-11 (bench/results/speed-cpu-*.md,
-#: speed-served.md).
+#: it; on a CPU the `small` net. Measured on 2 cores (AMD EPYC, bf16 as auto serves it there) on the held-out
+#: acceptance clips, as each preset serves with its refinements: within RTF 0.5 `small` gives balanced STOI 0.987 /
+#: PESQ-WB 3.81 at RTF 0.24 and quality 0.990 / 3.99 at 0.41, while `base`'s only preset within it is fast, 0.981 /
+#: 3.58 at 0.45-0.49 (its balanced runs at RTF 1.03-1.14); bench/results/quality.md, speed-cpu-*.md.
 DEFAULT_NETS = {"cuda": "base", "cpu": "small"}
 WHY_DEFAULT = {"cuda": "no weights named; CUDA serves DiffWave base, the quality net",
-               "cpu": "no weights named; a CPU-only host serves small: with its presets' refinements it is the "
-                      "only net with a preset within RTF 0.5 on 2 cores, and its balanced default answers near "
-                      "real time (base's presets run at RTF 5.5-11 on a CPU)"}
+               "cpu": "no weights named; a CPU-only host serves small: within RTF 0.5 on 2 cores its presets with "
+                      "their refinements score better than base's only preset there (small balanced STOI 0.987 / "
+                      "PESQ-WB 3.81 at RTF 0.24, quality 0.990 / 3.99 at 0.41; base fast 0.981 / 3.58 at 0.45, its "
+                      "balanced at RTF 1.0)"}
 WHY_NAMED = "named by the caller (--weights or VOCODER_WEIGHTS)"
 
 
@@ -142,19 +142,6 @@ def resolve_threads(threads: int | None) -> int:
     return min(torch.get_num_threads(), cpu_threads())
 
 
-@contextmanager
-def intra_op_threads(threads: int) -> Iterator[None]:
-    """torch's intra-op thread count set to `threads` for one request, and restored after it."""
-    before = torch.get_num_threads()
-    if threads != before:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        if threads != before:
-            torch.set_num_threads(before)
-
-
 def default_weights(device: torch.device, root: str | Path = WEIGHTS_ROOT) -> tuple[Path, str]:
     """(directory, why) of the net this device serves when no weights are named (`DEFAULT_NETS`)."""
     kind = device.type if device.type in DEFAULT_NETS else "cpu"
@@ -192,14 +179,14 @@ class Vocoder:
     #: On a CPU the step runs as `CpuScoreNet`, the same function 2-3x faster; False keeps the module (the
     #: benchmark's baseline and the tests' oracle).
     cpu_fast: bool = True
-    #: Intra-op threads each request runs on (`resolve_threads`).
+    #: Threads each request runs on (`resolve_threads`): torch's intra-op count, and the fast path's pool.
     threads: int = 1
 
     def __post_init__(self) -> None:
         if self.compiled:
             self.step_net = torch.compile(self.score_net, dynamic=True)
         elif self.device.type == "cpu" and self.cpu_fast:
-            self.step_net = CpuScoreNet(self.score_net, dtype=self.dtype)
+            self.step_net = CpuScoreNet(self.score_net, dtype=self.dtype, threads=self.threads)
         else:
             self.step_net = self.score_net
 

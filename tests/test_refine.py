@@ -98,7 +98,7 @@ def test_refine_0_is_the_audio_of_main_before_refinement(preset):
     assert torch.get_num_threads() == 1
     fixture = np.load(FIXTURE)
     for cpu_fast in (False, True):
-        voc = Vocoder.load(REPO / "weights" / "small", "cpu", cpu_fast=cpu_fast)
+        voc = Vocoder.load(REPO / "weights" / "small", "cpu", "fp32", cpu_fast=cpu_fast)
         audio = voc.vocode(fixture["mel"], voc.schedule(voc.presets[preset].rho), seed=7, refine=0)
         assert np.abs(audio - fixture[preset]).max() < 1e-5
 

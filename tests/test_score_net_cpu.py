@@ -35,6 +35,20 @@ def test_random_weights_give_the_modules_eps(batch, frames, tile):
     assert_same_eps(net, CpuScoreNet(net, tile=tile), batch, frames)
 
 
+@pytest.mark.parametrize(("batch", "frames", "threads"), [(1, 40, 2), (1, 40, 3), (3, 12, 2), (1, 1, 2)])
+def test_the_pool_gives_the_same_eps(batch, frames, threads):
+    """Items cut into parts widened by the reach, on pool threads: the module's eps, whatever the split; a clip
+    shorter than twice the reach stays whole. torch's thread count is put back after each call."""
+    net = random_net()
+    fast = CpuScoreNet(net, tile=700, threads=threads)
+    length = frames * 256
+    assert len(fast.parts(length, batch)) == (1 if batch >= threads or length < 2 * fast.reach
+                                               else min(threads, length // fast.reach))
+    before = torch.get_num_threads()
+    assert_same_eps(net, fast, batch, frames)
+    assert torch.get_num_threads() == before
+
+
 def test_without_onednn_the_torch_gemms_give_the_same_eps(monkeypatch):
     """A torch built without oneDNN: the same sums as `torch.addmm`."""
     monkeypatch.setattr(score_net_cpu, "ONEDNN", False)
