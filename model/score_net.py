@@ -22,7 +22,8 @@ A forward without the cache went 392 -> 336 ms, a balanced 7-step synthesis 2.05
 (8 x 8,192 samples) 2.42 -> 2.19 s. Not kept, as no faster here: 1x1 convs as matmuls (equal), and (B, T, C)
 activations with the dilated conv as one matmul over shifted copies (a cached step 40% slower than mkldnn's convs,
 as whole-length passes). Tiled so that each layer's passes stay in cache, with the biases folded, that layout is
-2-3x faster than this module: inference on a CPU runs it (`model.score_net_cpu`), and this module is its oracle.
+2-5x faster than this module (bench/results/speed-cpu-*.md): inference on a CPU runs it (`model.score_net_cpu`),
+and this module is its oracle.
 On CUDA, `python -m bench.train` times the training step against the reference's in one run.
 """
 

@@ -142,3 +142,11 @@ def test_a_vocoders_requests_run_on_its_thread_count(tiny_weights):
     finally:
         hook.remove()
     assert seen and set(seen) == {before + 1} and torch.get_num_threads() == before
+    assert voc.step_net.threads == before + 1  # and the fast path's pool is that size
+
+
+def test_a_vocoder_on_the_pool_gives_the_audio_of_one_thread(tiny_weights):
+    one, two = (Vocoder.load(tiny_weights, "cpu", "fp32", threads=n) for n in (1, 2))
+    mel, schedule = inputs(1, 30, seed=6)[1][0], one.schedule(one.default_rho)
+    torch.testing.assert_close(torch.from_numpy(two.vocode(mel, schedule, seed=4, refine=2)),
+                               torch.from_numpy(one.vocode(mel, schedule, seed=4, refine=2)), atol=1e-5, rtol=0)
