@@ -35,6 +35,7 @@ updated. `bench.precision` guards what that does to the audio.
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -229,6 +230,10 @@ def workers(n: int) -> ThreadPoolExecutor:
     started.wait()
     torch.set_num_threads(before)
     return pool
+
+
+# A forked child has the pool's queue but none of its threads: it starts a pool of its own.
+os.register_at_fork(after_in_child=workers.cache_clear)
 
 
 def in_inference_mode(fn):

@@ -30,15 +30,15 @@ from .streaming import FIRST_FRAMES, LARGEST_FRAMES, Stream, margin_frames
 WEIGHTS_ROOT = Path(__file__).resolve().parent.parent / "weights"
 #: The net served when none is named, by the resolved device: DiffWave `base`, the quality net, where a GPU runs
 #: it; on a CPU the `small` net. Measured on 2 cores (AMD EPYC, bf16 as auto serves it there) on the held-out
-#: acceptance clips, as each preset serves with its refinements: within RTF 0.5 `small` gives balanced STOI 0.987 /
-#: PESQ-WB 3.81 at RTF 0.24 and quality 0.990 / 3.99 at 0.41, while `base`'s only preset within it is fast, 0.981 /
-#: 3.58 at 0.45-0.49 (its balanced runs at RTF 1.03-1.14); bench/results/quality.md, speed-cpu-*.md.
+#: acceptance clips, each preset as served with its refinements: within RTF 0.5 `small` gives balanced STOI 0.987 /
+#: PESQ-WB 3.80 at RTF 0.18 and quality 0.990 / 4.02 at 0.33, while `base`'s only preset within it is fast, 0.981 /
+#: 3.56 at 0.40 (its balanced runs at RTF 0.94); bench/results/quality.md, speed-cpu-*.md.
 DEFAULT_NETS = {"cuda": "base", "cpu": "small"}
 WHY_DEFAULT = {"cuda": "no weights named; CUDA serves DiffWave base, the quality net",
                "cpu": "no weights named; a CPU-only host serves small: within RTF 0.5 on 2 cores its presets with "
                       "their refinements score better than base's only preset there (small balanced STOI 0.987 / "
-                      "PESQ-WB 3.81 at RTF 0.24, quality 0.990 / 3.99 at 0.41; base fast 0.981 / 3.58 at 0.45, its "
-                      "balanced at RTF 1.0)"}
+                      "PESQ-WB 3.80 at RTF 0.18, quality 0.990 / 4.02 at 0.33; base fast 0.981 / 3.56 at 0.40, its "
+                      "balanced at RTF 0.94)"}
 WHY_NAMED = "named by the caller (--weights or VOCODER_WEIGHTS)"
 
 

@@ -150,3 +150,15 @@ def test_a_vocoder_on_the_pool_gives_the_audio_of_one_thread(tiny_weights):
     mel, schedule = inputs(1, 30, seed=6)[1][0], one.schedule(one.default_rho)
     torch.testing.assert_close(torch.from_numpy(two.vocode(mel, schedule, seed=4, refine=2)),
                                torch.from_numpy(one.vocode(mel, schedule, seed=4, refine=2)), atol=1e-5, rtol=0)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX fork")
+def test_a_forked_child_runs_on_a_pool_of_its_own():
+    """The parent's pool threads do not survive a fork; the child's first call starts its own pool, not a hang."""
+    fast = CpuScoreNet(random_net(), threads=2)
+    x, mel, t = inputs(1, 20)
+    expected = fast(x, mel, t)
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if it computed the same eps
+        os._exit(0 if torch.allclose(fast(x, mel, t), expected, atol=1e-6) else 3)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
