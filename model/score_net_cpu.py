@@ -49,7 +49,7 @@ from .score_net import ScoreNet
 
 #: Samples per time tile: a `base` layer's tile (3C + 2C + C floats a sample) is ~1.5 MB, inside a core's L2.
 TILE = 4096
-#: oneDNN's linear with its fused add, where this torch was built with it (x86 and ARM wheels are).
+#: oneDNN's linear with its fused add, where this torch was built with oneDNN (the x86 wheels are).
 ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
@@ -143,7 +143,7 @@ class CpuScoreNet:
     def parts(self, length: int, batch: int) -> list[tuple[int, int]]:
         """How one item's samples are split: enough parts to keep every pool thread busy, none shorter than the
         reach (beyond that the widened parts would repeat more work than they share out)."""
-        n = max(1, min(-(-self.threads // batch), length // max(self.reach, 1)))
+        n = max(1, min(math.ceil(self.threads / batch), length // max(self.reach, 1)))
         return [(length * k // n, length * (k + 1) // n) for k in range(n)]
 
     def _map(self, fn, jobs: list) -> list:
