@@ -176,8 +176,8 @@ class Vocoder:
     #: torch.compile the score net's step (inductor fuses the gated activation and the residual arithmetic);
     #: one graph with a symbolic batch and length, so any request shape reuses it after the warm-up.
     compiled: bool = False
-    #: On a CPU the step runs as `CpuScoreNet`, the same function 2-4x faster (bench/results/speed-cpu-*.md); False keeps the module (the
-    #: benchmark's baseline and the tests' oracle).
+    #: On a CPU the step runs as `CpuScoreNet`, the same function 2-4x faster (bench/results/speed-cpu-*.md); False
+    #: keeps the module (the benchmark's baseline and the tests' oracle).
     cpu_fast: bool = True
     #: Threads each request runs on (`resolve_threads`): torch's intra-op count, and the fast path's pool.
     threads: int = 1
