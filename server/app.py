@@ -8,7 +8,6 @@ anything the client sent, 503 (with Retry-After) when the server cannot serve ri
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import re
@@ -20,7 +19,6 @@ from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
-from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -28,13 +26,13 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model.audio import AudioError, load_audio, mel_spectrogram
-from model.checkpoint import CheckpointError
 from model.refine import MAX_ITERATIONS
-from model.schedules import Schedule
 from model.vocoder import Vocoder
 
 from . import codec, demo, formats
 from .codec import ApiError
+from .deps import (disconnected, engine_of, plan_for, ready_engine, reject_unknown_query, require_api_key,
+                   schedule_for)
 from .engine import ClientGone, Engine, Plan, QueueFull, Unavailable
 from .metrics import Metrics
 from .schemas import MAX_SEED, ErrorOut, Health, ModelInfo, Preset, ScheduleList, ScheduleOut, ScheduleSummary
@@ -122,74 +120,6 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, e: HTTPException) -> JSONResponse:
         return error_response(e.status_code, str(e.detail).lower(), f"{request.method} {request.url.path}: {e.detail}",
                               getattr(e, "headers", None))
-
-
-def engine_of(request: Request) -> Engine:
-    return request.app.state.engine
-
-
-def ready_engine(request: Request) -> Engine:
-    engine = engine_of(request)
-    if not engine.ready:
-        raise ApiError(503, "not ready", engine.not_ready_reason, {"Retry-After": "5"})
-    return engine
-
-
-def require_api_key(request: Request) -> None:
-    """With VOCODER_API_KEY set, /v1 needs `Authorization: Bearer KEY` or `X-API-Key: KEY`."""
-    settings: Settings = request.app.state.settings
-    expected = settings.api_key.get_secret_value() if settings.api_key else ""
-    if not expected:
-        return
-    auth = request.headers.get("authorization", "")
-    given = auth[7:] if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
-    if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise ApiError(401, "unauthorized", "missing or wrong API key (send Authorization: Bearer KEY or X-API-Key)",
-                       {"WWW-Authenticate": "Bearer"})
-
-
-def query_names(dependant: Dependant) -> set[str]:
-    """The query parameters a route takes, its dependencies' included."""
-    return {p.alias for p in dependant.query_params} | {n for d in dependant.dependencies for n in query_names(d)}
-
-
-def reject_unknown_query(request: Request) -> None:
-    """A query parameter the route does not take is a 400 that names it: `?preset=fast` would otherwise be ignored
-    and the default served, so a typo would cost quality without a word."""
-    known = query_names(request.scope["route"].dependant)
-    unknown = sorted(set(request.query_params) - known)
-    if unknown:
-        raise ApiError(400, "unknown query parameter",
-                       f"{request.url.path} does not take {', '.join(map(repr, unknown))}; "
-                       f"it takes {', '.join(sorted(known)) or 'no query parameters'}")
-
-
-async def disconnected(request: Request) -> None:
-    """Resolves when the client goes away (the body has been read, so only http.disconnect can arrive)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def schedule_for(engine: Engine, value: float | str | None) -> tuple[float, Schedule, bool]:
-    """(canonical rho, schedule, cache hit) with the client's mistakes as 400s."""
-    try:
-        rho = engine.resolve_rho(value)
-    except ValueError as e:
-        raise ApiError(400, "invalid rho", str(e)) from None
-    try:
-        schedule, hit = await engine.cache.get(rho)
-    except (CheckpointError, ValueError) as e:
-        raise ApiError(400, "rho not available", f"cannot make a schedule for rho={rho:g}: {e}") from None
-    return rho, schedule, hit
-
-
-async def plan_for(engine: Engine, method: str, rho: float | str | None, refine: int | None) -> tuple[Plan, bool]:
-    """(how to synthesise, schedule cache hit): rho's schedule and the refinements, or projection alone."""
-    iterations = engine.resolve_refine(rho, refine)
-    if method == "projection":
-        return Plan(None, None, iterations), False
-    rho_used, schedule, hit = await schedule_for(engine, rho)
-    return Plan(rho_used, schedule, iterations), hit
 
 
 Rho = Annotated[str | None, Query(description="threshold in (0, 1) or fast|balanced|quality; default from the weights")]

@@ -26,7 +26,7 @@ from model.audio import pcm16
 from model.mel import MelError, validate_mel
 
 from . import codec, formats
-from .app import disconnected, plan_for, ready_engine, reject_unknown_query, require_api_key
+from .deps import disconnected, plan_for, ready_engine, reject_unknown_query, require_api_key
 from .codec import ApiError
 from .engine import ClientGone, Engine, Plan, Result
 from .schemas import MAX_SEED

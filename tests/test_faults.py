@@ -31,7 +31,7 @@ from bench.common import free_port, wait_ready
 from model.audio import HOP, N_MELS
 from model.checkpoint import SCORE_NET
 from server import __main__ as server_main
-from server import app as server_app
+from server import deps as server_deps
 from server.app import create_app
 from server.settings import Settings
 
@@ -198,7 +198,7 @@ def test_api_key_compared_in_constant_time(make_client, monkeypatch):
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(server_app.hmac, "compare_digest", spy)
+    monkeypatch.setattr(server_deps.hmac, "compare_digest", spy)
     client = make_client(api_key="s3cret-key")
     assert vocode(client).status_code == 401
     assert client.post("/v1/vocode", content=npy(mel()), headers={**NPY, "X-API-Key": "s3cret-kez"}).status_code == 401
