@@ -6,7 +6,10 @@
 # The base tag and the torch pin in pyproject.toml move together: torch==2.13.0 <-> pytorch/pytorch:2.13.0-...
 # (PyPI's torch 2.13.0 is built for CUDA 13.0 and cuDNN 9, hence this tag; tests/test_deploy.py checks the pair).
 # The image's torch satisfies the pin, so `pip install .` keeps it and adds only the project's other dependencies.
-FROM pytorch/pytorch:2.13.0-cuda13.0-cudnn9-runtime AS base
+# Another base: `--build-arg BASE_IMAGE=...`, any image with `python` and `pip` on PATH, Python's headers and
+# torch==2.13.0 (`make image-test` builds all three targets on a local Debian base with the CPU wheel).
+ARG BASE_IMAGE=pytorch/pytorch:2.13.0-cuda13.0-cudnn9-runtime
+FROM ${BASE_IMAGE} AS base
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -96,11 +96,15 @@ def _stages(path: Path) -> list[Stage]:
         logical.append(pending + line)
         pending = ""
     stages: list[Stage] = []
+    global_args: dict[str, str] = {}  # ARGs before the first FROM: a FROM's base is the build's default
     for line in logical:
         keyword, _, args = line.strip().partition(" ")
         keyword, args = keyword.upper(), args.strip()
-        if keyword == "FROM":
-            words = args.split()
+        if keyword == "ARG" and not stages:
+            name, _, default = args.partition("=")
+            global_args[name] = default
+        elif keyword == "FROM":
+            words = re.sub(r"\$\{?(\w+)\}?", lambda m: global_args[m.group(1)], args).split()
             name = words[2] if len(words) == 3 and words[1].upper() == "AS" else str(len(stages))
             stages.append(Stage(name, words[0]))
         elif stages:
