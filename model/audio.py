@@ -1,9 +1,9 @@
-"""Mel front end: the one definition of the contract with TTS front ends.
+"""Mel front end: audio I/O, and a mel contract's (`model.contract.MelSpec`) filterbank, STFT and its inverse.
 
-HiFi-GAN / Tacotron 2 log-mel: 22050 Hz mono, n_fft 1024, Hann 1024, hop 256, 80 Slaney mel bands
-over 0-8000 Hz, magnitude spectrogram, natural log of max(x, 1e-5). Frames are taken HiFi-GAN style
-(reflect-pad (n_fft - hop) / 2 on each side, no centring), so a clip of S samples gives S // 256
-frames and the vocoder returns exactly frames * 256 samples.
+The net's own contract is HiFi-GAN / Tacotron 2 log-mel: 22050 Hz mono, n_fft 1024, Hann 1024, hop 256, 80 Slaney
+mel bands over 0-8000 Hz, magnitude spectrogram, natural log of max(x, 1e-5). Frames are taken HiFi-GAN style
+(reflect-pad (n_fft - hop) / 2 on each side, no centring), so a clip of S samples gives S // 256 frames and the
+vocoder returns exactly frames * 256 samples. Every other contract runs through the same functions.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import math
 import struct
-from dataclasses import dataclass
 from functools import lru_cache
 from fractions import Fraction
 from pathlib import Path
@@ -20,15 +19,13 @@ import numpy as np
 import soundfile as sf
 import soxr
 import torch
-from scipy.signal import resample_poly
+from scipy.signal import lfilter, resample_poly
 
-SAMPLE_RATE = 22050
-HOP = 256
-N_FFT = 1024
-N_MELS = 80
-FMIN = 0.0
-FMAX = 8000.0
-LOG_FLOOR = 1e-5
+from .contract import MelSpec, compress
+
+#: The net's contract's numbers, for the code that speaks only it.
+SAMPLE_RATE, HOP, N_FFT, N_MELS = MelSpec.sample_rate, MelSpec.hop, MelSpec.n_fft, MelSpec.n_mels
+FMIN, FMAX, LOG_FLOOR = MelSpec.fmin, MelSpec.fmax, MelSpec.floor
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif")
 #: Sample rates accepted for resampling. A header is the client's to write, and the polyphase filter grows
 #: with the terms of the rate ratio: a coprime rate near 2^31 Hz asked one decode for 19 GB.
@@ -44,92 +41,115 @@ class AudioError(ValueError):
     """Audio that cannot be read or is unusable (empty, wrong sample rate where resampling is off)."""
 
 
-def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
-    """Slaney mel scale: linear below 1 kHz, logarithmic above."""
+def _hz_to_mel(hz: np.ndarray, htk: bool = False) -> np.ndarray:
+    """Slaney mel scale: linear below 1 kHz, logarithmic above; or HTK's 2595 log10(1 + hz / 700)."""
     hz = np.asanyarray(hz, dtype=np.float64)
+    if htk:
+        return 2595.0 * np.log10(1.0 + hz / 700.0)
     f_sp, min_log_hz = 200.0 / 3, 1000.0
     min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
     return np.where(hz >= min_log_hz, min_log_mel + np.log(np.maximum(hz, 1e-10) / min_log_hz) / logstep, hz / f_sp)
 
 
-def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+def _mel_to_hz(mel: np.ndarray, htk: bool = False) -> np.ndarray:
     mel = np.asanyarray(mel, dtype=np.float64)
+    if htk:
+        return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
     f_sp, min_log_hz = 200.0 / 3, 1000.0
     min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
     return np.where(mel >= min_log_mel, min_log_hz * np.exp(logstep * (mel - min_log_mel)), f_sp * mel)
 
 
-@lru_cache(maxsize=4)
-def mel_filterbank(sr: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mels: int = N_MELS,
-                   fmin: float = FMIN, fmax: float = FMAX) -> np.ndarray:
-    """Slaney-normalised triangular filters, shape (n_mels, n_fft // 2 + 1); equals librosa's default."""
+@lru_cache(maxsize=16)
+def mel_filterbank(sr: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mels: int = N_MELS, fmin: float = FMIN,
+                   fmax: float = FMAX, htk: bool = False, norm: str = "slaney") -> np.ndarray:
+    """Triangular filters, shape (n_mels, n_fft // 2 + 1), each scaled to unit area (Slaney's norm) unless norm is
+    "none"; equals librosa's `filters.mel` with the same htk and norm."""
     fft_freqs = np.linspace(0, sr / 2, n_fft // 2 + 1)
-    mel_f = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
+    mel_f = _mel_to_hz(np.linspace(_hz_to_mel(fmin, htk), _hz_to_mel(fmax, htk), n_mels + 2), htk)
     fdiff = np.diff(mel_f)
     ramps = mel_f[:, None] - fft_freqs[None, :]
     lower = -ramps[:-2] / fdiff[:-1, None]
     upper = ramps[2:] / fdiff[1:, None]
     weights = np.maximum(0.0, np.minimum(lower, upper))
-    weights *= (2.0 / (mel_f[2:n_mels + 2] - mel_f[:n_mels]))[:, None]
+    if norm == "slaney":
+        weights *= (2.0 / (mel_f[2:n_mels + 2] - mel_f[:n_mels]))[:, None]
     return weights.astype(np.float32)
 
 
-@dataclass(frozen=True)
-class MelSpec:
-    """The audio settings a checkpoint was trained with; stored in its config."""
+def filterbank(spec: MelSpec) -> np.ndarray:
+    """The contract's filterbank, (n_mels, n_fft // 2 + 1)."""
+    return mel_filterbank(spec.sample_rate, spec.n_fft, spec.n_mels, spec.fmin, spec.fmax,
+                          spec.mel_scale == "htk", spec.mel_norm)
 
-    sample_rate: int = SAMPLE_RATE
-    hop: int = HOP
-    n_fft: int = N_FFT
-    n_mels: int = N_MELS
-    fmin: float = FMIN
-    fmax: float = FMAX
 
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
+def window(spec: MelSpec, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The contract's analysis window, win samples long, zero-padded to n_fft in its middle (as torch.stft and
+    librosa pad a shorter window)."""
+    make = torch.hann_window if spec.window == "hann" else torch.hamming_window
+    w = make(spec.win_length, device=device, dtype=dtype)
+    left = (spec.n_fft - spec.win_length) // 2
+    return torch.nn.functional.pad(w, (left, spec.n_fft - spec.win_length - left)) if spec.win_length < spec.n_fft else w
+
+
+def preemphasis(wav: torch.Tensor, k: float) -> torch.Tensor:
+    """y[n] = x[n] - k x[n-1] along the last axis (y[0] = x[0]), as the stacks that pre-emphasise do."""
+    return torch.cat([wav[..., :1], wav[..., 1:] - k * wav[..., :-1]], dim=-1)
+
+
+def deemphasis(wav: torch.Tensor, k: float) -> torch.Tensor:
+    """`preemphasis` undone: x[n] = y[n] + k x[n-1] (an IIR, run in float64 by scipy)."""
+    out = lfilter([1.0], [1.0, -k], wav.detach().cpu().double().numpy(), axis=-1)
+    return torch.from_numpy(out).to(device=wav.device, dtype=wav.dtype)
 
 
 def stft(wav: torch.Tensor, spec: MelSpec = MelSpec()) -> torch.Tensor:
-    """The contract's complex STFT, (B, samples) -> (B, n_fft // 2 + 1, samples // hop): Hann n_fft, reflect-padded
-    by (n_fft - hop) / 2 on each side and not centred, so frame f covers samples [f hop - pad, f hop - pad + n_fft)."""
-    pad = (spec.n_fft - spec.hop) // 2
-    mode = "reflect" if wav.shape[-1] > pad else "constant"
+    """The contract's complex STFT, (B, samples) -> (B, n_fft // 2 + 1, spec.frames(samples)): padded by
+    `spec.pad` on each side (reflect, or zeros), so frame f covers samples [f hop - pad, f hop - pad + n_fft).
+    HiFi-GAN's (n_fft - hop) / 2 gives samples // hop frames; centred frames (n_fft / 2) give one more."""
+    pad = spec.pad
+    mode = spec.pad_mode if wav.shape[-1] > pad else "constant"
     wav = torch.nn.functional.pad(wav.unsqueeze(1), (pad, pad), mode=mode).squeeze(1)
-    window = torch.hann_window(spec.n_fft, device=wav.device, dtype=wav.dtype)
-    return torch.stft(wav, spec.n_fft, spec.hop, spec.n_fft, window, center=False, return_complex=True)
+    return torch.stft(wav, spec.n_fft, spec.hop, spec.n_fft, window(spec, wav.device, wav.dtype), center=False,
+                      return_complex=True)
 
 
 def istft(frames: torch.Tensor, samples: int, spec: MelSpec = MelSpec()) -> torch.Tensor:
     """The least-squares inverse of `stft` (Griffin and Lim 1984): each frame's inverse FFT windowed again,
     overlap-added and divided by the summed squared window; (B, bins, F) -> (B, samples). `torch.istft` refuses
     this framing, since the padded signal's first sample sees only a zero of the window."""
-    pad, n = (spec.n_fft - spec.hop) // 2, frames.shape[-1]
-    window = torch.hann_window(spec.n_fft, device=frames.device, dtype=frames.real.dtype)
+    pad, n = spec.pad, frames.shape[-1]
+    w = window(spec, frames.device, frames.real.dtype)
     fold = _fold(n, spec.n_fft, spec.hop)
-    parts = torch.fft.irfft(frames, n=spec.n_fft, dim=1) * window[:, None]
+    parts = torch.fft.irfft(frames, n=spec.n_fft, dim=1) * w[:, None]
     wav = torch.nn.functional.fold(parts, **fold)[:, 0, 0]
-    return (wav / _window_sum(n, spec.n_fft, spec.hop, window.device, window.dtype))[:, pad:pad + samples]
+    return (wav / _window_sum(n, spec, w.device, w.dtype))[:, pad:pad + samples]
 
 
 def _fold(frames: int, n_fft: int, hop: int) -> dict:
     return dict(output_size=(1, (frames - 1) * hop + n_fft), kernel_size=(1, n_fft), stride=(1, hop))
 
 
-@lru_cache(maxsize=4)
-def _window_sum(frames: int, n_fft: int, hop: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+@lru_cache(maxsize=8)
+def _window_sum(frames: int, spec: MelSpec, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """The overlap-added squared window `istft` divides by (floored where no frame covers a sample), once per
-    length: a refinement's iterations all invert the same length."""
-    window = torch.hann_window(n_fft, device=device, dtype=dtype)
-    return torch.nn.functional.fold((window**2)[None, :, None].expand(1, -1, frames),
-                                    **_fold(frames, n_fft, hop))[0, 0, 0].clamp(min=1e-8)
+    length and contract: a refinement's iterations all invert the same length."""
+    w = window(spec, device, dtype)
+    return torch.nn.functional.fold((w**2)[None, :, None].expand(1, -1, frames),
+                                    **_fold(frames, spec.n_fft, spec.hop))[0, 0, 0].clamp(min=1e-8)
 
 
 def mel_spectrogram(wav: torch.Tensor | np.ndarray, spec: MelSpec = MelSpec()) -> torch.Tensor:
-    """Log-mel of a waveform (samples,) or (batch, samples) -> (..., n_mels, samples // hop)."""
+    """The contract's mel of a waveform (samples,) or (batch, samples) -> (..., n_mels, spec.frames(samples)):
+    pre-emphasis, STFT, |X|^power, filterbank, then `compress` (log and normalisation)."""
     wav = torch.as_tensor(wav, dtype=torch.float32)
     squeeze = wav.dim() == 1
-    fb = torch.from_numpy(mel_filterbank(spec.sample_rate, spec.n_fft, spec.n_mels, spec.fmin, spec.fmax))
-    mel = torch.log(torch.clamp(fb.to(wav.device) @ stft(wav.reshape(-1, wav.shape[-1]), spec).abs(), min=LOG_FLOOR))
+    wav = wav.reshape(-1, wav.shape[-1])
+    if spec.preemphasis:
+        wav = preemphasis(wav, spec.preemphasis)
+    magnitude = stft(wav, spec).abs()
+    fb = torch.from_numpy(filterbank(spec)).to(wav.device)
+    mel = compress(fb @ (magnitude if spec.power == 1 else magnitude**spec.power), spec)
     return mel[0] if squeeze else mel
 
 

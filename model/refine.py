@@ -18,12 +18,14 @@ signal is exact once computed on the chunk widened by that many frames per itera
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import numpy as np
 import torch
 
-from .audio import LOG_FLOOR, MelSpec, istft, mel_filterbank, mel_spectrogram, stft
+from .audio import LOG_FLOOR, deemphasis, filterbank, istft, mel_spectrogram, preemphasis, stft
+from .contract import MelSpec, expand
 
 #: The most one projection raises a band: a band the net left near silence is raised in steps, not at once.
 MAX_GAIN = 16.0
@@ -41,8 +43,12 @@ NOISE_SCALE = 0.1
 
 def reach_frames(spec: MelSpec, iterations: int) -> int:
     """Frames on each side of a chunk within which `iterations` projections can reach it: one reads the STFT
-    frames covering a sample, which read samples up to n_fft - 1 away, so K of them reach K (n_fft - 1) samples."""
-    return -(-iterations * (spec.n_fft - 1) // spec.hop)
+    frames covering a sample, which read samples up to n_fft - 1 away, so K of them reach K (n_fft - 1) samples.
+    De-emphasis (an IIR) reaches further, by the samples its decay k^n takes to fall below float32's resolution."""
+    reach = iterations * (spec.n_fft - 1)
+    if spec.preemphasis and iterations:
+        reach += math.ceil(math.log(1e-8) / math.log(spec.preemphasis))
+    return -(-reach // spec.hop)
 
 
 @lru_cache(maxsize=8)
@@ -50,7 +56,7 @@ def _spread(spec: MelSpec) -> np.ndarray:
     """S, (bins, n_mels): each linear bin's gain as the filterbank-weighted mean of its bands' gains. A bin no
     band covers (DC, and above fmax) holds the gain of the band whose centre is nearest, so nothing divides by
     zero and the top band's gain carries on above fmax."""
-    fb = mel_filterbank(spec.sample_rate, spec.n_fft, spec.n_mels, spec.fmin, spec.fmax).astype(np.float64)
+    fb = filterbank(spec).astype(np.float64)
     weight = fb.sum(axis=0)
     spread = np.zeros_like(fb.T)
     covered = weight > 0
@@ -62,41 +68,62 @@ def _spread(spec: MelSpec) -> np.ndarray:
     return spread.astype(np.float32)
 
 
+def linear_magnitude(mel: torch.Tensor, spec: MelSpec) -> torch.Tensor:
+    """A linear magnitude (..., bins, F) that the mel (..., n_mels, F) stands for: each band's `expand`ed value over
+    the band's response to a flat unit spectrum, spread to the bins as `_spread` spreads gains (with power 2, the
+    root). The mel forgets the detail within a band; this is its smoothest reading, for a starting point."""
+    fb = torch.from_numpy(filterbank(spec)).to(mel.device)
+    per_band = expand(mel.float(), spec) / fb.sum(dim=1)[:, None].clamp(min=1e-12)
+    magnitude = torch.from_numpy(_spread(spec)).to(mel.device) @ per_band
+    return magnitude if spec.power == 1 else magnitude.pow(1.0 / spec.power)
+
+
 def _operators(spec: MelSpec, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    fb = mel_filterbank(spec.sample_rate, spec.n_fft, spec.n_mels, spec.fmin, spec.fmax)
+    fb = filterbank(spec)
     return torch.from_numpy(fb).to(device), torch.from_numpy(_spread(spec)).to(device)
 
 
 def mel_gains(frames: torch.Tensor, target: torch.Tensor, fb: torch.Tensor, spread: torch.Tensor,
-              max_gain: float = MAX_GAIN) -> torch.Tensor:
-    """Per-bin real gains (B, bins, F) that move a spectrogram's mel magnitudes to `target` = exp(ln-mel)
-    (B, n_mels, F). The clamp at the log floor mirrors the mel's own: a band below it in both is left alone."""
-    own = (fb @ frames.abs()).clamp(min=LOG_FLOOR)
-    return spread @ (target / own).clamp(max=max_gain)
+              max_gain: float = MAX_GAIN, power: float = 1.0, floor: float = LOG_FLOOR) -> torch.Tensor:
+    """Per-bin real gains (B, bins, F) that move a spectrogram's filterbank output fb |X|^power to `target`
+    (B, n_mels, F, `expand`ed from the mel). The clamp at the contract's floor mirrors the mel's own: a band below
+    it in both is left alone. With power 2 the band's gain on the magnitude is the root of the ratio."""
+    if power == 1:
+        return spread @ (target / (fb @ frames.abs()).clamp(min=floor)).clamp(max=max_gain)
+    ratio = target / (fb @ frames.abs() ** power).clamp(min=floor)
+    return spread @ ratio.pow(1.0 / power).clamp(max=max_gain)
 
 
 @torch.inference_mode()
 def project(audio: torch.Tensor, mel: torch.Tensor, spec: MelSpec, iterations: int, momentum: float = MOMENTUM,
             max_gain: float = MAX_GAIN) -> torch.Tensor:
-    """`iterations` projections of audio (B, F * hop) onto the log-mel (B, n_mels, F); fp32 in [-1, 1].
-    Zero iterations return the audio unchanged."""
+    """`iterations` projections of audio (B, F * hop) onto the mel (B, n_mels, F) in `spec`'s contract; fp32 in
+    [-1, 1]. Zero iterations return the audio unchanged. A pre-emphasising contract's STFT sees the pre-emphasised
+    signal, so the projections run on it and the result is de-emphasised. Centred frames: F * hop samples have
+    F + 1 frames, the last past the mel's end, which the projection leaves out."""
     if iterations == 0:
         return audio
-    samples = audio.shape[-1]
-    if samples != mel.shape[-1] * spec.hop:
-        raise ValueError(f"{samples} samples do not match {mel.shape[-1]} mel frames of {spec.hop}")
-    audio, target = audio.float(), mel.float().exp()
+    samples, n = audio.shape[-1], mel.shape[-1]
+    if samples != n * spec.hop:
+        raise ValueError(f"{samples} samples do not match {n} mel frames of {spec.hop}")
+    audio, target = audio.float(), expand(mel.float(), spec)
+    if spec.preemphasis:
+        audio = preemphasis(audio, spec.preemphasis)
     fb, spread = _operators(spec, audio.device)
-    frames, previous = stft(audio, spec), None
+    gains = lambda x: mel_gains(x, target, fb, spread, max_gain, spec.power, spec.value_floor)  # noqa: E731
+    frames, previous = stft(audio, spec)[..., :n], None
     for k in range(iterations):
-        audio = istft(mel_gains(frames, target, fb, spread, max_gain) * frames, samples, spec)
+        audio = istft(gains(frames) * frames, samples, spec)
         if k + 1 < iterations:
-            consistent = stft(audio, spec)
+            consistent = stft(audio, spec)[..., :n]
             frames = consistent if previous is None else consistent + momentum * (consistent - previous)
             previous = consistent
+    if spec.preemphasis:
+        audio = deemphasis(audio, spec.preemphasis)
     return audio.clamp(-1.0, 1.0)
 
 
 def distance(audio: torch.Tensor, mel: torch.Tensor, spec: MelSpec) -> torch.Tensor:
-    """Per item, the RMS of (own log-mel - mel): what `project` makes small."""
-    return (mel_spectrogram(audio, spec) - mel).pow(2).mean(dim=(-2, -1)).sqrt()
+    """Per item, the RMS of (own mel - mel) in the contract's values: what `project` makes small (a centred
+    contract's extra last frame left out)."""
+    return (mel_spectrogram(audio, spec)[..., :mel.shape[-1]] - mel).pow(2).mean(dim=(-2, -1)).sqrt()
