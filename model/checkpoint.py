@@ -10,6 +10,7 @@ A weights directory holds
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from pathlib import Path
@@ -29,6 +30,16 @@ TRAIN_STATE = "train_state.safetensors"
 
 class CheckpointError(RuntimeError):
     """A weights directory that is missing, corrupt or inconsistent with its config."""
+
+
+def weights_id(directory: Path | None) -> str:
+    """Directory name plus a hash of the files that decide the output, so two deployments can be compared."""
+    digest = hashlib.sha256()
+    for name in (CONFIG, SCORE_NET, SCHEDULE_NET):
+        path = directory / name if directory else None
+        if path is not None and path.exists():
+            digest.update(path.read_bytes())
+    return f"{directory.name if directory else 'in-memory'}@{digest.hexdigest()[:12]}"
 
 
 def git_revision() -> str:

@@ -16,6 +16,7 @@ from typing import Protocol
 import torch
 
 from .prior import EpsFn, Prior
+from .refine import NOISE_SCALE
 from .schedules import Schedule
 from .score_net import ScoreNet
 from .score_net_cpu import CpuScoreNet
@@ -144,4 +145,10 @@ def ddim(eps_fn: EpsFn, mel: torch.Tensor, schedule: Schedule, seed: Seeds = Non
     return prior.to_audio(x, mel)
 
 
-SAMPLERS = {"ddpm": ddpm, "ddim": ddim}
+def scaled_noise(eps_fn: EpsFn, mel: torch.Tensor, schedule: Schedule | None = None, seed: Seeds = None,
+                 hop: int = 256, prior: Prior = Prior(), noise: NoiseSource | None = None) -> torch.Tensor:
+    """Projection alone's start (`model.refine`): the seeded noise at `NOISE_SCALE`; no network, no step."""
+    return NOISE_SCALE * (noise or Noise(seed, mel.shape[0])).draw(mel.shape[-1] * hop, mel.device)
+
+
+SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "noise": scaled_noise}

@@ -26,6 +26,7 @@ from .audio import encode_audio
 from .checkpoint import CheckpointError
 from .mel import read_mel_file
 from .noise_estimation import DEFAULT_FAMILY, FAMILIES
+from .plan import BDDM, METHODS, PROJECTION, resolve_refine
 from .refine import MAX_ITERATIONS
 from .scheduling import canonical_rho
 from .schedules import Schedule
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m model.synth", description=__doc__.split("\n\n")[0])
     ap.add_argument("mel", type=Path, help="log-mel .npy, (80, frames) or (1, 80, frames), float16/32/64")
     ap.add_argument("-o", "--output", type=Path, required=True, help="output .wav (16-bit PCM)")
-    ap.add_argument("--method", choices=("bddm", "projection", "ne"), default="bddm",
+    ap.add_argument("--method", choices=(*METHODS, "ne"), default=BDDM,
                     help="bddm: a schedule from rho, a preset or a file; projection: --refine projections of noise, "
                          "no network; ne: noise estimation in --steps steps")
     which = ap.add_mutually_exclusive_group()
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                  "--rho, --preset or --steps-schedule")
     if args.method == "ne" and args.steps < 1:
         ap.error("--method ne needs --steps >= 1")
-    if args.method == "projection" and (args.rho, args.preset, args.steps_schedule) != (None, None, None):
+    if args.method == PROJECTION and (args.rho, args.preset, args.steps_schedule) != (None, None, None):
         ap.error("--method projection takes no schedule (no diffusion step); it takes --refine")
     if args.refine is not None:
         try:
@@ -93,9 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         voc = Vocoder.load(args.weights, args.device)
         mel = read_mel_file(args.mel, voc.spec.n_mels)
-        schedule = None if args.method != "bddm" else pick_schedule(voc, args.rho, args.preset, args.steps_schedule)
-        refine = args.refine if args.refine is not None else (
-            voc.presets[args.preset].refine if args.preset in voc.presets else voc.default_refine)
+        schedule = None if args.method != BDDM else pick_schedule(voc, args.rho, args.preset, args.steps_schedule)
+        refine = resolve_refine(voc, args.preset, args.refine)
         if args.method == "ne" and voc.ne_net is None:
             raise UsageError(f"{voc.directory} has no noise-level network (ne_net.safetensors): train one with "
                              "`python -m model.train ne`")

@@ -19,8 +19,8 @@ from .checkpoint import NE_NET, SCHEDULE_NET, SCORE_NET, CheckpointError, load_m
 from .ne_net import NENet, NENetParams
 from .noise_estimation import DEFAULT_FAMILY, ne_ddpm
 from .prior import EpsFn
-from .refine import MAX_ITERATIONS, NOISE_SCALE, project, reach_frames
-from .sampling import SAMPLERS, Noise, NoiseSource, Seeds, windowed_eps
+from .refine import MAX_ITERATIONS, project, reach_frames
+from .sampling import SAMPLERS, NoiseSource, Seeds, windowed_eps
 from .schedules import Diffusion, Schedule
 from .score_net import CONFIGS, ScoreNet, ScoreNetParams
 from .score_net_cpu import CpuScoreNet, intra_op_threads
@@ -285,14 +285,12 @@ class Vocoder:
                sampler: str = "ddpm", noise: NoiseSource | None = None, refine: int = 0) -> np.ndarray:
         """Log-mel (n_mels, F) or (B, n_mels, F) -> float32 audio (F * hop,) or (B, F * hop) in [-1, 1], then
         `refine` mel-consistency projections (`model.refine`). The noise is `seed`'s unless a source of it is given
-        (`sampling.ddpm`). No schedule is projection alone: the seeded noise, refined, with no network at all."""
-        iterations = refine_iterations(refine)
+        (`sampling.ddpm`). No schedule is projection alone (`model.plan.PROJECTION`): the seeded noise, refined, with
+        no network at all."""
+        iterations, sample_with = refine_iterations(refine), SAMPLERS["noise" if schedule is None else sampler]
 
         def sample(eps: EpsFn, m: torch.Tensor) -> torch.Tensor:
-            if schedule is None:
-                start = NOISE_SCALE * (noise or Noise(seed, len(m))).draw(m.shape[-1] * self.spec.hop, m.device)
-            else:
-                start = SAMPLERS[sampler](eps, m, schedule, seed, self.spec.hop, self.score_net.prior, noise)
+            start = sample_with(eps, m, schedule, seed, self.spec.hop, self.score_net.prior, noise)
             with torch.autocast(m.device.type, enabled=False):  # the projection is fp32, whatever the net's precision
                 return project(start, m, self.spec, iterations)
 

@@ -15,7 +15,8 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Literal
+from dataclasses import replace
+from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -26,16 +27,18 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model.audio import AudioError, load_audio, mel_spectrogram
+from model.plan import Method, PlanError
 from model.refine import MAX_ITERATIONS
+from model.scheduling import canonical_rho
 from model.vocoder import Vocoder
 
 from . import codec, demo, formats
 from .codec import ApiError
-from .deps import (disconnected, engine_of, plan_for, ready_engine, reject_unknown_query, require_api_key,
-                   schedule_for)
-from .engine import ClientGone, Engine, Plan, QueueFull, Unavailable
+from .deps import engine_of, ready_engine, ready_service, reject_unknown_query, require_api_key, watching
+from .engine import ClientGone, Engine, QueueFull, Unavailable
 from .metrics import Metrics
 from .schemas import MAX_SEED, ErrorOut, Health, ModelInfo, Preset, ScheduleList, ScheduleOut, ScheduleSummary
+from .service import Knobs, Planned, Service
 from .settings import Settings
 
 log = logging.getLogger("server.access")
@@ -105,6 +108,14 @@ def install_error_handlers(app: FastAPI) -> None:
     async def queue_full(_: Request, e: QueueFull) -> JSONResponse:
         return error_response(429, "queue full", str(e), {"Retry-After": str(e.retry_after)})
 
+    @app.exception_handler(PlanError)
+    async def bad_plan(_: Request, e: PlanError) -> JSONResponse:
+        return error_response(400, e.title, str(e))
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(_: Request, e: ClientGone) -> Response:
+        return Response(status_code=499)  # nobody is left to read it: a log line and a metric
+
     @app.exception_handler(Unavailable)
     async def unavailable(_: Request, e: Unavailable) -> JSONResponse:
         return error_response(503, "unavailable", str(e), {"Retry-After": "5"})
@@ -125,7 +136,7 @@ def install_error_handlers(app: FastAPI) -> None:
 Rho = Annotated[str | None, Query(description="threshold in (0, 1) or fast|balanced|quality; default from the weights")]
 Refine = Annotated[int | None, Query(ge=0, le=MAX_ITERATIONS, description="mel-consistency refinements after "
                                      "sampling (model.refine); default: the preset's, or the default preset's")]
-Method = Annotated[Literal["bddm", "projection"], Query(description="bddm: the score net on rho's schedule, then "
+MethodQuery = Annotated[Method, Query(description="bddm: the score net on rho's schedule, then "
                                                         "`refine` projections; projection: `refine` projections of "
                                                         "seeded noise onto the mel, no network (0 steps)")]
 Seed = Annotated[int | None, Query(ge=0, le=MAX_SEED, description="same seed, rho and device give the same bytes")]
@@ -140,40 +151,37 @@ MEL_JSON = {"schema": {"type": "object", "required": ["mel"], "properties": {
     "refine": {"type": "integer", "minimum": 0, "maximum": MAX_ITERATIONS}}}}
 
 
-async def read_mel(request: Request, engine: Engine, rho: str | None, seed: int | None, refine: int | None):
-    """The request's mel (a .npy or JSON body, validated against the limits) and its rho, seed and refine: the
-    query's, else the JSON body's."""
+async def read_mel(request: Request, service: Service, knobs: Knobs) -> tuple[np.ndarray, Knobs]:
+    """The request's mel (a .npy or JSON body, validated against the limits) and its knobs: the query's, else the JSON
+    body's."""
     settings: Settings = request.app.state.settings
     kind = codec.require_media_type(request, codec.NPY_TYPES | {codec.JSON_TYPE},
                                     "a .npy mel as application/x-npy, or application/json {\"mel\": [[...], ...]}")
     body = await codec.read_body(request, settings.max_body_bytes)
-    n_mels = engine.vocoder.spec.n_mels
+    n_mels = service.engine.vocoder.spec.n_mels
     if kind == codec.JSON_TYPE:
         mel, parsed = codec.decode_json(body, n_mels)
-        rho, seed = rho if rho is not None else parsed.rho, seed if seed is not None else parsed.seed
-        refine = refine if refine is not None else parsed.refine
+        knobs = replace(knobs, rho=knobs.rho if knobs.rho is not None else parsed.rho,
+                        seed=knobs.seed if knobs.seed is not None else parsed.seed,
+                        refine=knobs.refine if knobs.refine is not None else parsed.refine)
     else:
         mel = codec.decode_npy(body, n_mels)
     codec.check_frames(mel, settings.max_frames)
-    return mel, rho, seed, refine
+    request.state.log.update(frames=mel.shape[-1], seeded=knobs.seed is not None)
+    return mel, knobs
 
 
-async def vocode_request(request: Request, engine: Engine, rho: str | None, seed: int | None, refine: int | None,
-                         method: str) -> tuple[np.ndarray, int | None, Plan, bool]:
-    """A vocode route's request, read and planned: (mel, seed, plan, schedule cache hit), logged."""
-    mel, rho, seed, refine = await read_mel(request, engine, rho, seed, refine)
-    plan, hit = await plan_for(engine, method, rho, refine)
-    request.state.log.update(frames=mel.shape[-1], rho=plan.rho, steps=plan.steps, refine=plan.refine,
-                             seeded=seed is not None)
-    return mel, seed, plan, hit
+#: /v1's header for each of the plan's facts (`Planned.facts`).
+HEADERS = {"method": "X-Method", "steps": "X-Diffusion-Steps", "rho": "X-Rho", "schedule_cache": "X-Schedule-Cache",
+           "refine": "X-Refine-Iterations"}
 
 
-def known_headers(engine: Engine, plan: Plan, hit: bool, samples: int) -> dict[str, str]:
-    """The X-* headers a vocode answer carries before any synthesis (projection alone has no rho nor schedule)."""
-    rho = {} if plan.rho is None else {"X-Rho": f"{plan.rho:g}", "X-Schedule-Cache": "hit" if hit else "miss"}
-    return {"X-Method": "bddm" if plan.schedule is not None else "projection", "X-Diffusion-Steps": str(plan.steps),
-            **rho, "X-Refine-Iterations": str(plan.refine),
-            "X-Audio-Seconds": f"{samples / engine.vocoder.spec.sample_rate:.4f}"}
+def plan_headers(request: Request, planned: Planned, samples: int, sample_rate: int) -> dict[str, str]:
+    """The X-* headers a vocode answer carries before any synthesis; the plan goes in the request's log line."""
+    plan = planned.plan
+    request.state.log.update(rho=plan.rho, steps=plan.steps, refine=plan.refine)
+    facts = {k: f"{v:g}" if k == "rho" else str(v) for k, v in planned.facts().items()}
+    return {**{HEADERS[k]: v for k, v in facts.items()}, "X-Audio-Seconds": f"{samples / sample_rate:.4f}"}
 
 
 @v1.post("/vocode", response_class=Response, summary="mel (.npy or JSON) -> audio",
@@ -182,21 +190,17 @@ def known_headers(engine: Engine, plan: Plan, hit: bool, samples: int) -> dict[s
              "application/octet-stream": BINARY, "application/json": MEL_JSON}}},  # and application/x-npy
          description="Body: a .npy mel as application/x-npy or application/octet-stream, or JSON. The audio: "
                      "`format`, `encoding` and `sample_rate` (`server.formats`).")
-async def vocode(request: Request, engine: Annotated[Engine, Depends(ready_engine)],
+async def vocode(request: Request, service: Annotated[Service, Depends(ready_service)],
                  output: Annotated[formats.Output, Depends(formats.vocode_output)], rho: Rho = None,
-                 seed: Seed = None, refine: Refine = None, method: Method = "bddm") -> Response:
-    mel, seed, plan, hit = await vocode_request(request, engine, rho, seed, refine, method)
-    watcher = asyncio.ensure_future(disconnected(request))
-    try:
-        result = await engine.vocode(mel, plan, seed, watcher)
-    except ClientGone:
-        return Response(status_code=499)
-    finally:
-        watcher.cancel()
-    audio = await asyncio.to_thread(output.encode, result.audio, engine.vocoder.spec.sample_rate)
+                 seed: Seed = None, refine: Refine = None, method: MethodQuery = "bddm") -> Response:
+    mel, knobs = await read_mel(request, service, Knobs(method, rho, refine, seed))
+    async with watching(request) as watcher:
+        done = await service.vocode([mel], knobs, watcher)
+    (result,), rate = done.results, service.engine.vocoder.spec.sample_rate
+    audio = await asyncio.to_thread(output.encode, result.audio, rate)
     request.state.log.update(batch=result.batch_size, synthesis_s=round(result.synthesis_seconds, 4))
     return Response(audio, media_type=output.media_type, headers={
-        **known_headers(engine, plan, hit, len(result.audio)),
+        **plan_headers(request, done.planned, len(result.audio), rate),
         "X-Inference-Seconds": f"{result.synthesis_seconds:.4f}",
         "X-Batch-Size": str(result.batch_size),
     })
@@ -210,37 +214,34 @@ async def vocode(request: Request, engine: Annotated[Engine, Depends(ready_engin
                      "header first, then 16-bit PCM or mu-law as each chunk is final (resampled with state at another "
                      "sample_rate), the first after about 1 s of audio. Bodies, limits and errors as /v1/vocode; "
                      "format=flac or ogg-opus is a 400 here.")
-async def vocode_stream(request: Request, engine: Annotated[Engine, Depends(ready_engine)],
+async def vocode_stream(request: Request, service: Annotated[Service, Depends(ready_service)],
                         output: Annotated[formats.Output, Depends(formats.stream_output)], rho: Rho = None,
-                        seed: Seed = None, refine: Refine = None, method: Method = "bddm") -> StreamingResponse:
-    mel, seed, plan, hit = await vocode_request(request, engine, rho, seed, refine, method)
-    spec, samples = engine.vocoder.spec, mel.shape[-1] * engine.vocoder.spec.hop
-    watcher = asyncio.ensure_future(disconnected(request))
-    chunks = engine.stream(mel, plan, seed, watcher)
+                        seed: Seed = None, refine: Refine = None, method: MethodQuery = "bddm") -> StreamingResponse:
+    mel, knobs = await read_mel(request, service, Knobs(method, rho, refine, seed))
+    spec = service.engine.vocoder.spec
     request.state.log.update(streamed=True)
-    try:  # the first chunk before the first byte: a refusal or failure is still a JSON error
-        first = await anext(chunks)
-    except ClientGone:
-        return Response(status_code=499)
-    finally:
-        watcher.cancel()  # from the first byte on, the streaming response itself listens for the client leaving
+    # the first chunk before the first byte: a refusal or failure is still a JSON error; from the first byte on, the
+    # streaming response itself listens for the client leaving
+    async with watching(request) as watcher:
+        streamed = await service.stream(mel, knobs, watcher)
     first_audio_s = time.perf_counter() - request.state.started
-    engine.metrics.time_to_first_audio.labels(preset=engine.preset_of(plan.rho)).observe(first_audio_s)
+    service.engine.metrics.time_to_first_audio.labels(preset=streamed.planned.plan.preset).observe(first_audio_s)
     request.state.log.update(first_audio_s=round(first_audio_s, 4))
+    samples = mel.shape[-1] * spec.hop
 
     async def body() -> AsyncIterator[bytes]:
         encoder = output.streamer(samples, spec.sample_rate)
         try:
-            yield encoder.header() + encoder.feed(first.audio)
-            async for result in chunks:
+            yield encoder.header() + encoder.feed(streamed.first.audio)
+            async for result in streamed.rest:
                 yield encoder.feed(result.audio)
             yield encoder.finish()
         finally:
-            await chunks.aclose()  # a client that went away stops the stream now, not when it is collected
+            await streamed.rest.aclose()  # a client that went away stops the stream now, not when it is collected
 
     # X-Accel-Buffering: a proxy (nginx, deploy/nginx) passes each chunk on at once instead of buffering the answer
     return StreamingResponse(body(), media_type=output.media_type, headers={
-        **known_headers(engine, plan, hit, samples), "X-Accel-Buffering": "no"})
+        **plan_headers(request, streamed.planned, samples, spec.sample_rate), "X-Accel-Buffering": "no"})
 
 
 @v1.post("/mel", response_class=Response, summary="audio (wav/flac) -> the .npy log-mel the vocoder expects",
@@ -269,14 +270,15 @@ async def mel(request: Request, engine: Annotated[Engine, Depends(engine_of)]) -
 
 
 @v1.get("/schedules", response_model=ScheduleList | ScheduleOut, summary="one rho's schedule, or the cached ones")
-async def schedules(engine: Annotated[Engine, Depends(engine_of)], rho: Rho = None) -> ScheduleList | ScheduleOut:
+async def schedules(request: Request, engine: Annotated[Engine, Depends(engine_of)],
+                    rho: Rho = None) -> ScheduleList | ScheduleOut:
     if rho is not None:
-        rho_used, schedule, hit = await schedule_for(engine, rho)
+        rho_used, schedule, hit = await request.app.state.service.schedule(rho)
         return ScheduleOut(rho=rho_used, steps=schedule.steps, beta=schedule.beta.tolist(),
                            alpha=schedule.alpha.tolist(), cached=hit)
     names: dict[float, list[str]] = {}
     for name, preset in engine.vocoder.presets.items():
-        names.setdefault(engine.resolve_rho(preset.rho), []).append(name)
+        names.setdefault(canonical_rho(preset.rho), []).append(name)
     entries = sorted(engine.cache.entries().items())
     return ScheduleList(capacity=engine.settings.schedule_cache_size, schedules=[
         ScheduleSummary(rho=r, steps=s.steps, presets=sorted(names.get(r, []))) for r, s in entries])
@@ -287,8 +289,8 @@ async def model_info(engine: Annotated[Engine, Depends(engine_of)]) -> ModelInfo
     voc, spec = engine.vocoder, engine.vocoder.spec
     presets = {}
     for name, preset in voc.presets.items():
-        schedule = engine.cache.pinned.get(engine.resolve_rho(preset.rho))
-        presets[name] = Preset(rho=engine.resolve_rho(preset.rho), steps=schedule.steps if schedule else None,
+        schedule = engine.cache.pinned.get(canonical_rho(preset.rho))
+        presets[name] = Preset(rho=canonical_rho(preset.rho), steps=schedule.steps if schedule else None,
                                refine=preset.refine)
     return ModelInfo(weights=engine.weights_id, net=voc.net, chosen_because=voc.chosen_because, device=str(voc.device), dtype=str(voc.dtype).removeprefix("torch."),
                      compiled=voc.compiled, warm_up_seconds=engine.warm_up_seconds,
@@ -308,6 +310,7 @@ def create_app(settings: Settings | None = None, vocoder: Vocoder | None = None)
         voc = vocoder or await asyncio.to_thread(Vocoder.load, settings.weights, settings.device, settings.dtype,
                                                     settings.compile, settings.weights_root, settings.threads)
         engine = app.state.engine = Engine(voc, settings, metrics)
+        app.state.service = Service(engine)
         await engine.start()
         yield
         await engine.close(settings.shutdown_timeout_s)

@@ -1,18 +1,19 @@
-"""What every route needs before it runs, shared by /v1 (`server.app`) and the v2 protocol (`server.v2`): the engine,
-readiness, the API key, the query's names, the client's disconnect, and a request's synthesis plan."""
+"""What every route needs before it runs, shared by /v1 (`server.app`) and the v2 protocol (`server.v2`): the engine
+and the vocode service, readiness, the API key, the query's names, and the client's disconnect."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import Request
 from fastapi.dependencies.models import Dependant
 
-from model.checkpoint import CheckpointError
-from model.schedules import Schedule
-
 from .codec import ApiError
-from .engine import Engine, Plan
+from .engine import Engine
+from .service import Service
 from .settings import Settings
 
 
@@ -25,6 +26,11 @@ def ready_engine(request: Request) -> Engine:
     if not engine.ready:
         raise ApiError(503, "not ready", engine.not_ready_reason, {"Retry-After": "5"})
     return engine
+
+
+def ready_service(request: Request) -> Service:
+    ready_engine(request)
+    return request.app.state.service
 
 
 def require_api_key(request: Request) -> None:
@@ -62,23 +68,11 @@ async def disconnected(request: Request) -> None:
         pass
 
 
-async def schedule_for(engine: Engine, value: float | str | None) -> tuple[float, Schedule, bool]:
-    """(canonical rho, schedule, cache hit) with the client's mistakes as 400s."""
+@asynccontextmanager
+async def watching(request: Request) -> AsyncIterator[asyncio.Future]:
+    """A future that resolves when the client goes away, for the service's `disconnected`; stopped on exit."""
+    watcher = asyncio.ensure_future(disconnected(request))
     try:
-        rho = engine.resolve_rho(value)
-    except ValueError as e:
-        raise ApiError(400, "invalid rho", str(e)) from None
-    try:
-        schedule, hit = await engine.cache.get(rho)
-    except (CheckpointError, ValueError) as e:
-        raise ApiError(400, "rho not available", f"cannot make a schedule for rho={rho:g}: {e}") from None
-    return rho, schedule, hit
-
-
-async def plan_for(engine: Engine, method: str, rho: float | str | None, refine: int | None) -> tuple[Plan, bool]:
-    """(how to synthesise, schedule cache hit): rho's schedule and the refinements, or projection alone."""
-    iterations = engine.resolve_refine(rho, refine)
-    if method == "projection":
-        return Plan(None, None, iterations), False
-    rho_used, schedule, hit = await schedule_for(engine, rho)
-    return Plan(rho_used, schedule, iterations), hit
+        yield watcher
+    finally:
+        watcher.cancel()

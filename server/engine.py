@@ -11,7 +11,6 @@ promise is that the same seed, rho and device give the same bytes, however busy 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import math
 import time
@@ -24,11 +23,12 @@ import numpy as np
 import torch
 
 from model.audio import LOG_FLOOR
-from model.checkpoint import CONFIG, SCHEDULE_NET, SCORE_NET
+from model.checkpoint import weights_id
+from model.plan import BDDM, Plan
 from model.scheduling import canonical_rho
 from model.schedules import Schedule
 from model.streaming import Chunk, Stream, StreamCancelled
-from model.vocoder import Vocoder, refine_iterations
+from model.vocoder import Vocoder
 
 from .metrics import Metrics
 from .settings import Settings
@@ -60,24 +60,8 @@ class ClientGone(Exception):
 @dataclass
 class Result:
     audio: np.ndarray
-    steps: int
     synthesis_seconds: float
-    queue_seconds: float
     batch_size: int
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How one request is synthesised: rho's schedule (None: projection alone, no diffusion step) and the
-    mel-consistency refinements after it (`model.refine`)."""
-
-    rho: float | None
-    schedule: Schedule | None
-    refine: int
-
-    @property
-    def steps(self) -> int:
-        return 0 if self.schedule is None else self.schedule.steps
 
 
 @dataclass(eq=False)
@@ -99,7 +83,8 @@ class Job:
         """Unseeded jobs with the same schedule and refinements batch together, whatever their lengths (module
         docstring)."""
         first = batch[0].plan
-        return ((self.plan.rho, self.plan.steps, self.plan.refine) == (first.rho, first.steps, first.refine)
+        return ((self.plan.method, self.plan.rho, self.plan.steps, self.plan.refine)
+                == (first.method, first.rho, first.steps, first.refine)
                 and all(j.seed is None and j.stream is None for j in [self, *batch]))
 
 
@@ -149,22 +134,11 @@ class ScheduleCache:
                 self.lru.popitem(last=False)
 
 
-def weights_id(vocoder: Vocoder) -> str:
-    """Directory name plus a hash of the files that decide the output, so two deployments can be compared."""
-    digest = hashlib.sha256()
-    for name in (CONFIG, SCORE_NET, SCHEDULE_NET):
-        path = vocoder.directory / name if vocoder.directory else None
-        if path is not None and path.exists():
-            digest.update(path.read_bytes())
-    name = vocoder.directory.name if vocoder.directory else "in-memory"
-    return f"{name}@{digest.hexdigest()[:12]}"
-
-
 class Engine:
     def __init__(self, vocoder: Vocoder, settings: Settings, metrics: Metrics) -> None:
         self.vocoder, self.settings, self.metrics = vocoder, settings, metrics
         self.cache = ScheduleCache(vocoder, settings.schedule_cache_size, metrics)
-        self.weights_id = weights_id(vocoder)
+        self.weights_id = weights_id(vocoder.directory)
         self.ready = False
         self.not_ready_reason = "warming up"
         self.warm_up_seconds: float | None = None
@@ -201,7 +175,7 @@ class Engine:
                 # compiles both graphs every later request shape reuses
                 for batch, frames in ((1, WARMUP_FRAMES), (2, WARMUP_FRAMES + 1)):
                     mel = np.full((self.vocoder.spec.n_mels, frames), math.log(LOG_FLOOR), np.float32)
-                    plan = Plan(rho, self.cache.pinned[rho], max((p.refine for p in presets), default=0))
+                    plan = Plan(BDDM, max((p.refine for p in presets), default=0), rho, self.cache.pinned[rho])
                     jobs = [Job(mel, plan, i, loop.create_future()) for i in range(batch)]
                     await loop.run_in_executor(self._executor, self._synthesize, jobs)
             self.warm_up_seconds = time.perf_counter() - start
@@ -229,35 +203,6 @@ class Engine:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     # --- requests ----------------------------------------------------------------------------------
-
-    def resolve_rho(self, value: float | str | None) -> float:
-        """A query/body rho (number, numeric string, preset name, or None for the default) -> canonical rho."""
-        presets = self.vocoder.presets
-        if value is None:
-            if self.vocoder.default_rho is None:
-                raise ValueError("these weights have no default rho; pass rho")
-            value = self.vocoder.default_rho
-        elif isinstance(value, str) and value in presets:
-            value = presets[value].rho
-        try:
-            return canonical_rho(float(value))
-        except (TypeError, ValueError):
-            names = "|".join(sorted(presets)) or "no presets"
-            raise ValueError(f"rho must be a number in (0, 1) or a preset ({names}), got {value!r}") from None
-
-    def resolve_refine(self, rho: float | str | None, refine: int | None) -> int:
-        """The refinements a request gets: its own `refine`, else its preset's, else (no rho, or a numeric one)
-        the default preset's."""
-        if refine is not None:
-            return refine_iterations(refine)
-        preset = self.vocoder.presets.get(rho) if isinstance(rho, str) else None
-        return preset.refine if preset is not None else self.vocoder.default_refine
-
-    def preset_of(self, rho: float | None) -> str:
-        """The preset a canonical rho is, else "custom" (a metrics label); "projection" for projection alone."""
-        if rho is None:
-            return "projection"
-        return next((name for name, p in self.vocoder.presets.items() if canonical_rho(p.rho) == rho), "custom")
 
     @property
     def queue_depth(self) -> int:
@@ -394,7 +339,7 @@ class Engine:
         for job, wav in zip(batch, audio):
             self.metrics.real_time_factor.observe(seconds / (len(wav) / self.vocoder.spec.sample_rate))
             if not job.future.done():
-                job.future.set_result(Result(wav, steps, seconds, now - job.enqueued, len(batch)))
+                job.future.set_result(Result(wav, seconds, len(batch)))
 
     def _synthesize(self, batch: list[Job]) -> tuple[list[np.ndarray], float]:
         """On the inference thread: a stream's chunk, or a batch padded to the longest mel, vocoded with per-item
@@ -414,7 +359,7 @@ class Engine:
         start = time.perf_counter()
         with torch.inference_mode():
             plan = batch[0].plan
-            audio = self.vocoder.vocode(mel, plan.schedule, seed=[j.seed for j in batch], refine=plan.refine)
+            audio = self.vocoder.vocode(mel, plan.schedule, [j.seed for j in batch], plan.sampler, refine=plan.refine)
         if self.vocoder.device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start

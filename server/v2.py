@@ -26,17 +26,17 @@ from model.audio import pcm16
 from model.mel import MelError, validate_mel
 
 from . import codec, formats
-from .deps import disconnected, plan_for, ready_engine, reject_unknown_query, require_api_key
 from .codec import ApiError
-from .engine import ClientGone, Engine, Plan, Result
+from .deps import ready_engine, reject_unknown_query, require_api_key, watching
+from .engine import Engine, Result
 from .schemas import MAX_SEED
+from .service import Knobs, Service
 from .v2_schemas import (InferOutput, InferParameters, InferRequest, InferResponse, ModelMetadata, ServerMetadata,
                          TensorMetadata, V2Error)
 
 HEADER_LENGTH = "inference-header-content-length"
 BINARY_EXTENSION = "binary_tensor_data"
 INPUT, OUTPUT = "mel", "audio"
-BYTES = {"FP32": 4, "INT16": 2}
 
 
 class V2Route(APIRoute):
@@ -55,6 +55,8 @@ class V2Route(APIRoute):
                 if app_handler is None:
                     raise
                 answer = await app_handler(request, e)
+                if not answer.body:  # a 499: nobody is left to read an error
+                    return answer
                 body = json.loads(answer.body)
                 headers = {k: v for k, v in answer.headers.items() if k not in ("content-length", "content-type")}
                 return JSONResponse({"error": f"{body['error']}: {body['detail']}"}, answer.status_code, headers)
@@ -176,19 +178,6 @@ def parse_infer(body: bytes, header_length: str | None, n_mels: int, max_frames:
     return Call(request, mels, binary)
 
 
-async def vocode_batch(engine: Engine, call: Call, plan: Plan, watcher: asyncio.Future) -> list[Result]:
-    """Every item as its own engine job (unseeded items micro-batch together; seeded ones run alone, as /v1's do).
-    The first refusal (429, 503) cancels the rest, which frees their queue slots, and is the answer."""
-    seed = call.request.parameters.seed
-    try:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(engine.vocode(mel, plan, None if seed is None else seed + b, watcher))
-                     for b, mel in enumerate(call.mels)]
-    except BaseExceptionGroup as e:
-        raise e.exceptions[0] from None
-    return [t.result() for t in tasks]
-
-
 def audio_tensor(results: list[Result], native: int, rate: int, datatype: str) -> np.ndarray:
     """[B, S] audio at `rate`: float32, or int16 quantised as /v1's pcm16."""
     audio = np.stack([formats.resample_exact(r.audio, native, rate) for r in results])
@@ -243,19 +232,12 @@ async def infer(request: Request, engine: Annotated[Engine, Depends(served_engin
     params: InferParameters = call.request.parameters
     native = engine.vocoder.spec.sample_rate
     rate = formats.check_rate(params.sample_rate) or native
-    plan, hit = await plan_for(engine, params.method, params.rho, params.refine)
-    request.state.log.update(frames=call.mels.shape[-1], batch_items=len(call.mels), rho=plan.rho, steps=plan.steps,
-                             refine=plan.refine, seeded=params.seed is not None)
-    watcher = asyncio.ensure_future(disconnected(request))
-    try:
-        results = await vocode_batch(engine, call, plan, watcher)
-    except ClientGone:
-        return Response(status_code=499)
-    finally:
-        watcher.cancel()
-    audio = await asyncio.to_thread(audio_tensor, results, native, rate, params.audio_datatype)
-    # as /v1's headers say: projection alone has no rho nor schedule
-    diffusion = {} if plan.rho is None else {"rho": plan.rho, "schedule_cache": "hit" if hit else "miss"}
-    return infer_response(name, call, audio, {"method": "bddm" if plan.schedule is not None else "projection",
-                                              **diffusion, "steps": plan.steps, "refine": plan.refine,
-                                              "sample_rate": rate})
+    service: Service = request.app.state.service
+    knobs = Knobs(params.method, params.rho, params.refine, params.seed)
+    request.state.log.update(frames=call.mels.shape[-1], batch_items=len(call.mels), seeded=params.seed is not None)
+    async with watching(request) as watcher:
+        done = await service.vocode(call.mels, knobs, watcher)
+    plan = done.planned.plan
+    request.state.log.update(rho=plan.rho, steps=plan.steps, refine=plan.refine)
+    audio = await asyncio.to_thread(audio_tensor, done.results, native, rate, params.audio_datatype)
+    return infer_response(name, call, audio, {**done.planned.facts(), "sample_rate": rate})

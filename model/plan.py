@@ -1,0 +1,107 @@
+"""A request's plan: the knobs a caller sends (method, rho or a preset's name, refinements) turned into what runs.
+
+One planner for every caller (the server's protocols, the synth CLI): rho's defaults and preset names, the
+refinements a preset brings, and the method's sampler are decided here and nowhere else. BDDM's schedule is made by
+the caller's means (the server's cache, `Vocoder.schedule`) for the plan's canonical rho and attached with
+`Plan.scheduled`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal, get_args
+
+from .schedules import Schedule
+from .scheduling import canonical_rho
+from .vocoder import Vocoder, refine_iterations
+
+#: bddm: the score net on rho's schedule, then the refinements; projection: the refinements alone, applied to
+#: seeded noise with no network and no diffusion step (`model.refine`).
+Method = Literal["bddm", "projection"]
+METHODS: tuple[Method, ...] = get_args(Method)
+BDDM, PROJECTION = METHODS
+#: Each method's sampler (`model.sampling.SAMPLERS`).
+SAMPLER = {BDDM: "ddpm", PROJECTION: "noise"}
+#: The preset label of a rho that is none of the presets'.
+CUSTOM = "custom"
+
+
+class PlanError(ValueError):
+    """A request's knobs that make no plan; `title` names what was wrong (a client's error: 400)."""
+
+    def __init__(self, title: str, detail: str) -> None:
+        super().__init__(detail)
+        self.title = title
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one request is synthesised: its method and sampler, BDDM's canonical rho and schedule, the refinements
+    after sampling, and the preset it is (a metrics label: a preset's name, `CUSTOM`, or the method's name)."""
+
+    method: Method
+    refine: int
+    rho: float | None = None
+    schedule: Schedule | None = None
+    preset: str = CUSTOM
+
+    @property
+    def sampler(self) -> str:
+        return SAMPLER[self.method]
+
+    @property
+    def steps(self) -> int:
+        return 0 if self.schedule is None else self.schedule.steps
+
+    def scheduled(self, schedule: Schedule) -> Plan:
+        """This BDDM plan with rho's schedule."""
+        return replace(self, schedule=schedule)
+
+    def facts(self) -> dict[str, float | int | str]:
+        """What a caller is told of the plan (/v1's X-* headers, v2's parameters): projection has no rho."""
+        rho = {} if self.rho is None else {"rho": self.rho}
+        return {"method": self.method, **rho, "steps": self.steps, "refine": self.refine}
+
+
+def resolve_rho(vocoder: Vocoder, value: float | str | None) -> float:
+    """A request's rho (number, numeric string, preset name, or None for the default) -> canonical rho."""
+    presets = vocoder.presets
+    if value is None:
+        if vocoder.default_rho is None:
+            raise PlanError("invalid rho", "these weights have no default rho; pass rho")
+        value = vocoder.default_rho
+    elif isinstance(value, str) and value in presets:
+        value = presets[value].rho
+    try:
+        return canonical_rho(float(value))
+    except (TypeError, ValueError):
+        names = "|".join(sorted(presets)) or "no presets"
+        raise PlanError("invalid rho", f"rho must be a number in (0, 1) or a preset ({names}), got {value!r}") from None
+
+
+def resolve_refine(vocoder: Vocoder, rho: float | str | None, refine: int | None) -> int:
+    """The refinements a request gets: its own `refine`, else its preset's, else (no rho, or a numeric one) the
+    default preset's."""
+    if refine is not None:
+        try:
+            return refine_iterations(refine)
+        except ValueError as e:
+            raise PlanError("invalid refine", str(e)) from None
+    preset = vocoder.presets.get(rho) if isinstance(rho, str) else None
+    return preset.refine if preset is not None else vocoder.default_refine
+
+
+def preset_of(vocoder: Vocoder, rho: float) -> str:
+    """The preset a canonical rho is, else `CUSTOM`."""
+    return next((name for name, p in vocoder.presets.items() if canonical_rho(p.rho) == rho), CUSTOM)
+
+
+def plan_for(vocoder: Vocoder, method: Method, rho: float | str | None, refine: int | None) -> Plan:
+    """A request's plan, BDDM's still without its schedule (`Plan.scheduled`); bad knobs raise `PlanError`."""
+    if method not in METHODS:
+        raise PlanError("invalid method", f"method must be one of {', '.join(METHODS)}, not {method!r}")
+    iterations = resolve_refine(vocoder, rho, refine)
+    if method == PROJECTION:
+        return Plan(PROJECTION, iterations, preset=PROJECTION)
+    canonical = resolve_rho(vocoder, rho)
+    return Plan(BDDM, iterations, canonical, preset=preset_of(vocoder, canonical))
