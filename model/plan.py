@@ -13,7 +13,8 @@ from typing import Literal, get_args
 
 from .schedules import Schedule
 from .scheduling import canonical_rho
-from .vocoder import Vocoder, refine_iterations
+from .refine import MAX_ITERATIONS
+from .vocoder import Vocoder
 
 #: bddm: the score net on rho's schedule, then the refinements; projection: the refinements alone, applied to
 #: seeded noise with no network and no diffusion step (`model.refine`).
@@ -83,10 +84,9 @@ def resolve_refine(vocoder: Vocoder, rho: float | str | None, refine: int | None
     """The refinements a request gets: its own `refine`, else its preset's, else (no rho, or a numeric one) the
     default preset's."""
     if refine is not None:
-        try:
-            return refine_iterations(refine)
-        except ValueError as e:
-            raise PlanError("invalid refine", str(e)) from None
+        if not 0 <= refine <= MAX_ITERATIONS:
+            raise PlanError("invalid refine", f"refine must be 0..{MAX_ITERATIONS}, not {refine}")
+        return refine
     preset = vocoder.presets.get(rho) if isinstance(rho, str) else None
     return preset.refine if preset is not None else vocoder.default_refine
 

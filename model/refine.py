@@ -127,3 +127,10 @@ def distance(audio: torch.Tensor, mel: torch.Tensor, spec: MelSpec) -> torch.Ten
     """Per item, the RMS of (own mel - mel) in the contract's values: what `project` makes small (a centred
     contract's extra last frame left out)."""
     return (mel_spectrogram(audio, spec)[..., :mel.shape[-1]] - mel).pow(2).mean(dim=(-2, -1)).sqrt()
+
+
+def refine_iterations(k: int) -> int:
+    """A refinement count as asked; outside 0..`MAX_ITERATIONS` is the caller's mistake."""
+    if not 0 <= k <= MAX_ITERATIONS:
+        raise ValueError(f"refine must be 0..{MAX_ITERATIONS}, not {k}")
+    return k

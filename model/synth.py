@@ -27,10 +27,10 @@ from .checkpoint import CheckpointError
 from .mel import read_mel_file
 from .noise_estimation import DEFAULT_FAMILY, FAMILIES
 from .plan import BDDM, METHODS, PROJECTION, resolve_refine
-from .refine import MAX_ITERATIONS
+from .refine import MAX_ITERATIONS, refine_iterations
 from .scheduling import canonical_rho
 from .schedules import Schedule
-from .vocoder import Vocoder, refine_iterations
+from .vocoder import Vocoder
 
 PRESETS = ("fast", "balanced", "quality")
 

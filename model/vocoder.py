@@ -19,7 +19,7 @@ from .checkpoint import NE_NET, SCHEDULE_NET, SCORE_NET, CheckpointError, load_m
 from .ne_net import NENet, NENetParams
 from .noise_estimation import DEFAULT_FAMILY, ne_ddpm
 from .prior import EpsFn
-from .refine import MAX_ITERATIONS, project, reach_frames
+from .refine import project, reach_frames, refine_iterations
 from .sampling import SAMPLERS, NoiseSource, Seeds, windowed_eps
 from .schedules import Diffusion, Schedule
 from .score_net import CONFIGS, ScoreNet, ScoreNetParams
@@ -333,10 +333,3 @@ class Vocoder:
         audio, mel = (audio[None], mel[None]) if single else (audio, mel)
         out = project(audio.to(self.device), mel.to(self.device), self.spec, refine_iterations(iterations)).cpu().numpy()
         return out[0] if single else out
-
-
-def refine_iterations(k: int) -> int:
-    """A refinement count as asked; outside 0..`MAX_ITERATIONS` is the caller's mistake."""
-    if not 0 <= k <= MAX_ITERATIONS:
-        raise ValueError(f"refine must be 0..{MAX_ITERATIONS}, not {k}")
-    return k

@@ -15,7 +15,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from typing import Annotated
 
 import numpy as np
@@ -38,7 +37,7 @@ from .deps import engine_of, ready_engine, ready_service, reject_unknown_query, 
 from .engine import ClientGone, Engine, QueueFull, Unavailable
 from .metrics import Metrics
 from .schemas import MAX_SEED, ErrorOut, Health, ModelInfo, Preset, ScheduleList, ScheduleOut, ScheduleSummary
-from .service import Knobs, Planned, Service
+from .service import Planned, Service
 from .settings import Settings
 
 log = logging.getLogger("server.access")
@@ -151,7 +150,8 @@ MEL_JSON = {"schema": {"type": "object", "required": ["mel"], "properties": {
     "refine": {"type": "integer", "minimum": 0, "maximum": MAX_ITERATIONS}}}}
 
 
-async def read_mel(request: Request, service: Service, knobs: Knobs) -> tuple[np.ndarray, Knobs]:
+async def read_mel(request: Request, service: Service, rho: str | None, seed: int | None,
+                   refine: int | None) -> tuple[np.ndarray, str | float | None, int | None, int | None]:
     """The request's mel (a .npy or JSON body, validated against the limits) and its knobs: the query's, else the JSON
     body's."""
     settings: Settings = request.app.state.settings
@@ -161,14 +161,13 @@ async def read_mel(request: Request, service: Service, knobs: Knobs) -> tuple[np
     n_mels = service.engine.vocoder.spec.n_mels
     if kind == codec.JSON_TYPE:
         mel, parsed = codec.decode_json(body, n_mels)
-        knobs = replace(knobs, rho=knobs.rho if knobs.rho is not None else parsed.rho,
-                        seed=knobs.seed if knobs.seed is not None else parsed.seed,
-                        refine=knobs.refine if knobs.refine is not None else parsed.refine)
+        rho, seed = rho if rho is not None else parsed.rho, seed if seed is not None else parsed.seed
+        refine = refine if refine is not None else parsed.refine
     else:
         mel = codec.decode_npy(body, n_mels)
     codec.check_frames(mel, settings.max_frames)
-    request.state.log.update(frames=mel.shape[-1], seeded=knobs.seed is not None)
-    return mel, knobs
+    request.state.log.update(frames=mel.shape[-1], seeded=seed is not None)
+    return mel, rho, seed, refine
 
 
 #: /v1's header for each of the plan's facts (`Planned.facts`).
@@ -193,9 +192,9 @@ def plan_headers(request: Request, planned: Planned, samples: int, sample_rate: 
 async def vocode(request: Request, service: Annotated[Service, Depends(ready_service)],
                  output: Annotated[formats.Output, Depends(formats.vocode_output)], rho: Rho = None,
                  seed: Seed = None, refine: Refine = None, method: MethodQuery = "bddm") -> Response:
-    mel, knobs = await read_mel(request, service, Knobs(method, rho, refine, seed))
+    mel, rho, seed, refine = await read_mel(request, service, rho, seed, refine)
     async with watching(request) as watcher:
-        done = await service.vocode([mel], knobs, watcher)
+        done = await service.vocode([mel], method, rho, refine, seed, watcher)
     (result,), rate = done.results, service.engine.vocoder.spec.sample_rate
     audio = await asyncio.to_thread(output.encode, result.audio, rate)
     request.state.log.update(batch=result.batch_size, synthesis_s=round(result.synthesis_seconds, 4))
@@ -217,13 +216,13 @@ async def vocode(request: Request, service: Annotated[Service, Depends(ready_ser
 async def vocode_stream(request: Request, service: Annotated[Service, Depends(ready_service)],
                         output: Annotated[formats.Output, Depends(formats.stream_output)], rho: Rho = None,
                         seed: Seed = None, refine: Refine = None, method: MethodQuery = "bddm") -> StreamingResponse:
-    mel, knobs = await read_mel(request, service, Knobs(method, rho, refine, seed))
+    mel, rho, seed, refine = await read_mel(request, service, rho, seed, refine)
     spec = service.engine.vocoder.spec
     request.state.log.update(streamed=True)
     # the first chunk before the first byte: a refusal or failure is still a JSON error; from the first byte on, the
     # streaming response itself listens for the client leaving
     async with watching(request) as watcher:
-        streamed = await service.stream(mel, knobs, watcher)
+        streamed = await service.stream(mel, method, rho, refine, seed, watcher)
     first_audio_s = time.perf_counter() - request.state.started
     service.engine.metrics.time_to_first_audio.labels(preset=streamed.planned.plan.preset).observe(first_audio_s)
     request.state.log.update(first_audio_s=round(first_audio_s, 4))

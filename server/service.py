@@ -2,7 +2,7 @@
 
 plan (`model.plan`, BDDM's schedule from the engine's cache) -> the engine's queue -> the client's disconnect
 (`ClientGone`: nobody is left to answer, a 499) -> the results. A protocol only parses its request into mels and
-`Knobs`, and encodes what comes back: `Vocoded` (or `Streamed`), whose `facts` are what it tells the client of the
+the knobs (method, rho, refine, seed: `model.plan.plan_for`), and encodes what comes back: `Vocoded` (or `Streamed`), whose `facts` are what it tells the client of the
 plan. Errors are the protocol's to encode: `PlanError` (the client's knobs, a 400), and the engine's `QueueFull`
 (429), `Unavailable` (503) and `ClientGone`.
 """
@@ -20,16 +20,6 @@ from model.plan import BDDM, Method, Plan, PlanError, plan_for, resolve_rho
 from model.schedules import Schedule
 
 from .engine import Engine, Result
-
-
-@dataclass(frozen=True)
-class Knobs:
-    """What a request asks of the synthesis (`model.plan.plan_for`); item b of a batch is seeded with seed + b."""
-
-    method: Method = BDDM
-    rho: float | str | None = None
-    refine: int | None = None
-    seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -71,18 +61,20 @@ class Service:
             raise PlanError("rho not available", f"cannot make a schedule for rho={canonical:g}: {e}") from None
         return canonical, schedule, hit
 
-    async def plan(self, knobs: Knobs) -> Planned:
-        plan = plan_for(self.engine.vocoder, knobs.method, knobs.rho, knobs.refine)
+    async def plan(self, method: Method, rho: float | str | None, refine: int | None) -> Planned:
+        plan = plan_for(self.engine.vocoder, method, rho, refine)
         if plan.method != BDDM:
             return Planned(plan)
         _, schedule, hit = await self.schedule(plan.rho)
         return Planned(plan.scheduled(schedule), hit)
 
-    async def vocode(self, mels: Sequence[np.ndarray], knobs: Knobs,
+    async def vocode(self, mels: Sequence[np.ndarray], method: Method = BDDM, rho: float | str | None = None,
+                     refine: int | None = None, seed: int | None = None,
                      disconnected: asyncio.Future | None = None) -> Vocoded:
-        """Each mel (n_mels, F) as its own engine job (unseeded items micro-batch together; seeded ones run alone).
-        The first refusal (429, 503) or `ClientGone` cancels the rest, which frees their queue slots, and is raised."""
-        planned, seed = await self.plan(knobs), knobs.seed
+        """Each mel (n_mels, F) as its own engine job, item b seeded with seed + b (unseeded items micro-batch
+        together; seeded ones run alone). The first refusal (429, 503) or `ClientGone` cancels the rest, which frees
+        their queue slots, and is raised."""
+        planned = await self.plan(method, rho, refine)
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(self.engine.vocode(mel, planned.plan, None if seed is None else seed + b,
@@ -92,9 +84,11 @@ class Service:
             raise e.exceptions[0] from None
         return Vocoded(planned, [t.result() for t in tasks])
 
-    async def stream(self, mel: np.ndarray, knobs: Knobs, disconnected: asyncio.Future | None = None) -> Streamed:
-        """The audio of `vocode([mel], knobs)` chunk by chunk (`Engine.stream`); `disconnected` is watched until the
+    async def stream(self, mel: np.ndarray, method: Method = BDDM, rho: float | str | None = None,
+                     refine: int | None = None, seed: int | None = None,
+                     disconnected: asyncio.Future | None = None) -> Streamed:
+        """The audio of `vocode([mel], ...)` chunk by chunk (`Engine.stream`); `disconnected` is watched until the
         first chunk is out, the caller's to watch after."""
-        planned = await self.plan(knobs)
-        chunks = self.engine.stream(mel, planned.plan, knobs.seed, disconnected)
+        planned = await self.plan(method, rho, refine)
+        chunks = self.engine.stream(mel, planned.plan, seed, disconnected)
         return Streamed(planned, await anext(chunks), chunks)

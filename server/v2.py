@@ -30,7 +30,7 @@ from .codec import ApiError
 from .deps import ready_engine, reject_unknown_query, require_api_key, watching
 from .engine import Engine, Result
 from .schemas import MAX_SEED
-from .service import Knobs, Service
+from .service import Service
 from .v2_schemas import (InferOutput, InferParameters, InferRequest, InferResponse, ModelMetadata, ServerMetadata,
                          TensorMetadata, V2Error)
 
@@ -233,10 +233,9 @@ async def infer(request: Request, engine: Annotated[Engine, Depends(served_engin
     native = engine.vocoder.spec.sample_rate
     rate = formats.check_rate(params.sample_rate) or native
     service: Service = request.app.state.service
-    knobs = Knobs(params.method, params.rho, params.refine, params.seed)
     request.state.log.update(frames=call.mels.shape[-1], batch_items=len(call.mels), seeded=params.seed is not None)
     async with watching(request) as watcher:
-        done = await service.vocode(call.mels, knobs, watcher)
+        done = await service.vocode(call.mels, params.method, params.rho, params.refine, params.seed, watcher)
     plan = done.planned.plan
     request.state.log.update(rho=plan.rho, steps=plan.steps, refine=plan.refine)
     audio = await asyncio.to_thread(audio_tensor, done.results, native, rate, params.audio_datatype)
