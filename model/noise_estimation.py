@@ -23,7 +23,7 @@ import torch
 
 from .ne_net import NENet
 from .prior import EpsFn, Prior
-from .sampling import Noise, NoiseSource, Seeds
+from .sampling import Noise, NoiseSource, Seeds, step
 from .schedules import Diffusion
 
 #: Bisection steps of the fit (theta to ~1e-15 of its range).
@@ -95,10 +95,9 @@ def ne_ddpm(eps_fn: EpsFn, ne_net: NENet, mel: torch.Tensor, steps: int, seed: S
         alpha = np.sqrt(alpha_bar)
         t = torch.as_tensor(diffusion.timestep_of(alpha), dtype=torch.float32, device=x.device)
         eps = eps_fn(x, mel, t)
-        column = lambda v: torch.as_tensor(v, dtype=x.dtype, device=x.device)[:, None]  # noqa: E731
-        x = (x - column(beta / np.sqrt(1 - alpha_bar)) * eps) / column(np.sqrt(1 - beta))
+        sigma, z = torch.zeros(len(beta), dtype=torch.float64), None
         if n > 1:
             alpha_prev_sq = alpha_bar / (1 - beta)
-            sigma = np.sqrt((1 - alpha_prev_sq) / (1 - alpha_bar) * beta)
-            x = x + column(sigma) * noise.draw(length, x.device)
+            sigma, z = torch.from_numpy(np.sqrt((1 - alpha_prev_sq) / (1 - alpha_bar) * beta)), noise.draw(length, x.device)
+        x = step(x, eps, torch.from_numpy(alpha_bar), torch.from_numpy(beta), sigma, z)
     return prior.to_audio(x, mel)

@@ -1,6 +1,9 @@
 """Samplers: short pure functions over (score net, mel, schedule).
 
-`ddpm` and `ddim` run the reverse process n = N..1 of any `Schedule`. The score network is applied
+`ddpm` and `ddim` run the reverse process n = N..1 of any `Schedule`; `step` is DDPM's reverse update, the one
+place it is written (the BDDM schedule search and noise-estimation sampling take it too). A `Hook`, k-diffusion's
+callback, sees each step's x and x0 estimate and may change either (GLA-Grad and shallow diffusion in
+`bench.refine` are hooks). The score network is applied
 through `windowed_eps`, which splits long inputs into overlapping windows whose margins cover the
 network's receptive field: the result equals one full pass, with memory bounded by the window size,
 so minutes of audio run without seams. It also keeps each window's conditioning (the upsampled mel
@@ -10,7 +13,8 @@ through every layer's projection), which is the same at every step, for the rest
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -77,12 +81,65 @@ def windowed_eps(net: ScoreNet | CpuScoreNet, window_frames: int = WINDOW_FRAMES
     return eps
 
 
-def _steps(schedule: Schedule, x: torch.Tensor):
+#: A level or scale: one float for the whole batch, or a float64 tensor (B,) with one per item.
+Coefficient = float | torch.Tensor
+
+
+def _operand(value: Coefficient, x: torch.Tensor) -> float | torch.Tensor:
+    """A float64 coefficient as an operand of x: a float as it is, per-item values as a column in x's dtype."""
+    return value if isinstance(value, float) else value.to(x.device, x.dtype)[:, None]
+
+
+def step(x: torch.Tensor, eps: torch.Tensor, alpha_bar: Coefficient, beta: Coefficient,
+         sigma: Coefficient = 0.0, z: torch.Tensor | None = None) -> torch.Tensor:
+    """DDPM's reverse step x_n -> x_{n-1} = (x_n - beta_n / sqrt(1 - alpha_bar_n) eps) / sqrt(1 - beta_n) + sigma_n z.
+
+    alpha_bar_n is the cumulative level (this project's alpha_n^2), beta_n the step's scale, z the injected noise
+    (None at the last step). The coefficients are computed in float64 before they meet x, as floats (one schedule
+    for the batch) or per-item tensors (noise estimation's own schedule per item).
+    """
+    if isinstance(alpha_bar, float) and isinstance(beta, float):
+        c_eps, c_x = beta / math.sqrt(1 - alpha_bar), math.sqrt(1 - beta)
+    else:
+        alpha_bar, beta = torch.as_tensor(alpha_bar, dtype=torch.float64), torch.as_tensor(beta, dtype=torch.float64)
+        c_eps, c_x = beta / torch.sqrt(1 - alpha_bar), torch.sqrt(1 - beta)
+    x = (x - _operand(c_eps, x) * eps) / _operand(c_x, x)
+    return x if z is None else x + _operand(sigma, x) * z
+
+
+@dataclass
+class State:
+    """One reverse step as a hook sees it, in the prior's whitened coordinates: step n (N-1..0 from the noisiest),
+    the level alpha_n, x_n and the net's estimate of x0 (`x0` is computed only when a hook is given)."""
+
+    n: int
+    alpha: float
+    x: torch.Tensor
+    x0: torch.Tensor
+
+
+#: A per-step hook (k-diffusion's callback): called after the net at each step; returning a State changes x or x0
+#: (the step then goes on from them, eps re-derived from x0), None changes nothing.
+Hook = Callable[[State], State | None]
+
+
+def _levels(schedule: Schedule, x: torch.Tensor):
     """(n, alpha_n, alpha_{n-1}, beta_n, sigma_n, t_n as a batch tensor) for n = N..1."""
     alpha_prev = [1.0] + schedule.alpha[:-1].tolist()
     for n in reversed(range(schedule.steps)):
         t = torch.full((x.shape[0],), float(schedule.timesteps[n]), device=x.device)
         yield n, float(schedule.alpha[n]), alpha_prev[n], float(schedule.beta[n]), float(schedule.sigma[n]), t
+
+
+def _hooked(hook: Hook | None, n: int, alpha: float, x: torch.Tensor, eps: torch.Tensor):
+    """(x, eps) after the hook: eps re-derived from the hook's x0 as x = alpha x0 + sqrt(1 - alpha^2) eps."""
+    if hook is None:
+        return x, eps
+    noise_level = math.sqrt(1 - alpha**2)
+    state = hook(State(n, alpha, x, (x - noise_level * eps) / alpha))
+    if state is None:
+        return x, eps
+    return state.x, (state.x - alpha * state.x0) / noise_level
 
 
 Seeds = int | None | Sequence[int | None]
@@ -117,36 +174,35 @@ class NoiseSource(Protocol):
 
 @torch.inference_mode()
 def ddpm(eps_fn: EpsFn, mel: torch.Tensor, schedule: Schedule, seed: Seeds = None, hop: int = 256,
-         prior: Prior = Prior(), noise: NoiseSource | None = None) -> torch.Tensor:
+         prior: Prior = Prior(), noise: NoiseSource | None = None, hook: Hook | None = None) -> torch.Tensor:
     """Ancestral DDPM reverse process over `schedule`, in the prior's whitened coordinates (`model.prior`);
     mel (B, n_mels, F) -> audio (B, F * hop) in [-1, 1]. The noise is `seed`'s, unless a source of it is given
     (a streamed chunk's slice of the whole request's noise)."""
     eps_fn, length = prior.whitened(eps_fn), mel.shape[-1] * hop
     noise = noise or Noise(seed, mel.shape[0])
     x = noise.draw(length, mel.device)
-    for n, alpha, _, beta, sigma, t in _steps(schedule, x):
-        eps = eps_fn(x, mel, t)
-        x = (x - beta / math.sqrt(1 - alpha**2) * eps) / math.sqrt(1 - beta)
-        if n > 0:
-            x = x + sigma * noise.draw(length, x.device)
+    for n, alpha, _, beta, sigma, t in _levels(schedule, x):
+        x, eps = _hooked(hook, n, alpha, x, eps_fn(x, mel, t))
+        x = step(x, eps, alpha**2, beta, sigma, noise.draw(length, x.device) if n > 0 else None)
     return prior.to_audio(x, mel)
 
 
 @torch.inference_mode()
 def ddim(eps_fn: EpsFn, mel: torch.Tensor, schedule: Schedule, seed: Seeds = None, hop: int = 256,
-         prior: Prior = Prior(), noise: NoiseSource | None = None) -> torch.Tensor:
+         prior: Prior = Prior(), noise: NoiseSource | None = None, hook: Hook | None = None) -> torch.Tensor:
     """Deterministic DDIM (eta = 0) over the levels of `schedule`; only x_N depends on the seed."""
     eps_fn = prior.whitened(eps_fn)
     x = (noise or Noise(seed, mel.shape[0])).draw(mel.shape[-1] * hop, mel.device)
-    for _, alpha, alpha_prev, _, _, t in _steps(schedule, x):
-        eps = eps_fn(x, mel, t)
+    for n, alpha, alpha_prev, _, _, t in _levels(schedule, x):
+        x, eps = _hooked(hook, n, alpha, x, eps_fn(x, mel, t))
         x0 = (x - math.sqrt(1 - alpha**2) * eps) / alpha
         x = alpha_prev * x0 + math.sqrt(1 - alpha_prev**2) * eps
     return prior.to_audio(x, mel)
 
 
 def scaled_noise(eps_fn: EpsFn, mel: torch.Tensor, schedule: Schedule | None = None, seed: Seeds = None,
-                 hop: int = 256, prior: Prior = Prior(), noise: NoiseSource | None = None) -> torch.Tensor:
+                 hop: int = 256, prior: Prior = Prior(), noise: NoiseSource | None = None,
+                 hook: Hook | None = None) -> torch.Tensor:
     """Projection alone's start (`model.refine`): the seeded noise at `NOISE_SCALE`; no network, no step."""
     return NOISE_SCALE * (noise or Noise(seed, mel.shape[0])).draw(mel.shape[-1] * hop, mel.device)
 

@@ -28,7 +28,7 @@ import torch
 
 from .audio import mel_spectrogram
 from .checkpoint import SCHEDULE_NET, CheckpointError, load_module, load_tensors, save_tensors
-from .sampling import Noise, ddpm, windowed_eps
+from .sampling import Noise, ddpm, step, windowed_eps
 from .schedule_net import ScheduleNet, ScheduleNetParams
 from .schedules import Diffusion, Schedule
 from .score_net import ScoreNet
@@ -69,7 +69,7 @@ def noise_schedule(score_net: ScoreNet, schedule_net: ScheduleNet, mel: torch.Te
         t = torch.full((1,), float(diffusion.timestep_of(alpha)), device=device)
         eps = eps_fn(x, mel, t).float()
         sigma = math.sqrt((1 - alpha_next**2) / (1 - alpha**2) * beta)
-        x = (x - beta / math.sqrt(1 - alpha**2) * eps) / math.sqrt(1 - beta) + sigma * noise.draw(x.shape[-1], device)
+        x = step(x, eps, alpha**2, beta, sigma, noise.draw(x.shape[-1], device))
         alpha = alpha_next
         levels.append(alpha)
         delta_sq = torch.tensor([1 - alpha**2], device=device)
