@@ -28,7 +28,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ import torch
 from model import metrics
 from model.audio import mel_spectrogram
 from model.refine import project
-from model.sampling import Noise, _steps, windowed_eps
+from model.sampling import Noise, State, ddpm, windowed_eps
 from model.schedules import Schedule
 from model.vocoder import Vocoder
 
@@ -63,46 +63,45 @@ def projection_alone(voc: Vocoder, mel: torch.Tensor, seed: int, iterations: int
     return torch.from_numpy(voc.vocode(mel, None, seed=seed, refine=iterations))
 
 
-@torch.inference_mode()
 def gla_grad(voc: Vocoder, mel: torch.Tensor, schedule: Schedule, seed: int, projected_steps: int,
              iterations: int) -> torch.Tensor:
     """DDPM on `schedule` where each of the first `projected_steps` reverse steps projects its x0 estimate onto the
-    mel (`iterations` projections) and continues from it: eps is re-derived from the projected x0 (GLA-Grad)."""
-    prior, hop = voc.score_net.prior, voc.spec.hop
-    eps_fn, length = prior.whitened(windowed_eps(voc.score_net)), mel.shape[-1] * hop
-    noise = Noise(seed, mel.shape[0])
-    x = noise.draw(length, mel.device)
-    for n, alpha, _, beta, sigma, t in _steps(schedule, x):
-        eps = eps_fn(x, mel, t)
-        if schedule.steps - n <= projected_steps:
-            x0 = prior.to_audio((x - math.sqrt(1 - alpha**2) * eps) / alpha, mel)
-            x0 = prior.whiten(project(x0, mel, voc.spec, iterations), mel)
-            eps = (x - alpha * x0) / math.sqrt(1 - alpha**2)
-        x = (x - beta / math.sqrt(1 - alpha**2) * eps) / math.sqrt(1 - beta)
-        if n > 0:
-            x = x + sigma * noise.draw(length, x.device)
-    return prior.to_audio(x, mel)
+    mel (`iterations` projections) and continues from it: eps is re-derived from the projected x0 (GLA-Grad), a
+    hook on the sampler's step."""
+    prior = voc.score_net.prior
+
+    def project_x0(state: State) -> State | None:
+        if schedule.steps - state.n > projected_steps:
+            return None
+        x0 = project(prior.to_audio(state.x0, mel), mel, voc.spec, iterations)
+        return replace(state, x0=prior.whiten(x0, mel))
+
+    return ddpm(windowed_eps(voc.score_net), mel, schedule, seed, voc.spec.hop, prior, hook=project_x0)
 
 
-@torch.inference_mode()
+class ShallowStart:
+    """Shallow diffusion's noise: its first draw, x_m, is `start` noised to the level alpha_m (whitened), the
+    rest are the seed's, so DDPM over the schedule's last m steps runs steps m..1 only."""
+
+    def __init__(self, start: torch.Tensor, mel: torch.Tensor, alpha_m: float, prior, noise: Noise) -> None:
+        self.start, self.mel, self.alpha_m, self.prior, self.noise, self.first = start, mel, alpha_m, prior, noise, True
+
+    def draw(self, length: int, device: torch.device | str) -> torch.Tensor:
+        z = self.noise.draw(length, device)
+        if not self.first:
+            return z
+        self.first = False
+        return self.alpha_m * self.prior.whiten(self.start, self.mel) + math.sqrt(1 - self.alpha_m**2) * z
+
+
 def shallow(voc: Vocoder, mel: torch.Tensor, schedule: Schedule, seed: int, last_steps: int,
             iterations: int) -> torch.Tensor:
     """Shallow diffusion: projection alone (`iterations`), noised to the level alpha_m of the schedule's m-th step
     from the end (m = `last_steps`), then DDPM steps m..1 only."""
-    prior, hop = voc.score_net.prior, voc.spec.hop
-    eps_fn, length = prior.whitened(windowed_eps(voc.score_net)), mel.shape[-1] * hop
-    noise = Noise(seed, mel.shape[0])
-    start = projection_alone(voc, mel, seed, iterations)
-    alpha_m = float(schedule.alpha[last_steps - 1])
-    x = alpha_m * prior.whiten(start, mel) + math.sqrt(1 - alpha_m**2) * noise.draw(length, mel.device)
-    for n, alpha, _, beta, sigma, t in _steps(schedule, x):
-        if n >= last_steps:
-            continue
-        eps = eps_fn(x, mel, t)
-        x = (x - beta / math.sqrt(1 - alpha**2) * eps) / math.sqrt(1 - beta)
-        if n > 0:
-            x = x + sigma * noise.draw(length, x.device)
-    return prior.to_audio(x, mel)
+    start, m = projection_alone(voc, mel, seed, iterations), last_steps
+    tail = Schedule(schedule.beta[:m], schedule.alpha[:m], schedule.sigma[:m], schedule.timesteps[:m], schedule.name)
+    noise = ShallowStart(start, mel, float(schedule.alpha[m - 1]), voc.score_net.prior, Noise(seed, mel.shape[0]))
+    return ddpm(windowed_eps(voc.score_net), mel, tail, hop=voc.spec.hop, prior=voc.score_net.prior, noise=noise)
 
 
 @dataclass(frozen=True)

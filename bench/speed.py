@@ -39,7 +39,7 @@ import torch
 
 from model.audio import mel_spectrogram
 from model.checkpoint import read_config
-from model.sampling import CONDITIONING_CACHE_BYTES, MARGIN_FRAMES, WINDOW_FRAMES, ddpm, windowed_eps
+from model.sampling import CONDITIONING_CACHE_BYTES, MARGIN_FRAMES, WINDOW_FRAMES, ddpm, step, windowed_eps
 from model.schedules import Schedule
 from model import score_net_cpu
 from model.score_net import ScoreNet, step_embedding
@@ -232,9 +232,7 @@ def reference_synthesis(ref: torch.nn.Module, mel: torch.Tensor, schedule: Sched
     for n in reversed(range(schedule.steps)):
         alpha, beta, sigma = float(schedule.alpha[n]), float(schedule.beta[n]), float(schedule.sigma[n])
         eps = ref(x, mel, torch.tensor([round(float(schedule.timesteps[n]))])).squeeze(1)
-        x = (x - beta / (1 - alpha**2) ** 0.5 * eps) / (1 - beta) ** 0.5
-        if n > 0:
-            x = x + sigma * torch.randn(x.shape, generator=g)
+        x = step(x, eps, alpha**2, beta, sigma, torch.randn(x.shape, generator=g) if n > 0 else None)
     return x
 
 
