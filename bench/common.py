@@ -28,7 +28,7 @@ import torch
 
 from model.audio import list_audio, load_audio, read_id_list
 from model.checkpoint import SCORE_NET, git_revision, read_config
-from model.vocoder import default_weights, resolve_device
+from model.runtime import default_weights, resolve_device
 
 DEFAULT_DATA = Path("../shared/data/ljspeech")
 DEFAULT_OUT = Path("bench/results")
@@ -61,7 +61,7 @@ def base_parser(prog: str, doc: str, several: bool = False) -> argparse.Argument
 
 
 def weights_for(weights: Path | list[Path] | None, device: str = "auto") -> list[Path]:
-    """The --weights given, else the net the server would pick on `device` (`model.vocoder.default_weights`)."""
+    """The --weights given, else the net the server would pick on `device` (`model.runtime.default_weights`)."""
     if weights:
         return list(weights) if isinstance(weights, list) else [weights]
     return [default_weights(resolve_device("auto" if device == "all" else device))[0]]

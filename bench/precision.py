@@ -3,7 +3,7 @@
 Both precisions vocode each clip from its mel at the default rho with the same seed; the guard holds
 when bf16's mean STOI is within 0.01 and its mean PESQ within 0.05 of fp32's (issue 11). On CUDA bf16 is
 autocast; on a CPU it is `CpuScoreNet`'s bf16 GEMMs, and the run also times both precisions: `--record`
-writes the verdict and the speed-up beside the weights (`model.vocoder.CPU_BF16_RECORD`), under this CPU's
+writes the verdict and the speed-up beside the weights (`model.runtime.CPU_BF16_RECORD`), under this CPU's
 bf16 ISA, which is what lets VOCODER_DTYPE=auto serve bf16 there. Where `pesq` is not installed (the bare GPU
 image: it ships as source only), PESQ is left out and `--audio-out` saves the clips so that `--rescore` can
 score them on a machine that has it.
@@ -24,7 +24,8 @@ import numpy as np
 
 from model import metrics
 from model.audio import mel_spectrogram
-from model.vocoder import CPU_BF16_RECORD, Vocoder, cpu_bf16_isa
+from model.runtime import CPU_BF16_RECORD, cpu_bf16_isa
+from model.vocoder import Vocoder
 
 from .common import apply_threads, base_parser, fmt, header, table, validation_clips, weights_for, write_outputs
 
@@ -109,7 +110,7 @@ def report(result: dict, device: str) -> str:
 
 
 def record(weights: Path, result: dict, head: dict) -> Path:
-    """This CPU's verdict beside the weights, under its bf16 ISA (`model.vocoder.cpu_bf16_serves` reads it)."""
+    """This CPU's verdict beside the weights, under its bf16 ISA (`model.runtime.cpu_bf16_serves` reads it)."""
     isa = cpu_bf16_isa()
     if isa is None:
         raise SystemExit("--record: this CPU has no bf16 ISA (amx_bf16, avx512_bf16) to record a verdict for")

@@ -10,7 +10,7 @@ score net leaves far from the mel it was asked for. One projection moves it back
 It changes magnitudes only, so the output keeps the net's phase, which is what Griffin-Lim lacks. Iterating
 is Griffin-Lim with the mel as the magnitude constraint; `momentum` is fast Griffin-Lim (Perraudin, Balazs and
 Sondergaard 2013): t_k = c_k + momentum (c_k - c_{k-1}) on the consistent spectrograms c_k. Started from
-noise, with no net at all, it is the baseline the net has to beat (`project_noise`).
+noise, with no net at all (the projection method, `model.plan`), it is the baseline the net has to beat.
 
 Each iteration reads each output sample's neighbourhood of a few frames (`reach_frames`), so a chunk of a longer
 signal is exact once computed on the chunk widened by that many frames per iteration (`model.streaming`).

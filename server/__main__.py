@@ -18,10 +18,9 @@ import uvicorn
 from pydantic import ValidationError
 
 from model.checkpoint import CheckpointError
-from model.vocoder import Vocoder
 
 from .app import create_app
-from .settings import Settings
+from .settings import Settings, load_vocoder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,8 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        vocoder = Vocoder.load(settings.weights, settings.device, settings.dtype, settings.compile,
-                               settings.weights_root, settings.threads)
+        vocoder = load_vocoder(settings)
     except CheckpointError as e:
         print(f"error: cannot load weights: {e}", file=sys.stderr)
         return 2

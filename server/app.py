@@ -38,7 +38,7 @@ from .engine import ClientGone, Engine, QueueFull, Unavailable
 from .metrics import Metrics
 from .schemas import MAX_SEED, ErrorOut, Health, ModelInfo, Preset, ScheduleList, ScheduleOut, ScheduleSummary
 from .service import Planned, Service
-from .settings import Settings
+from .settings import Settings, load_vocoder
 
 log = logging.getLogger("server.access")
 
@@ -306,8 +306,7 @@ def create_app(settings: Settings | None = None, vocoder: Vocoder | None = None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        voc = vocoder or await asyncio.to_thread(Vocoder.load, settings.weights, settings.device, settings.dtype,
-                                                    settings.compile, settings.weights_root, settings.threads)
+        voc = vocoder or await asyncio.to_thread(load_vocoder, settings)
         engine = app.state.engine = Engine(voc, settings, metrics)
         app.state.service = Service(engine)
         await engine.start()

@@ -8,7 +8,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from model.vocoder import WEIGHTS_ROOT
+from model.runtime import WEIGHTS_ROOT
+from model.vocoder import Vocoder
 
 
 class Settings(BaseSettings):
@@ -16,13 +17,13 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    #: The weights directory to serve; unset, the device picks the shipped net (`model.vocoder.DEFAULT_NETS`).
+    #: The weights directory to serve; unset, the device picks the shipped net (`model.runtime.DEFAULT_NETS`).
     weights: Path | None = None
     #: Where the shipped nets are, for that default.
     weights_root: Path = WEIGHTS_ROOT
     device: Literal["auto", "cpu", "cuda"] = "auto"
     #: Inference precision: auto is bf16 on CUDA (autocast); on a CPU bf16 only where the weights' record says the
-    #: guard held on this CPU's bf16 ISA and bf16 was faster (`model.vocoder.cpu_bf16_serves`), else fp32.
+    #: guard held on this CPU's bf16 ISA and bf16 was faster (`model.runtime.cpu_bf16_serves`), else fp32.
     dtype: Literal["auto", "fp32", "bf16"] = "auto"
     #: Intra-op threads per request; unset: the CPUs this process may use (affinity mask, cgroup v2 quota).
     threads: int | None = Field(None, gt=0)
@@ -44,3 +45,9 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(300.0, gt=0)
     shutdown_timeout_s: float = Field(30.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+def load_vocoder(settings: Settings) -> Vocoder:
+    """The vocoder these settings serve (`Vocoder.load`); missing or corrupt weights raise CheckpointError."""
+    return Vocoder.load(settings.weights, settings.device, settings.dtype, settings.compile, settings.weights_root,
+                        settings.threads)

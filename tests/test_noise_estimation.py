@@ -22,7 +22,8 @@ from model.prior import Prior
 from model.sampling import windowed_eps
 from model.schedules import Diffusion
 from model.train.__main__ import main as train_main
-from model.vocoder import WEIGHTS_ROOT, Vocoder
+from model.runtime import WEIGHTS_ROOT
+from model.vocoder import Vocoder
 
 DIFFUSION = Diffusion()
 MEL = torch.randn(2, 80, 6, generator=torch.Generator().manual_seed(1)) - 5.0

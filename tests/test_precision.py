@@ -13,8 +13,8 @@ import torch
 
 from model.checkpoint import CheckpointError
 from model.score_net_cpu import CpuScoreNet
-from model.vocoder import (CPU_BF16_RECORD, WEIGHTS_ROOT, Vocoder, cpu_bf16_isa, cpu_bf16_serves, resolve_compile,
-                           resolve_dtype)
+from model.runtime import CPU_BF16_RECORD, WEIGHTS_ROOT, cpu_bf16_isa, cpu_bf16_serves, resolve_compile, resolve_dtype
+from model.vocoder import Vocoder
 
 
 def test_auto_is_bf16_on_cuda_and_fp32_on_a_cpu_without_a_record():

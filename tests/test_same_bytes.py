@@ -26,7 +26,8 @@ sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).
 
 from conftest import voiced_tone  # noqa: E402
 from model.audio import mel_spectrogram  # noqa: E402
-from model.vocoder import Vocoder, cpu_bf16_isa  # noqa: E402
+from model.runtime import cpu_bf16_isa  # noqa: E402
+from model.vocoder import Vocoder  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 WEIGHTS = REPO / "weights" / "small"

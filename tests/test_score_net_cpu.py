@@ -14,7 +14,9 @@ from model.schedules import Schedule
 from model.score_net import ScoreNet, ScoreNetParams
 from model import score_net_cpu
 from model.score_net_cpu import CpuScoreNet
-from model.vocoder import Vocoder, cpu_threads, intra_op_threads, resolve_threads
+from model.runtime import cpu_threads, resolve_threads
+from model.score_net_cpu import intra_op_threads
+from model.vocoder import Vocoder
 from test_score_net_fast import inputs, plain_eps, random_net, shipped
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.vocoder import DEFAULT_NETS, WEIGHTS_ROOT, WHY_NAMED, Vocoder, default_weights
+from model.runtime import DEFAULT_NETS, WEIGHTS_ROOT, WHY_NAMED, default_weights
+from model.vocoder import Vocoder
 from server.app import create_app
 from server.settings import Settings
 
