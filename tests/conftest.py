@@ -79,7 +79,7 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_module(out / SCORE_NET, score_net)
     save_module(out / SCHEDULE_NET, schedule_net)
     save_module(out / NE_NET, ne_net)
-    run_search(Search(str(out), str(root / "data"), clips=1, grid=3, seconds=0.1, device="cpu"))
+    run_search(Search(str(out), data=str(root / "data"), clips=1, grid=3, seconds=0.1, device="cpu"))
     return out
 
 

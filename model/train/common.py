@@ -11,12 +11,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from ..checkpoint import TRAIN_STATE, git_revision, load_module, load_tensors, save_tensors
+from ..audio import MelSpec
+from ..checkpoint import TRAIN_STATE, git_revision, load_module, load_tensors, save_module, save_tensors, write_config
+from .data import AudioCorpus
 
 
 @dataclass
@@ -81,21 +84,27 @@ class StopRequest:
 
 
 @dataclass(kw_only=True)
-class LoopOptions:
-    """What every trainer takes (`model.train`'s shared options): data, length, batch, optimiser, device."""
+class CorpusOptions:
+    """What every job over the corpus takes (`model.train`'s shared options): its data, device and seed."""
 
     data: str
-    steps: int
     id_list: str | None = None
+    device: str = "auto"
+    seed: int = 0
+
+
+@dataclass(kw_only=True)
+class LoopOptions(CorpusOptions):
+    """What every trainer takes besides: length, batch, optimiser."""
+
+    steps: int
     batch: int = 8
     segment_frames: int = 32
     lr: float = 5e-4
     grad_clip: float = 1.0
     minutes: float | None = None
     save_every: int = 250
-    device: str = "auto"
     compile: bool | None = None
-    seed: int = 0
 
 
 class TrainingRecord:
@@ -162,6 +171,48 @@ def run_loop(step: Callable[[], torch.Tensor], save: Callable[[int, float], None
         bar.close()
         save(done, time.time() - t0)
     return done, time.time() - t0
+
+
+def compiled(job: LoopOptions, rt: Runtime, *modules: nn.Module) -> tuple[nn.Module, ...]:
+    """The modules torch.compiled where the job says so (unset: on CUDA), else as they are."""
+    use = job.compile if job.compile is not None else rt.device.type == "cuda"
+    return tuple(torch.compile(m) if use else m for m in modules)
+
+
+def train_small_net(job: LoopOptions, rt: Runtime, out: Path, config: dict, key: str, net: nn.Module, file: str,
+                    name: str, loss: Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor], size: str,
+                    **record: float | int) -> Path:
+    """What the small trainers (schedule net, noise-level net) share: `net` resumed from the weights directory
+    `out` (its train state under `key`, else its shipped `file`), trained on `loss(audio, mel, generator)` by
+    `run_loop`, and saved with its config entry `{key}_net` and its `training` record (`name`, `size`: what it is)."""
+    spec = MelSpec(**config["audio"])
+    shipped = out / file if (out / file).exists() and config.get(f"{key}_net") else None
+    opt, resumed = adam_resumed(out, key, net, shipped, job.lr, rt)
+    history = TrainingRecord(config, key, job, rt, spec.hop)
+    corpus = AudioCorpus(job.data, job.id_list, spec)
+    print(f"data: {len(corpus)} clips, {corpus.seconds / 60:.1f} min from {job.data}; {name} {size} on {hardware(rt)}; "
+          f"{'resuming at step ' + str(history.steps) if resumed else 'new run'}")
+    rng = np.random.default_rng(job.seed + history.steps)
+    gen = torch.Generator(rt.device).manual_seed(job.seed + history.steps)
+
+    def save(run_steps: int, run_seconds: float) -> None:
+        save_module(out / file, net)
+        save_train_state(out, key, net, None, opt)
+        config[f"{key}_net"] = net.params.to_dict()
+        history.update(run_steps, run_seconds, **record)
+        write_config(out, config)
+
+    def step() -> torch.Tensor:
+        audio, mel = corpus.segments(job.batch, job.segment_frames, rng, rt.device)
+        with rt.autocast():
+            value = loss(audio, mel, gen)
+        optimize(value, net, opt, job.grad_clip)
+        return value
+
+    steps, dt = run_loop(step, save, job.steps, job.minutes, job.save_every)
+    print(f"trained the {name} {steps} steps in {dt:.0f} s ({steps / max(dt, 1e-9):.2f} steps/s); "
+          f"total {history.steps + steps} steps -> {out / file}")
+    return out
 
 
 class EMA:

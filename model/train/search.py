@@ -15,7 +15,7 @@ from ..scheduling import (PRESET_STEPS, best_pair, canonical_rho, choose_presets
                           load_schedule_net, noise_schedule, rho_for_steps, save_reference_mel, shorten)
 from ..schedules import Diffusion, Schedule
 from ..score_net import ScoreNet, ScoreNetParams
-from .common import hardware, runtime
+from .common import CorpusOptions, hardware, runtime
 from .data import AudioCorpus
 
 #: The rho sweep stored with the weights (plus whatever the presets need).
@@ -23,18 +23,14 @@ SWEEP = tuple(canonical_rho(r) for r in np.geomspace(1e-3, 0.5, 20))
 
 
 @dataclass
-class Search:
+class Search(CorpusOptions):
     weights: str
-    data: str
-    id_list: str | None = None
     clips: int = 3
     grid: int = 9
     seconds: float = 1.0
     rho: float = 0.01
     #: "presets": score each pair on the preset step counts' schedules; "rho": on `rho`'s schedule (BDDM's search)
     objective: str = "presets"
-    device: str = "auto"
-    seed: int = 0
 
 
 def run_search(job: Search) -> Path:
