@@ -154,3 +154,21 @@ class Stream:
 
     def cancel(self) -> None:
         self.tape.cancelled.set()
+
+
+class WholeStream:
+    """A stream computed whole at its first chunk and handed out in the chunks of `chunk_plan`: for a contract
+    whose frames do not map one to one onto the net's (another rate or hop), exact but with no early audio."""
+
+    def __init__(self, vocode: Callable[[], np.ndarray], frames: int, hop: int, first: int = FIRST_FRAMES,
+                 largest: int = LARGEST_FRAMES) -> None:
+        self.vocode, self.hop, self.audio = vocode, hop, None
+        self.plan = chunk_plan(frames, 0, first, largest)
+
+    def render(self, chunk: Chunk) -> np.ndarray:
+        if self.audio is None:
+            self.audio = self.vocode()
+        return self.audio[chunk.start * self.hop:chunk.end * self.hop]
+
+    def cancel(self) -> None:
+        """Nothing to stop between chunks: the whole was computed at the first."""

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from . import scheduling
-from .audio import MelSpec
+from .audio import MelSpec, resample
 from .checkpoint import NE_NET, SCHEDULE_NET, SCORE_NET, CheckpointError, load_module, read_config
 from .ne_net import NENet, NENetParams
 from .noise_estimation import DEFAULT_FAMILY, ne_ddpm
@@ -25,7 +25,8 @@ from .sampling import SAMPLERS, NoiseSource, Seeds, windowed_eps
 from .schedules import Diffusion, Schedule
 from .score_net import CONFIGS, ScoreNet, ScoreNetParams
 from .score_net_cpu import CpuScoreNet, intra_op_threads
-from .streaming import FIRST_FRAMES, LARGEST_FRAMES, Stream, margin_frames
+from .streaming import FIRST_FRAMES, LARGEST_FRAMES, Stream, WholeStream, margin_frames
+from .transcode import to_net
 
 
 @dataclass(frozen=True)
@@ -166,12 +167,16 @@ class Vocoder:
                                          self.diffusion, seed=0)
 
     def vocode(self, mel: np.ndarray | torch.Tensor, schedule: Schedule | None, seed: Seeds = None,
-               sampler: str = "ddpm", noise: NoiseSource | None = None, refine: int = 0) -> np.ndarray:
+               sampler: str = "ddpm", noise: NoiseSource | None = None, refine: int = 0,
+               contract: MelSpec | None = None) -> np.ndarray:
         """Log-mel (n_mels, F) or (B, n_mels, F) -> float32 audio (F * hop,) or (B, F * hop) in [-1, 1], then
         `refine` mel-consistency projections (`model.refine`). The noise is `seed`'s unless a source of it is given
         (`sampling.ddpm`). No schedule is projection alone (`model.plan.PROJECTION`): the seeded noise, refined, with
-        no network at all."""
+        no network at all. A mel in another `contract` than the net's is vocoded in it (`in_contract`): F * its hop
+        samples at its rate."""
         iterations, sample_with = refine_iterations(refine), SAMPLERS["noise" if schedule is None else sampler]
+        if contract is not None and contract != self.spec:
+            return self.in_contract(mel, contract, lambda m: self.vocode(m, schedule, seed, sampler, noise), iterations)
 
         def sample(eps: EpsFn, m: torch.Tensor) -> torch.Tensor:
             start = sample_with(eps, m, schedule, seed, self.spec.hop, self.score_net.prior, noise)
@@ -179,6 +184,24 @@ class Vocoder:
                 return project(start, m, self.spec, iterations)
 
         return self._sample(mel, sample)
+
+    def in_contract(self, mel: np.ndarray | torch.Tensor, contract: MelSpec,
+                    vocode: Callable[[torch.Tensor], np.ndarray], iterations: int) -> np.ndarray:
+        """A mel (n_mels, F) or (B, n_mels, F) in the caller's contract, vocoded in it: read into the net's contract
+        (`model.transcode.to_net`), sampled by `vocode` (net audio, unrefined), resampled to the contract's rate and
+        cut to F hops, then refined by `iterations` projections in the contract's own STFT against the caller's own
+        mel. Measured against refining in the net's contract first (bench/results/contracts-compare.md)."""
+        mel = as_mel(mel)
+        single = mel.dim() == 2
+        batch = mel[None] if single else mel
+        audio = vocode(torch.stack([to_net(m, contract, self.spec) for m in batch]))
+        samples = batch.shape[-1] * contract.hop
+        fitted = np.zeros((len(batch), samples), np.float32)
+        for i, a in enumerate(audio):
+            a = resample(a, self.spec.sample_rate, contract.sample_rate)[:samples]
+            fitted[i, :len(a)] = a
+        out = self.refine(fitted, batch, iterations, contract)
+        return out[0] if single else out
 
     def vocode_ne(self, mel: np.ndarray | torch.Tensor, steps: int, seed: Seeds = None,
                   family: str = DEFAULT_FAMILY) -> np.ndarray:
@@ -200,20 +223,31 @@ class Vocoder:
         return audio[0] if single else audio
 
     def stream(self, mel: np.ndarray | torch.Tensor, schedule: Schedule | None, seed: int | None = None,
-               refine: int = 0, first: int = FIRST_FRAMES, largest: int = LARGEST_FRAMES) -> Stream:
+               refine: int = 0, first: int = FIRST_FRAMES, largest: int = LARGEST_FRAMES,
+               contract: MelSpec | None = None) -> Stream | WholeStream:
         """The same audio as `vocode(mel, schedule, seed, refine=refine)` (DDPM), as chunks of `first` frames
         doubling up to `largest`, computed one at a time (`model.streaming`). Each chunk's margin covers the reach
-        of every reverse step and every refinement."""
+        of every reverse step and every refinement. A contract at the net's rate and hop maps frame to frame (one
+        more frame of margin for its reading into the net's, `transcode.to_net`); one at another rate or hop is
+        vocoded whole at the first chunk (`WholeStream`)."""
         steps, iterations = 0 if schedule is None else schedule.steps, refine_iterations(refine)
-        return Stream(lambda m, noise: self.vocode(m, schedule, noise=noise), lambda a, m: self.refine(a, m, iterations),
-                      as_mel(mel), seed, self.spec.hop, margin_frames(self.score_net.receptive_field, self.spec.hop, steps),
-                      reach_frames(self.spec, iterations), max(steps, 1), first, largest)
+        spec, vocode = contract or self.spec, (lambda m, noise: self.vocode(m, schedule, noise=noise))
+        margin = margin_frames(self.score_net.receptive_field, self.spec.hop, steps)
+        if spec != self.spec:
+            if (spec.sample_rate, spec.hop) != (self.spec.sample_rate, self.spec.hop):
+                return WholeStream(lambda: self.vocode(mel, schedule, seed, refine=iterations, contract=spec),
+                                   as_mel(mel).shape[-1], spec.hop, first, largest)
+            vocode, margin = (lambda m, noise: self.vocode(to_net(m, spec, self.spec), schedule, noise=noise)), margin + 1
+        return Stream(vocode, lambda a, m: self.refine(a, m, iterations, spec), as_mel(mel), seed, spec.hop, margin,
+                      reach_frames(spec, iterations), max(steps, 1), first, largest)
 
-    def refine(self, audio: np.ndarray, mel: np.ndarray | torch.Tensor, iterations: int) -> np.ndarray:
+    def refine(self, audio: np.ndarray, mel: np.ndarray | torch.Tensor, iterations: int,
+               contract: MelSpec | None = None) -> np.ndarray:
         """`iterations` mel-consistency projections (`model.refine.project`) of audio (F * hop,) or (B, F * hop)
-        onto its log-mel, on this device in fp32."""
+        onto its mel in `contract` (the net's by default), on this device in fp32."""
         mel, audio = as_mel(mel), torch.as_tensor(audio)
         single = audio.dim() == 1
         audio, mel = (audio[None], mel[None]) if single else (audio, mel)
-        out = project(audio.to(self.device), mel.to(self.device), self.spec, refine_iterations(iterations)).cpu().numpy()
+        out = project(audio.to(self.device), mel.to(self.device), contract or self.spec,
+                      refine_iterations(iterations)).cpu().numpy()
         return out[0] if single else out
