@@ -7,7 +7,7 @@ WEIGHTS ?=
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test install install-test bench clean
+.PHONY: serve test image-test install install-test bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,10 @@ serve: install
 
 test: install-test
 	$(BIN)/python -m pytest
+
+# Builds the Dockerfile's three images with podman and runs them (tests/test_images.py); CI runs it after `make test`.
+image-test: install-test
+	PY=$(abspath $(BIN)/python) scripts/image-test.sh
 
 bench: install-test
 	$(BIN)/python -m bench.quality $(if $(WEIGHTS),--weights $(WEIGHTS))
