@@ -14,22 +14,26 @@ import math
 import os
 import platform
 import shlex
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
+import soundfile as sf
 import torch
 
 from model.audio import list_audio, load_audio, read_id_list
 from model.checkpoint import SCORE_NET, git_revision, read_config
 from model.runtime import default_weights, resolve_device
 
+REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = Path("../shared/data/ljspeech")
 DEFAULT_OUT = Path("bench/results")
 DEFAULT_REFERENCE = Path("../shared/data/reference-schedules")
@@ -72,6 +76,13 @@ def apply_threads(threads: int | None) -> None:
         if threads < 1:
             raise SystemExit("--threads must be >= 1")
         torch.set_num_threads(threads)
+
+
+def nets_of(module: str, args: argparse.Namespace) -> tuple[list[Path], dict]:
+    """A benchmark's start: its threads set, the nets it runs (`weights_for`) and its report's header."""
+    apply_threads(args.threads)
+    nets = weights_for(args.weights, args.device)
+    return nets, header(module, nets)
 
 
 def cpu_model() -> str:
@@ -270,6 +281,113 @@ def wait_ready(proc: subprocess.Popen, url: str, timeout: float, poll: float = 0
             pass
         time.sleep(poll)
     raise RuntimeError(f"server not ready after {timeout:.0f} s")
+
+
+class Server:
+    """`python -m server` on a free loopback port, as a child process that is ready (/readyz 200) once constructed;
+    `stop()` sends SIGTERM and returns its exit code. Also a context manager."""
+
+    def __init__(self, weights: str | Path | None, log: Path, env: dict[str, str] | None = None,
+                 ready_timeout: float = 300.0, poll: float = 0.5) -> None:
+        port = free_port()
+        self.cmd = [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port),
+                    *(["--weights", str(Path(weights).resolve())] if weights else [])]
+        self.url, self.log = f"http://127.0.0.1:{port}", log.open("wb")
+        self.proc = subprocess.Popen(self.cmd, cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        try:
+            wait_ready(self.proc, self.url, ready_timeout, poll)
+        except RuntimeError as e:
+            self.stop()
+            raise SystemExit(f"{e}:\n{log.read_text()[-2000:]}") from None
+
+    def stop(self, timeout: float = 60) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                self.log.close()
+                return None
+        self.log.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.stop()
+
+
+class Client:
+    """The load client: one httpx connection pool shared by threads, and a budget of requests (`take`)."""
+
+    def __init__(self, url: str, max_requests: int, connections: int, timeout: float) -> None:
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        self.http = httpx.Client(base_url=url, timeout=timeout, limits=limits)
+        self.budget, self.lock = max_requests, threading.Lock()
+        self.sent = 0
+
+    def take(self) -> bool:
+        with self.lock:
+            if self.sent >= self.budget:
+                return False
+            self.sent += 1
+            return True
+
+    def vocode(self, body: bytes, params: dict, content_type: str = "application/x-npy",
+               path: str = "/v1/vocode") -> dict:
+        """One request -> {status (None: no answer), latency, retry_after, batch, audio (float32 or None), error}."""
+        t0 = time.perf_counter()
+        try:
+            r = self.http.post(path, content=body, params=params, headers={"Content-Type": content_type})
+        except httpx.HTTPError as e:
+            return {"status": None, "latency": time.perf_counter() - t0, "error": f"{type(e).__name__}: {e}"}
+        out = {"status": r.status_code, "latency": time.perf_counter() - t0, "audio": None, "error": None,
+               "retry_after": r.headers.get("retry-after"), "batch": int(r.headers.get("x-batch-size", 0))}
+        if r.status_code == 200 and path == "/v1/vocode":
+            try:
+                out["audio"], out["sample_rate"] = sf.read(io.BytesIO(r.content), dtype="float32")
+            except (sf.LibsndfileError, RuntimeError) as e:
+                out["error"] = f"unparseable audio: {e}"
+        elif r.status_code >= 400:
+            try:
+                if not r.json():
+                    out["error"] = "empty JSON error body"
+            except ValueError:
+                out["error"] = f"non-JSON error body {r.text[:80]!r}"
+        return out
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def closed_loop(client: Client, n_clients: int, seconds: float, make: Callable[[int], tuple],
+                backoff_cap: float = 2.0) -> list[dict]:
+    """`n_clients` threads each sending a request as soon as their last one answered, for `seconds` or until the
+    client's budget is spent; `make(i)` is request i's (body, params, content type, fields added to its result).
+    After a 429 or 503 a thread waits Retry-After seconds, at most `backoff_cap`."""
+    stop, results, lock = time.monotonic() + seconds, [], threading.Lock()
+
+    def worker(w: int) -> None:
+        i = 0
+        while time.monotonic() < stop and client.take():
+            body, params, ctype, meta = make(w * 1_000_000 + i)
+            res = client.vocode(body, params, ctype)
+            res.update(meta, t=time.monotonic())
+            with lock:
+                results.append(res)
+            i += 1
+            if res["status"] in (429, 503):
+                time.sleep(min(float(res["retry_after"] or 1), backoff_cap))
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(n_clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
 
 
 def npy_bytes(mel: np.ndarray) -> bytes:

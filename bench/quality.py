@@ -43,8 +43,8 @@ from model.noise_estimation import DEFAULT_FAMILY, FAMILIES
 from model.schedules import Diffusion, Schedule, diffwave_fast, full, linear_subset
 from model.vocoder import Vocoder
 
-from .common import (DEFAULT_REFERENCE, OFFICIAL, TUNING_CLIPS, Clip, apply_threads, base_parser, fmt, header,
-                     log_axes, parse_with_quick, table, timed, validation_clips, weights_for, write_outputs)
+from .common import (DEFAULT_REFERENCE, OFFICIAL, TUNING_CLIPS, Clip, base_parser, fmt, log_axes, nets_of,
+                     parse_with_quick, table, timed, validation_clips, write_outputs)
 from .refine import librosa_mel_to_audio
 
 METRICS = {"ls_mse": "LS-MSE ↓", "mcd": "MCD dB ↓", "stoi": "STOI ↑", "pesq": "PESQ-WB ↑", "pesq_nb": "PESQ-NB ↑",
@@ -381,9 +381,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    apply_threads(args.threads)
-    nets = weights_for(args.weights, args.device)
-    head = header("bench.quality", nets)
+    nets, head = nets_of("bench.quality", args)
     results, health, notes = [], {}, []
     for index, weights in enumerate(nets):  # the same clips, seeds and schedules for every net
         voc = Vocoder.load(weights, device=args.device, dtype=args.dtype)

@@ -22,26 +22,21 @@ the server is always stopped with SIGTERM and must exit 0. Writes soak.md and so
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
-import signal
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import numpy as np
-import soundfile as sf
 
 from model.audio import HOP, SAMPLE_RATE, encode_audio, load_audio, mel_spectrogram
 
-from .common import (DEFAULT_OUT, fmt, free_port, header, header_markdown, mutate, npy_bytes, random_edits, table,
-                     wait_ready, weights_for)
+from .common import (DEFAULT_OUT, Client, Server, closed_loop, fmt, header, header_markdown, mutate, npy_bytes,
+                     random_edits, table, weights_for)
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_LOG = ROOT / "runs" / "soak-server.log"  # one JSON line per request: evidence, not a result to commit
@@ -83,76 +78,6 @@ def test_mel(audio: str | None, seconds: float) -> np.ndarray:
     return mel_spectrogram(wav).numpy()
 
 
-class Server:
-    """`python -m server` as a child process; stop() sends SIGTERM and returns the exit code."""
-
-    def __init__(self, weights: str | None, port: int, log: Path, ready_timeout: float) -> None:
-        self.cmd = [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port),
-                    *(["--weights", weights] if weights else [])]
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = log.open("wb")
-        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
-        try:
-            wait_ready(self.proc, self.url, ready_timeout, poll=0.5)
-        except RuntimeError as e:
-            self.stop()
-            raise SystemExit(f"{e}; see {log}") from None
-
-    def stop(self, timeout: float = 60) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                return None
-        self.log.close()
-        return self.proc.returncode
-
-
-class Client:
-    """Thread-safe request counter in front of one httpx connection pool."""
-
-    def __init__(self, url: str, max_requests: int, connections: int, timeout: float) -> None:
-        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-        self.http = httpx.Client(base_url=url, timeout=timeout, limits=limits)
-        self.budget, self.lock = max_requests, threading.Lock()
-        self.sent = 0
-
-    def take(self) -> bool:
-        with self.lock:
-            if self.sent >= self.budget:
-                return False
-            self.sent += 1
-            return True
-
-    def vocode(self, body: bytes, params: dict, content_type: str = "application/x-npy",
-               path: str = "/v1/vocode") -> dict:
-        """One request -> {status, latency, retry_after, audio (float32 or None), error}."""
-        t0 = time.perf_counter()
-        try:
-            r = self.http.post(path, content=body, params=params, headers={"Content-Type": content_type})
-        except httpx.HTTPError as e:
-            return {"status": None, "latency": time.perf_counter() - t0, "error": f"{type(e).__name__}: {e}"}
-        out = {"status": r.status_code, "latency": time.perf_counter() - t0,
-               "retry_after": r.headers.get("retry-after"), "audio": None, "error": None}
-        if r.status_code == 200 and path == "/v1/vocode":
-            try:
-                out["audio"], sr = sf.read(io.BytesIO(r.content), dtype="float32")
-                if sr != SAMPLE_RATE:
-                    out["error"] = f"sample rate {sr}"
-            except (sf.LibsndfileError, RuntimeError) as e:
-                out["error"] = f"unparseable audio: {e}"
-        elif r.status_code >= 400:
-            try:
-                if not r.json():
-                    out["error"] = "empty JSON error body"
-            except ValueError:
-                out["error"] = f"non-JSON error body {r.text[:80]!r}"
-        return out
-
-
 def check_answer(res: dict, frames: int, reference: np.ndarray | None = None) -> str | None:
     """None when `res` is a correct answer: 200 with the right audio, or an overload reply with Retry-After."""
     if res["status"] in (429, 503):
@@ -161,6 +86,8 @@ def check_answer(res: dict, frames: int, reference: np.ndarray | None = None) ->
         return f"status {res['status']}: {res.get('error')}"
     if res["error"]:
         return res["error"]
+    if res.get("sample_rate") != SAMPLE_RATE:
+        return f"sample rate {res.get('sample_rate')}"
     audio = res["audio"]
     if audio.ndim != 1 or audio.shape[0] != frames * HOP:
         return f"audio shape {audio.shape}, expected ({frames * HOP},)"
@@ -169,30 +96,6 @@ def check_answer(res: dict, frames: int, reference: np.ndarray | None = None) ->
     if reference is not None and np.max(np.abs(audio - reference)) > MATCH_TOLERANCE:
         return f"seeded audio differs from its reference by {np.max(np.abs(audio - reference)) / LSB:.0f} LSB"
     return None
-
-
-def closed_loop(client: Client, n_clients: int, seconds: float, make: Callable[[int], tuple]) -> list[dict]:
-    """`n_clients` threads sending back-to-back requests for `seconds` (or until the request budget is spent)."""
-    stop, results, lock = time.monotonic() + seconds, [], threading.Lock()
-
-    def worker(w: int) -> None:
-        i = 0
-        while time.monotonic() < stop and client.take():
-            body, params, ctype, meta = make(w * 1_000_000 + i)
-            res = client.vocode(body, params, ctype)
-            res.update(meta, t=time.monotonic())
-            with lock:
-                results.append(res)
-            i += 1
-            if res["status"] in (429, 503):
-                time.sleep(min(float(res["retry_after"] or 1), 2.0))
-
-    threads = [threading.Thread(target=worker, args=(w,)) for w in range(n_clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results
 
 
 def fuzz_request(i: int, mel: np.ndarray) -> tuple[str, bytes, str, bool]:
@@ -216,169 +119,208 @@ def audio_seconds(results: list[dict]) -> float:
     return sum(r["audio"].shape[0] / SAMPLE_RATE for r in results if r["status"] == 200 and r["audio"] is not None)
 
 
+@dataclass
+class Load:
+    """What the phases share: the server, the load client, and the request they repeat (a seeded mel)."""
+
+    args: argparse.Namespace
+    server: Server
+    client: Client
+    mel: np.ndarray
+    base: dict  # the rho of capacity, burst and memory's floods
+
+    @property
+    def frames(self) -> int:
+        return self.mel.shape[-1]
+
+    @property
+    def body(self) -> bytes:
+        return npy_bytes(self.mel)
+
+    def rss_bytes(self) -> int:
+        return tree_rss_bytes(self.server.proc.pid)
+
+
+def capacity(load: Load) -> tuple[dict, dict[str, bool]]:
+    """1. A few closed-loop clients: the server's capacity in requests and audio seconds per second."""
+    args, body, t0 = load.args, load.body, time.monotonic()
+    cap = closed_loop(load.client, args.clients, args.capacity_seconds,
+                      lambda i: (body, {**load.base, "seed": i}, "application/x-npy", {}))
+    wall = time.monotonic() - t0
+    ok = [r for r in cap if r["status"] == 200]
+    return ({"clients": args.clients, "seconds": round(wall, 2), "requests": len(cap), "ok": len(ok),
+             "audio_s_per_s": round(audio_seconds(cap) / wall, 3), "requests_per_s": round(len(ok) / wall, 3),
+             "p50_latency_s": percentile([r["latency"] for r in ok], 50)},
+            {"capacity_measured": bool(ok) and all(check_answer(r, load.frames) is None for r in cap)})
+
+
+def burst(load: Load, capacity_rps: float) -> tuple[dict, dict[str, bool]]:
+    """2. 4x capacity, all at once; seeded replies checked against the same seed vocoded alone."""
+    args, client, body = load.args, load.client, load.body
+    seeds = list(range(args.reference_seeds))
+    refs = {s: client.vocode(body, {**load.base, "seed": s}) for s in seeds}
+    crit = {"references_ok": all(check_answer(r, load.frames) is None and r["status"] == 200 for r in refs.values())}
+    n_burst = min(args.max_burst, max(args.min_burst, math.ceil(4 * capacity_rps * args.burst_seconds)))
+    start = threading.Barrier(n_burst)
+
+    def one(i: int) -> dict:
+        start.wait()
+        res = client.vocode(body, {**load.base, "seed": seeds[i % len(seeds)]})
+        res["problem"] = check_answer(res, load.frames, refs[seeds[i % len(seeds)]]["audio"])
+        return res
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(n_burst) as pool:
+        answers = list(pool.map(one, range(n_burst)))
+    admitted = [r["latency"] for r in answers if r["status"] == 200]
+    problems = sorted({r["problem"] for r in answers if r["problem"]})
+    crit.update(burst_every_request_answered=all(r["status"] is not None for r in answers),
+                burst_answers_correct=not problems and bool(admitted))
+    return ({"requests": n_burst, "wall_s": round(time.monotonic() - t0, 2), "status_counts": status_counts(answers),
+             "admitted": len(admitted), "overload_exercised": len(admitted) < n_burst,
+             "p50_latency_s": percentile(admitted, 50), "p99_latency_s": percentile(admitted, 99),
+             "max_latency_s": max(admitted, default=None), "problems": problems[:10]}, crit)
+
+
+def memory(load: Load) -> tuple[dict, dict[str, bool]]:
+    """3. RSS after a warm-up, then after mixed fuzz and valid requests with bursts between them."""
+    args, client, body, small = load.args, load.client, load.body, load.mel[:, :16]
+
+    def mixed(first: int, count: int) -> list[dict]:
+        def one(i: int) -> dict:
+            path, data, ctype, valid = fuzz_request(i, small)
+            res = client.vocode(data, {"seed": i} if valid else {}, ctype, path)
+            res["problem"] = (check_answer(res, small.shape[-1]) if valid else
+                              None if res["status"] and res["status"] < 500 else f"fuzz answered {res['status']}")
+            return res
+        with ThreadPoolExecutor(args.clients) as pool:
+            return list(pool.map(one, range(first, first + count)))
+
+    def flood() -> list[dict]:
+        with ThreadPoolExecutor(args.burst_size) as pool:
+            return list(pool.map(lambda i: client.vocode(body, {**load.base, "seed": i}), range(args.burst_size)))
+
+    def rss_mib() -> float:
+        return round(load.rss_bytes() / 2**20, 1)
+
+    t0 = time.monotonic()
+    report = {"rss_mib": [("start", rss_mib())]}
+    sent = mixed(0, args.warmup_requests) + flood()
+    report["rss_mib"].append(("after warm-up", rss_mib()))
+    per_part = math.ceil(args.fuzz_requests / max(args.bursts, 1))
+    for part in range(max(args.bursts, 1)):
+        count = min(per_part, args.fuzz_requests - part * per_part)
+        sent += mixed(args.warmup_requests + part * per_part, count)
+        if part < args.bursts:
+            sent += flood()
+        report["rss_mib"].append((f"after {part * per_part + count} requests and burst {part + 1}", rss_mib()))
+    warm, end = report["rss_mib"][1][1], report["rss_mib"][-1][1]
+    problems = sorted({r["problem"] for r in sent if r.get("problem")}
+                      | {f"burst answered {r['status']}" for r in sent if "problem" not in r
+                         and check_answer(r, load.frames) is not None})
+    report.update(requests=len(sent), minutes=round((time.monotonic() - t0) / 60, 2),
+                  status_counts=status_counts(sent), growth_after_warmup=round(end / warm - 1, 4),
+                  problems=problems[:10])
+    return report, {"memory_no_server_errors": not problems,
+                    "memory_rss_growth_within_10pct": end / warm - 1 <= RSS_GROWTH_LIMIT}
+
+
+def varied_requests(load: Load, rhos: list[str]):
+    """make(i) of the soak: lengths, rhos, formats and the JSON form in turn, and a bad request now and then."""
+    mel, base, frames = load.mel, load.base, load.frames
+    presets, lengths = [None, *rhos], [max(1, frames // 4), frames // 2, frames]
+
+    def varied(i: int) -> tuple:
+        kind = i % 10
+        if kind == 9:  # a bad request now and then: must be a 4xx, never a 5xx, and must not leak
+            return b"\x93NUMPY garbage", base, "application/x-npy", {"expect": "4xx"}
+        m = mel[:, :lengths[i % len(lengths)]]
+        params = {"seed": i, "format": "flac" if kind == 3 else "wav"}
+        if presets[i % len(presets)]:
+            params["rho"] = presets[i % len(presets)]
+        elif base:
+            params.update(base)
+        meta = {"expect": "ok", "frames": m.shape[-1]}
+        if kind == 6:  # the JSON form of the same request
+            return json.dumps({"mel": m.tolist(), "seed": params.pop("seed")}), params, "application/json", meta
+        return npy_bytes(m), params, "application/x-npy", meta
+
+    return varied
+
+
+def sustained(load: Load) -> tuple[dict, dict[str, bool]]:
+    """4. Varied requests for --minutes, RSS sampled at 1 min and at the end; rhos the weights cannot serve skipped."""
+    args, client = load.args, load.client
+    usable = [rho for rho in args.soak_rho if client.vocode(npy_bytes(load.mel[:, :8]), {"rho": rho})["status"] == 200]
+    soak_s = args.minutes * 60
+    sample_at = min(60.0, soak_s / 2)
+    rss: list[tuple[float, int]] = []
+    t0 = time.monotonic()
+    sampler_stop = threading.Event()
+
+    def sample() -> None:
+        rss.append((round(time.monotonic() - t0, 1), load.rss_bytes()))
+        if not sampler_stop.wait(sample_at):
+            rss.append((round(time.monotonic() - t0, 1), load.rss_bytes()))
+            while not sampler_stop.wait(30):
+                rss.append((round(time.monotonic() - t0, 1), load.rss_bytes()))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    soak = closed_loop(client, args.clients, soak_s, varied_requests(load, usable))
+    rss.append((round(time.monotonic() - t0, 1), load.rss_bytes()))
+    sampler_stop.set()
+    sampler.join()
+    wall = time.monotonic() - t0
+    bad = [r for r in soak if r["expect"] == "4xx" and not (r["status"] and 400 <= r["status"] < 500)]
+    wrong = [p for r in soak if r["expect"] == "ok" and (p := check_answer(r, r["frames"]))]
+    at_1min = next((b for t, b in rss if t >= sample_at), rss[-1][1])
+    growth = rss[-1][1] / at_1min - 1
+    ok = [r["latency"] for r in soak if r["status"] == 200]
+    report = {"minutes": round(wall / 60, 2), "requests": len(soak), "ok": len(ok),
+              "overloaded": sum(r["status"] in (429, 503) for r in soak),
+              "audio_s_per_s": round(audio_seconds(soak) / wall, 3),
+              "p50_latency_s": percentile(ok, 50), "p99_latency_s": percentile(ok, 99),
+              "rss_mib": [(t, round(b / 2**20, 1)) for t, b in rss],
+              "rss_start_mib": round(at_1min / 2**20, 1), "rss_end_mib": round(rss[-1][1] / 2**20, 1),
+              "refused": sum(r["expect"] == "4xx" and 400 <= (r["status"] or 0) < 500 for r in soak),
+              "rss_at_first_sample_s": sample_at, "rss_growth": round(growth, 4),
+              "problems": sorted(set(wrong))[:10] + [f"bad input answered {r['status']}" for r in bad[:5]],
+              "rhos": {"used": usable, "skipped": [r for r in args.soak_rho if r not in usable]}}
+    return report, {"soak_answers_correct": not wrong and not bad and bool(ok),
+                    "soak_rss_growth_within_10pct": growth <= RSS_GROWTH_LIMIT,
+                    "soak_ran_full_length": wall >= 0.95 * soak_s}  # not cut short by --max-requests
+
+
+def status_counts(results: list[dict]) -> dict[str, int]:
+    return {str(k): sum(r["status"] == k for r in results) for k in sorted({r["status"] for r in results}, key=str)}
+
+
 def run(args: argparse.Namespace) -> dict:
+    """The four phases on one server, which must then exit 0 on SIGTERM."""
     mel = test_mel(args.audio, args.seconds)
-    frames = mel.shape[-1]
-    body = npy_bytes(mel)
-    base = {"rho": args.rho} if args.rho else {}
-    port = free_port()
     SERVER_LOG.parent.mkdir(parents=True, exist_ok=True)
-    server = Server(args.weights, port, SERVER_LOG, args.ready_timeout)
+    server = Server(args.weights, SERVER_LOG, ready_timeout=args.ready_timeout)
     client = Client(server.url, args.max_requests, connections=max(args.max_burst, args.clients),
                     timeout=args.request_timeout)
+    load = Load(args, server, client, mel, {"rho": args.rho} if args.rho else {})
     report: dict = {"header": header("bench.soak", weights_for(args.weights and Path(args.weights))[0]),
-                    "server_command": " ".join(["python", *server.cmd[1:]]), "mel_frames": frames,
+                    "server_command": " ".join(["python", *server.cmd[1:]]), "mel_frames": load.frames,
                     "min_burst": args.min_burst, "burst_size": args.burst_size, "criteria": {}}
     crit = report["criteria"]
     try:
-        # 1. capacity with a few clients
-        t0 = time.monotonic()
-        cap = closed_loop(client, args.clients, args.capacity_seconds,
-                          lambda i: (body, {**base, "seed": i}, "application/x-npy", {}))
-        wall = time.monotonic() - t0
-        ok = [r for r in cap if r["status"] == 200]
-        capacity_rps = len(ok) / wall
-        report["capacity"] = {"clients": args.clients, "seconds": round(wall, 2), "requests": len(cap), "ok": len(ok),
-                              "audio_s_per_s": round(audio_seconds(cap) / wall, 3),
-                              "requests_per_s": round(capacity_rps, 3),
-                              "p50_latency_s": percentile([r["latency"] for r in ok], 50)}
-        crit["capacity_measured"] = bool(ok) and all(check_answer(r, frames) is None for r in cap)
-
-        # 2. burst: 4x capacity, all at once; seeded replies checked against the same seed vocoded alone
-        seeds = list(range(args.reference_seeds))
-        refs = {s: client.vocode(body, {**base, "seed": s}) for s in seeds}
-        crit["references_ok"] = all(check_answer(r, frames) is None and r["status"] == 200 for r in refs.values())
-        n_burst = min(args.max_burst, max(args.min_burst, math.ceil(4 * capacity_rps * args.burst_seconds)))
-        start = threading.Barrier(n_burst)
-
-        def one(i: int) -> dict:
-            start.wait()
-            res = client.vocode(body, {**base, "seed": seeds[i % len(seeds)]})
-            ref = refs[seeds[i % len(seeds)]]["audio"]
-            res["problem"] = check_answer(res, frames, ref)
-            return res
-
-        t0 = time.monotonic()
-        with ThreadPoolExecutor(n_burst) as pool:
-            burst = list(pool.map(one, range(n_burst)))
-        admitted = [r["latency"] for r in burst if r["status"] == 200]
-        problems = sorted({r["problem"] for r in burst if r["problem"]})
-        report["burst"] = {"requests": n_burst, "wall_s": round(time.monotonic() - t0, 2),
-                           "status_counts": {str(k): sum(r["status"] == k for r in burst)
-                                             for k in sorted({r["status"] for r in burst}, key=str)},
-                           "admitted": len(admitted), "overload_exercised": len(admitted) < n_burst,
-                           "p50_latency_s": percentile(admitted, 50),
-                           "p99_latency_s": percentile(admitted, 99), "max_latency_s": max(admitted, default=None),
-                           "problems": problems[:10]}
-        crit["burst_every_request_answered"] = all(r["status"] is not None for r in burst)
-        crit["burst_answers_correct"] = not problems and bool(admitted)
-
-        # 3. memory: RSS after a warm-up, then after mixed fuzz and valid requests with bursts between them
-        small = mel[:, :16]
-
-        def mixed(first: int, count: int) -> list[dict]:
-            def one(i: int) -> dict:
-                path, data, ctype, valid = fuzz_request(i, small)
-                res = client.vocode(data, {"seed": i} if valid else {}, ctype, path)
-                res["problem"] = (check_answer(res, small.shape[-1]) if valid else
-                                  None if res["status"] and res["status"] < 500 else f"fuzz answered {res['status']}")
-                return res
-            with ThreadPoolExecutor(args.clients) as pool:
-                return list(pool.map(one, range(first, first + count)))
-
-        def flood() -> list[dict]:
-            with ThreadPoolExecutor(args.burst_size) as pool:
-                return list(pool.map(lambda i: client.vocode(body, {**base, "seed": i}), range(args.burst_size)))
-
-        def rss_mib() -> float:
-            return round(tree_rss_bytes(server.proc.pid) / 2**20, 1)
-
-        t0 = time.monotonic()
-        memory = {"rss_mib": [("start", rss_mib())]}
-        sent = mixed(0, args.warmup_requests) + flood()
-        memory["rss_mib"].append(("after warm-up", rss_mib()))
-        per_part = math.ceil(args.fuzz_requests / max(args.bursts, 1))
-        for part in range(max(args.bursts, 1)):
-            count = min(per_part, args.fuzz_requests - part * per_part)
-            sent += mixed(args.warmup_requests + part * per_part, count)
-            if part < args.bursts:
-                sent += flood()
-            memory["rss_mib"].append((f"after {part * per_part + count} requests and burst {part + 1}", rss_mib()))
-        warm, end = memory["rss_mib"][1][1], memory["rss_mib"][-1][1]
-        problems = sorted({r["problem"] for r in sent if r.get("problem")}
-                          | {f"burst answered {r['status']}" for r in sent if "problem" not in r
-                             and check_answer(r, frames) is not None})
-        memory.update(requests=len(sent), minutes=round((time.monotonic() - t0) / 60, 2),
-                      status_counts={str(k): sum(r["status"] == k for r in sent)
-                                     for k in sorted({r["status"] for r in sent}, key=str)},
-                      growth_after_warmup=round(end / warm - 1, 4), problems=problems[:10])
-        report["memory"] = memory
-        crit["memory_no_server_errors"] = not problems
-        crit["memory_rss_growth_within_10pct"] = end / warm - 1 <= RSS_GROWTH_LIMIT
-
-        # 4. sustained soak: varied requests, RSS at 1 min and at the end; rhos these weights cannot serve are skipped
-        usable = [rho for rho in args.soak_rho if client.vocode(npy_bytes(mel[:, :8]), {"rho": rho})["status"] == 200]
-        report["soak_rhos"] = {"used": usable, "skipped": [r for r in args.soak_rho if r not in usable]}
-        presets = [None, *usable]
-        lengths = [max(1, frames // 4), frames // 2, frames]
-
-        def varied(i: int) -> tuple:
-            kind = i % 10
-            if kind == 9:  # a bad request now and then: must be a 4xx, never a 5xx, and must not leak
-                return b"\x93NUMPY garbage", base, "application/x-npy", {"expect": "4xx"}
-            m = mel[:, :lengths[i % len(lengths)]]
-            params = {"seed": i, "format": "flac" if kind == 3 else "wav"}
-            if presets[i % len(presets)]:
-                params["rho"] = presets[i % len(presets)]
-            elif base:
-                params.update(base)
-            meta = {"expect": "ok", "frames": m.shape[-1]}
-            if kind == 6:  # the JSON form of the same request
-                return json.dumps({"mel": m.tolist(), "seed": params.pop("seed")}), params, "application/json", meta
-            return npy_bytes(m), params, "application/x-npy", meta
-
-        soak_s = args.minutes * 60
-        sample_at = min(60.0, soak_s / 2)
-        rss: list[tuple[float, int]] = []
-        t0 = time.monotonic()
-        sampler_stop = threading.Event()
-
-        def sample() -> None:
-            rss.append((round(time.monotonic() - t0, 1), tree_rss_bytes(server.proc.pid)))
-            if not sampler_stop.wait(sample_at):
-                rss.append((round(time.monotonic() - t0, 1), tree_rss_bytes(server.proc.pid)))
-                while not sampler_stop.wait(30):
-                    rss.append((round(time.monotonic() - t0, 1), tree_rss_bytes(server.proc.pid)))
-
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        soak = closed_loop(client, args.clients, soak_s, varied)
-        rss.append((round(time.monotonic() - t0, 1), tree_rss_bytes(server.proc.pid)))
-        sampler_stop.set()
-        sampler.join()
-        wall = time.monotonic() - t0
-        bad = [r for r in soak if r["expect"] == "4xx" and not (r["status"] and 400 <= r["status"] < 500)]
-        wrong = [p for r in soak if r["expect"] == "ok" and (p := check_answer(r, r["frames"]))]
-        at_1min = next((b for t, b in rss if t >= sample_at), rss[-1][1])
-        growth = rss[-1][1] / at_1min - 1
-        report["soak"] = {"minutes": round(wall / 60, 2), "requests": len(soak),
-                          "ok": sum(r["status"] == 200 for r in soak),
-                          "overloaded": sum(r["status"] in (429, 503) for r in soak),
-                          "audio_s_per_s": round(audio_seconds(soak) / wall, 3),
-                          "p50_latency_s": percentile([r["latency"] for r in soak if r["status"] == 200], 50),
-                          "p99_latency_s": percentile([r["latency"] for r in soak if r["status"] == 200], 99),
-                          "rss_mib": [(t, round(b / 2**20, 1)) for t, b in rss],
-                          "rss_start_mib": round(at_1min / 2**20, 1), "rss_end_mib": round(rss[-1][1] / 2**20, 1),
-                          "refused": sum(r["expect"] == "4xx" and 400 <= (r["status"] or 0) < 500 for r in soak),
-                          "rss_at_first_sample_s": sample_at, "rss_growth": round(growth, 4),
-                          "problems": sorted(set(wrong))[:10]
-                          + [f"bad input answered {r['status']}" for r in bad[:5]]}
-        crit["soak_answers_correct"] = not wrong and not bad and any(r["status"] == 200 for r in soak)
-        crit["soak_rss_growth_within_10pct"] = growth <= RSS_GROWTH_LIMIT
+        report["capacity"], more = capacity(load)
+        crit.update(more)
+        report["burst"], more = burst(load, report["capacity"]["requests_per_s"])
+        crit.update(more)
+        report["memory"], more = memory(load)
+        crit.update(more)
+        report["soak"], more = sustained(load)
+        crit.update(more)
+        report["soak_rhos"] = report["soak"].pop("rhos")
         report["requests_sent"] = client.sent
-        crit["soak_ran_full_length"] = wall >= 0.95 * soak_s  # not cut short by --max-requests
     finally:
-        client.http.close()
+        client.close()
         code = server.stop()
     report["server_exit_code"] = code
     crit["server_exits_0_on_sigterm"] = code == 0

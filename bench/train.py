@@ -2,13 +2,13 @@
 
 Both run the trainer's own step (`model.train.score.ScoreStep`: the score loss under autocast, backward, gradient
 clipping, Adam, the EMA) as `model.train` runs it: bf16 autocast and torch.compile on CUDA, fp32 eager on the CPU.
-*Today* is lmnt-com's reference `DiffWave` (`bench.speed.reference_diffwave`), which computes what the score net
+*Today* is lmnt-com's reference `DiffWave` (`bench.speed_synthesis.reference_diffwave`), which computes what the score net
 computed before its faster rewrite (a transposed-conv upsampler, one conditioner conv per layer), loaded with
 the same weights; *fast* is `model.score_net.ScoreNet`. Inputs are random device-resident batches of the
 trainer's shapes: the data pipeline is not timed. Both steps run at --batch x --segment-frames; --batches adds
 rows of the fast step at other batch sizes beside it.
 
-TFLOP/s counts the audio-rate convs' multiply-adds (`bench.speed.step_macs`), 2 FLOPs each, 3 times over for the
+TFLOP/s counts the audio-rate convs' multiply-adds (`bench.speed_synthesis.step_macs`), 2 FLOPs each, 3 times over for the
 forward and backward passes. Peak memory is CUDA's largest allocation, or on the CPU the process's resident-set
 high-water mark during the row. The top kernels (CUDA) or operators (CPU) are those of one profiled step.
 
@@ -34,7 +34,8 @@ from model.train.common import EMA, Runtime, runtime
 from model.train.score import ScoreStep
 
 from .common import DEFAULT_OUT, apply_threads, fmt, header, parse_with_quick, table, timed, write_outputs
-from .speed import device_label, kernel_table, reference_diffwave, step_macs, top_kernels
+from .speed_gpu import kernel_table, top_kernels
+from .speed_synthesis import device_label, reference_diffwave, step_macs
 
 KINDS = ("today", "fast")
 

@@ -29,6 +29,9 @@ WHY_DEFAULT = {"cuda": "no weights named; CUDA serves DiffWave base, the quality
 WHY_NAMED = "named by the caller (--weights or VOCODER_WEIGHTS)"
 
 
+#: The server's micro-batching wait where none is set and a GPU runs the batch as one (on a CPU: 0, no batching).
+CUDA_BATCH_WAIT_MS = 5.0
+
 #: Inference precisions: "auto" is bf16 on CUDA (autocast; the noise and the sampler's arithmetic stay fp32); on a
 #: CPU it is bf16 where `cpu_bf16_serves`, else fp32.
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

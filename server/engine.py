@@ -25,6 +25,7 @@ import torch
 from model.audio import LOG_FLOOR
 from model.checkpoint import weights_id
 from model.plan import BDDM, Plan
+from model.runtime import CUDA_BATCH_WAIT_MS
 from model.scheduling import canonical_rho
 from model.schedules import Schedule
 from model.streaming import Chunk, Stream, StreamCancelled
@@ -35,8 +36,6 @@ from .settings import Settings
 
 log = logging.getLogger("server.engine")
 
-#: The micro-batching wait where none is set and a GPU runs the batch as one.
-CUDA_BATCH_WAIT_MS = 5.0
 #: Frames of the start-up vocode that warms kernels and allocators before /readyz turns 200.
 WARMUP_FRAMES = 16
 

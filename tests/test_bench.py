@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import precision, quality, refine, speed, train
+from bench import precision, quality, refine, speed, speed_cpu, speed_synthesis, train
 from bench import prior as prior_bench
 from bench.common import fmt, table
 from model.score_net import CONFIGS, ScoreNet
@@ -103,7 +103,7 @@ def test_speed_quick(tiny_weights: Path, shared_data: Path, tmp_path: Path) -> N
     cache = data["conditioning_cache"]
     assert cache and all(r["same_audio"] and finite([r["speedup"]]) for r in cache)
     paths = data["cpu_paths"]
-    assert [r["path"] for r in paths] == list(speed.CPU_PATHS)
+    assert [r["path"] for r in paths] == list(speed_cpu.CPU_PATHS)
     assert all(finite([r["rtf"], r["gflops"], r["efficiency"]]) and r["efficiency"] > 0 for r in paths)
     rows = data["load"]["rows"]
     assert [(r["batching"], r["clients"]) for r in rows] == [("on", 1), ("on", 2), ("off", 1), ("off", 2)]
@@ -200,7 +200,7 @@ def test_run_flops_counts_the_step_as_it_runs() -> None:
     c, layers, samples, steps = 32, 12, 100 * 256, 7
     per_step = layers * 8 * c * c + c * c + 2 * c
     projection = layers * 80 * 2 * c
-    assert speed.run_flops(net, 100, steps) == 2 * samples * (steps * per_step + projection)
-    assert speed.run_flops(net, 100, steps, cache_bytes=0) == 2 * samples * steps * (per_step + projection)
-    windowed = speed.run_flops(net, 2000, 1, cache_bytes=0)
-    assert windowed > speed.run_flops(net, 2000, 1, cache_bytes=0, window_frames=2000)  # the margins' samples
+    assert speed_synthesis.run_flops(net, 100, steps) == 2 * samples * (steps * per_step + projection)
+    assert speed_synthesis.run_flops(net, 100, steps, cache_bytes=0) == 2 * samples * steps * (per_step + projection)
+    windowed = speed_synthesis.run_flops(net, 2000, 1, cache_bytes=0)
+    assert windowed > speed_synthesis.run_flops(net, 2000, 1, cache_bytes=0, window_frames=2000)  # the margins' samples
