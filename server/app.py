@@ -1,7 +1,7 @@
 """The HTTP API: `create_app(settings)` builds a FastAPI app whose lifespan loads the vocoder once.
 
-Routes stay thin: decode and validate the request (`codec`), resolve rho to a cached schedule and queue
-the job (`engine`), encode the answer. Every error is JSON {"error", "detail"} with a 4xx status for
+Routes stay thin: decode and validate the request (`codec`), hand the mel and the knobs to the vocode service
+(`service`: plan, engine, disconnect), encode the answer. Every error is JSON {"error", "detail"} with a 4xx status for
 anything the client sent, 503 (with Retry-After) when the server cannot serve right now.
 """
 
@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model.audio import AudioError, load_audio, mel_spectrogram
-from model.plan import Method, PlanError
+from model.plan import BDDM, Method, PlanError
 from model.refine import MAX_ITERATIONS
 from model.scheduling import canonical_rho
 from model.vocoder import Vocoder
@@ -191,7 +191,7 @@ def plan_headers(request: Request, planned: Planned, samples: int, sample_rate: 
                      "`format`, `encoding` and `sample_rate` (`server.formats`).")
 async def vocode(request: Request, service: Annotated[Service, Depends(ready_service)],
                  output: Annotated[formats.Output, Depends(formats.vocode_output)], rho: Rho = None,
-                 seed: Seed = None, refine: Refine = None, method: MethodQuery = "bddm") -> Response:
+                 seed: Seed = None, refine: Refine = None, method: MethodQuery = BDDM) -> Response:
     mel, rho, seed, refine = await read_mel(request, service, rho, seed, refine)
     async with watching(request) as watcher:
         done = await service.vocode([mel], method, rho, refine, seed, watcher)
@@ -215,7 +215,7 @@ async def vocode(request: Request, service: Annotated[Service, Depends(ready_ser
                      "format=flac or ogg-opus is a 400 here.")
 async def vocode_stream(request: Request, service: Annotated[Service, Depends(ready_service)],
                         output: Annotated[formats.Output, Depends(formats.stream_output)], rho: Rho = None,
-                        seed: Seed = None, refine: Refine = None, method: MethodQuery = "bddm") -> StreamingResponse:
+                        seed: Seed = None, refine: Refine = None, method: MethodQuery = BDDM) -> StreamingResponse:
     mel, rho, seed, refine = await read_mel(request, service, rho, seed, refine)
     spec = service.engine.vocoder.spec
     request.state.log.update(streamed=True)

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from model.plan import Method
+from model.plan import BDDM, Method
 from model.refine import MAX_ITERATIONS
 
 from .schemas import MAX_SEED
@@ -47,7 +47,7 @@ class InferParameters(BaseModel):
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="item b of the batch uses seed + b")
     refine: int | None = Field(None, ge=0, le=MAX_ITERATIONS, description="mel-consistency refinements after "
                                "sampling, as /v1's refine; default: the preset's, or the default preset's")
-    method: Method = Field("bddm", description="as /v1's method")
+    method: Method = Field(BDDM, description="as /v1's method")
     sample_rate: int | None = Field(None, description="output rate, as /v1/vocode's sample_rate")
     audio_datatype: Literal["FP32", "INT16"] = Field("FP32", description="INT16: quantised as /v1's pcm16")
     binary_data_output: bool = Field(False, description="every output as binary data (Triton's extension)")
