@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = len(audio) / voc.spec.sample_rate
     if args.method == "ne":
         how = f"{args.steps} steps (noise estimation, {args.family} schedule fitted per step)"
-    elif schedule is None:
+    elif args.method == PROJECTION:
         how = f"projection alone, {refine} refinements (0 steps)"
     else:
         rho = schedule.meta.get("rho")
