@@ -2,9 +2,9 @@
 
 plan (`model.plan`, BDDM's schedule from the engine's cache) -> the engine's queue -> the client's disconnect
 (`ClientGone`: nobody is left to answer, a 499) -> the results. A protocol only parses its request into mels and
-the knobs (method, rho, refine, seed: `model.plan.plan_for`), and encodes what comes back: `Vocoded` (or `Streamed`), whose `facts` are what it tells the client of the
-plan. Errors are the protocol's to encode: `PlanError` (the client's knobs, a 400), and the engine's `QueueFull`
-(429), `Unavailable` (503) and `ClientGone`.
+the knobs (method, rho, refine, seed: `model.plan.plan_for`), and encodes what comes back: `Vocoded` (or
+`Streamed`), whose `facts` are what it tells the client of the plan. Errors are the protocol's to encode:
+`PlanError` (the client's knobs, a 400), and the engine's `QueueFull` (429), `Unavailable` (503) and `ClientGone`.
 """
 
 from __future__ import annotations
