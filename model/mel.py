@@ -21,6 +21,8 @@ import numpy as np
 from .audio import N_MELS, SAMPLE_RATE, AudioError, load_audio, mel_spectrogram
 
 NPY_MAGIC = b"\x93NUMPY"
+#: Dimensions a `.npy` header may declare (numpy's own limit is 64; a mel has 2 or 3).
+MAX_DIMS = 8
 
 
 class MelError(ValueError):
@@ -92,8 +94,10 @@ def _npy_header(data: bytes) -> tuple[np.dtype, bool, tuple[int, ...], int]:
         dtype = np.dtype(items["descr"])
     except TypeError:
         raise MelError(f"unknown .npy dtype {items['descr']!r}") from None
-    shape = tuple(int(n) for n in items["shape"].replace(",", " ").split())
-    return dtype, items["fortran_order"] == "True", shape, start + length
+    dims = items["shape"].replace(",", " ").split()
+    if len(dims) > MAX_DIMS or any(len(n) > 18 for n in dims):  # int() stops at 4,300 digits, numpy at 64 dims
+        raise MelError(f".npy header declares an impossible shape: {text[:80]!r}")
+    return dtype, items["fortran_order"] == "True", tuple(map(int, dims)), start + length
 
 
 def read_npy(data: bytes) -> np.ndarray:
@@ -104,7 +108,11 @@ def read_npy(data: bytes) -> np.ndarray:
     if math.prod(shape) * dtype.itemsize != len(data) - offset:
         raise MelError(f"header declares shape {shape} of {dtype} but {len(data) - offset} data bytes follow")
     array = np.frombuffer(data, dtype=dtype, offset=offset, count=math.prod(shape))
-    return array.reshape(shape, order="F" if fortran else "C").copy()  # writable, and free of `data`
+    try:
+        array = array.reshape(shape, order="F" if fortran else "C")
+    except ValueError:  # an empty array whose other dimensions pass numpy's size limit
+        raise MelError(f"header declares an impossible shape {shape}") from None
+    return array.copy()  # writable, and free of `data`
 
 
 def parse_mel_npy(data: bytes, n_mels: int = N_MELS, max_frames: int | None = None) -> np.ndarray:

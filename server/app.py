@@ -157,14 +157,16 @@ async def read_mel(request: Request, service: Service, rho: str | None, seed: in
     settings: Settings = request.app.state.settings
     kind = codec.require_media_type(request, codec.NPY_TYPES | {codec.JSON_TYPE},
                                     "a .npy mel as application/x-npy, or application/json {\"mel\": [[...], ...]}")
-    body = await codec.read_body(request, settings.max_body_bytes)
     n_mels = service.engine.vocoder.spec.n_mels
-    if kind == codec.JSON_TYPE:
-        mel, parsed = codec.decode_json(body, n_mels)
+    if kind == codec.JSON_TYPE:  # parsed off the event loop, as each decoder below
+        limit = codec.json_limit(n_mels, settings.max_frames, settings.max_body_bytes)
+        body = await codec.read_body(request, limit, f"JSON body (a mel of {settings.max_frames} frames)")
+        mel, parsed = await codec.off_loop(codec.decode_json, body, n_mels, settings.max_frames)
         rho, seed = rho if rho is not None else parsed.rho, seed if seed is not None else parsed.seed
         refine = refine if refine is not None else parsed.refine
     else:
-        mel = codec.decode_npy(body, n_mels)
+        body = await codec.read_body(request, settings.max_body_bytes)
+        mel = await codec.off_loop(codec.decode_npy, body, n_mels)
     codec.check_frames(mel, settings.max_frames)
     request.state.log.update(frames=mel.shape[-1], seeded=seed is not None)
     return mel, rho, seed, refine
@@ -250,7 +252,7 @@ async def vocode_stream(request: Request, service: Annotated[Service, Depends(re
 async def mel(request: Request, engine: Annotated[Engine, Depends(engine_of)]) -> Response:
     settings: Settings = request.app.state.settings
     codec.require_media_type(request, codec.AUDIO_TYPES, "audio/wav or audio/flac")
-    body = await codec.read_body(request, settings.max_body_bytes)
+    body = bytes(await codec.read_body(request, settings.max_body_bytes))
     spec = engine.vocoder.spec
     declared = codec.audio_frames(body, spec.sample_rate, spec.hop)
     if declared is not None and declared > settings.max_frames:

@@ -1,12 +1,15 @@
 """Request bodies in, bytes out: capped body reads, mel decoding by content type, npy/audio encoding.
 
-Mel validation itself lives in `model.mel` (shared with the offline CLI); this module only maps its
-errors, and the body-size and frame limits, onto HTTP statuses.
+Mel validation itself lives in `model.mel` (shared with the offline CLI), JSON reading in `server.jsonparse`; this
+module maps their errors, and the body-size and frame limits, onto HTTP statuses. The decoders are plain functions
+that routes run off the event loop (`asyncio.to_thread`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import soundfile as sf
@@ -15,6 +18,8 @@ from pydantic import ValidationError
 
 from model.mel import MelError, parse_mel_npy, validate_mel
 
+from . import jsonparse
+from .jsonparse import JsonError
 from .schemas import VocodeBody
 
 NPY_TYPES = frozenset({"application/x-npy", "application/octet-stream"})
@@ -22,6 +27,10 @@ JSON_TYPE = "application/json"
 AUDIO_TYPES = frozenset({"audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave", "audio/flac", "audio/x-flac",
                          "application/octet-stream"})
 NPY_MEDIA = "application/x-npy"
+#: Bytes one mel value may take in a JSON body: "-1.2345678901234567e-05" (23), its comma, a newline and an indent.
+JSON_BYTES_PER_VALUE = 32
+#: Bytes of a JSON body besides its values: brackets, keys, knobs, v2's tensor description.
+JSON_OVERHEAD = 64 * 1024
 
 
 class ApiError(Exception):
@@ -44,22 +53,36 @@ def require_media_type(request: Request, accepted: frozenset[str], hint: str) ->
     return kind
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+#: One thread parses bodies, one at a time: parsers in parallel would only take turns at the GIL, and each one more
+#: makes the event loop (and /healthz) wait longer for it.
+_parser = ThreadPoolExecutor(1, thread_name_prefix="parse-body")
+
+
+async def off_loop(decode, *args):
+    """`decode(*args)` on the body-parsing thread."""
+    return await asyncio.get_running_loop().run_in_executor(_parser, decode, *args)
+
+
+def json_limit(n_mels: int, max_frames: int, max_body: int) -> int:
+    """The largest JSON body: a mel of `max_frames` frames however it is formatted (and never more than `max_body`)."""
+    return min(max_body, n_mels * max_frames * JSON_BYTES_PER_VALUE + JSON_OVERHEAD)
+
+
+async def read_body(request: Request, limit: int, what: str = "request body") -> bytearray:
     """The body, refused with 413 before reading when Content-Length says it is too big, and cut off past `limit`."""
     declared = request.headers.get("content-length")
-    too_big = ApiError(413, "payload too large", f"the request body exceeds the {limit}-byte limit")
+    too_big = ApiError(413, "payload too large", f"the {what} exceeds the {limit}-byte limit")
     if declared is not None:
-        if not declared.isdigit():
+        if not (declared.isascii() and declared.isdigit() and len(declared) <= 18):
             raise ApiError(400, "bad request", "Content-Length is not a number")
         if int(declared) > limit:
             raise too_big
-    chunks, size = [], 0
+    body = bytearray()  # grown in place: never the chunks and their join at once
     async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
+        if len(body) + len(chunk) > limit:
             raise too_big
-        chunks.append(chunk)
-    return b"".join(chunks)
+        body += chunk
+    return body
 
 
 def check_frames(mel: np.ndarray, max_frames: int) -> np.ndarray:
@@ -81,17 +104,36 @@ def audio_frames(body: bytes, sample_rate: int, hop: int) -> int | None:
     return int(info.frames * sample_rate / info.samplerate) // hop if info.samplerate > 0 else None
 
 
-def decode_npy(body: bytes, n_mels: int) -> np.ndarray:
+def decode_npy(body: bytes | bytearray, n_mels: int) -> np.ndarray:
     try:
         return parse_mel_npy(body, n_mels)
     except MelError as e:
         raise ApiError(422, "invalid mel", str(e)) from None
 
 
-def decode_json(body: bytes, n_mels: int) -> tuple[np.ndarray, VocodeBody]:
-    """A JSON {"mel": [[...], ...], "rho": ..., "seed": ...} -> (float32 mel, the parsed body)."""
+def parse_json(body: bytes | bytearray, max_values: int):
+    """A JSON body (`jsonparse.loads`: numbers as float32, piece by piece) of at most `max_values` numbers, counted
+    before parsing so that memory follows the mel, not the text; more is a 413, malformed JSON a JsonError."""
+    if body.count(b",") > max_values + 1024:
+        raise ApiError(413, "mel too long", f"the JSON body holds more than the {max_values} values of the longest mel "
+                       "this server accepts")
+    return jsonparse.loads(body)
+
+
+def decode_json(body: bytes | bytearray, n_mels: int, max_frames: int) -> tuple[np.ndarray, VocodeBody]:
+    """A JSON {"mel": [[...], ...], "rho": ..., "seed": ..., "refine": ...} -> (float32 mel, its knobs)."""
     try:
-        parsed = VocodeBody.model_validate_json(body)
+        doc = parse_json(body, n_mels * max_frames)
+    except JsonError as e:
+        raise ApiError(422, "invalid JSON body", str(e)) from None
+    if not isinstance(doc, dict) or "mel" not in doc:
+        raise ApiError(422, "invalid JSON body", 'the body is an object {"mel": [[...], ...]} (and rho, seed, refine)')
+    try:
+        mel = jsonparse.numbers(doc.pop("mel"), "mel")
+    except JsonError as e:
+        raise ApiError(422, "invalid mel", str(e)) from None
+    try:
+        parsed = VocodeBody.model_validate(doc)
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
@@ -99,9 +141,9 @@ def decode_json(body: bytes, n_mels: int) -> tuple[np.ndarray, VocodeBody]:
             raise ApiError(400, f"invalid {first['loc'][0]}", f"{where}: {first['msg']}") from None
         raise ApiError(422, "invalid JSON body", f"{where}: {first['msg']}") from None
     try:
-        return validate_mel(np.asarray(parsed.mel, dtype=np.float64), n_mels), parsed
-    except (MelError, ValueError) as e:  # ValueError: ragged rows
-        raise ApiError(422, "invalid mel", str(e).split("\n")[0]) from None
+        return validate_mel(mel, n_mels), parsed
+    except MelError as e:
+        raise ApiError(422, "invalid mel", str(e)) from None
 
 
 def encode_npy(mel: np.ndarray) -> bytes:

@@ -10,11 +10,10 @@ MAX_SEED = 2**63 - 1
 
 
 class VocodeBody(BaseModel):
-    """`POST /v1/vocode` as JSON; query parameters, when given, take precedence over rho and seed here."""
+    """The knobs of `POST /v1/vocode` as JSON, strictly typed ("7" is not 7, true is not 1); query parameters, when
+    given, take precedence. Its `mel` is read apart, straight into float32 (`server.codec.decode_json`)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    mel: list[list[float]] = Field(description="log-mel, n_mels rows of `frames` values")
+    model_config = ConfigDict(extra="forbid", strict=True)
     rho: float | str | None = Field(None, description="BDDM threshold in (0, 1) or a preset name")
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     refine: int | None = Field(None, ge=0, le=MAX_ITERATIONS, description="mel-consistency refinements after sampling")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -25,10 +26,11 @@ from pydantic import ValidationError
 from model.audio import pcm16
 from model.mel import MelError, validate_mel
 
-from . import codec, formats
+from . import codec, formats, jsonparse
 from .codec import ApiError
 from .deps import ready_engine, reject_unknown_query, require_api_key, watching
 from .engine import Engine, Result
+from .jsonparse import JsonError
 from .schemas import MAX_SEED
 from .service import Service
 from .v2_schemas import (InferOutput, InferParameters, InferRequest, InferResponse, ModelMetadata, ServerMetadata,
@@ -37,6 +39,7 @@ from .v2_schemas import (InferOutput, InferParameters, InferRequest, InferRespon
 HEADER_LENGTH = "inference-header-content-length"
 BINARY_EXTENSION = "binary_tensor_data"
 INPUT, OUTPUT = "mel", "audio"
+BYTE_COUNT = re.compile(r"[0-9]{1,18}")  # ASCII digits only: str.isdigit() takes "²", which int() then refuses
 
 
 class V2Route(APIRoute):
@@ -64,9 +67,11 @@ class V2Route(APIRoute):
         return route
 
 
-router = APIRouter(prefix="/v2", route_class=V2Route, dependencies=[Depends(reject_unknown_query)],
+router = APIRouter(prefix="/v2", route_class=V2Route,
                    responses={code: {"model": V2Error} for code in (400, 401, 404, 413, 422, 429, 503)})
-keyed = [Depends(require_api_key)]
+#: The key before the query's names, as on /v1: a caller without the key learns nothing of the routes' parameters.
+keyed = [Depends(require_api_key), Depends(reject_unknown_query)]
+probe = [Depends(reject_unknown_query)]
 
 
 def model_name(engine: Engine) -> str:
@@ -88,12 +93,14 @@ async def server_metadata(request: Request) -> ServerMetadata:
                           models=[model_name(request.app.state.engine)])
 
 
-@router.get("/health/live", response_class=Response, summary="the process is alive (a probe: no key needed)")
+@router.get("/health/live", response_class=Response, dependencies=probe,
+            summary="the process is alive (a probe: no key needed)")
 async def live() -> Response:
     return Response()
 
 
-@router.get("/health/ready", response_class=Response, summary="weights loaded and warmed up (a probe: no key needed)")
+@router.get("/health/ready", response_class=Response, dependencies=probe,
+            summary="weights loaded and warmed up (a probe: no key needed)")
 async def ready(_: Annotated[Engine, Depends(ready_engine)]) -> Response:
     return Response()
 
@@ -121,18 +128,18 @@ class Call:
     binary: bool  # answer with the binary extension
 
 
-def parse_infer(body: bytes, header_length: str | None, n_mels: int, max_frames: int, max_items: int) -> Call:
+def parse_infer(body: bytes | bytearray, header_length: str | None, n_mels: int, max_frames: int, max_items: int) -> Call:
     """The JSON header (all of `body` without the binary extension) and the `mel` tensor, as 400s when wrong."""
     json_part, binary_part = body, b""
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        if not (BYTE_COUNT.fullmatch(header_length) and int(header_length) <= len(body)):
             raise ApiError(400, "invalid Inference-Header-Content-Length",
-                           f"{header_length!r} is not a byte count within the {len(body)}-byte body")
+                           f"{header_length[:40]!r} is not a byte count within the {len(body)}-byte body")
         json_part, binary_part = body[:int(header_length)], body[int(header_length):]
     try:
-        request = InferRequest.model_validate_json(json_part)
-    except ValidationError as e:
-        first = e.errors()[0]
+        request = InferRequest.model_validate(codec.parse_json(json_part, n_mels * max_frames))
+    except (JsonError, ValidationError) as e:
+        first = e.errors()[0] if isinstance(e, ValidationError) else {"loc": (), "msg": str(e)}
         raise ApiError(400, "invalid inference request",
                        f"{'.'.join(map(str, first['loc'])) or 'body'}: {first['msg']}") from None
     if [i.name for i in request.inputs] != [INPUT]:
@@ -158,12 +165,9 @@ def parse_infer(body: bytes, header_length: str | None, n_mels: int, max_frames:
         raise ApiError(400, "invalid inputs", f"{INPUT} needs `data`, or binary_data_size with the binary extension")
     else:
         try:
-            values = np.asarray(tensor.data)
-        except ValueError:  # ragged rows
-            values = None
-        if values is None or values.dtype.kind not in "iuf":  # and strings, objects, booleans
-            raise ApiError(400, "invalid data", f"{INPUT}'s data is not an array of numbers")
-        values = values.astype(np.float64).reshape(-1)
+            values = jsonparse.numbers(tensor.data, f"{INPUT}'s data").reshape(-1)
+        except JsonError as e:  # strings, booleans, ragged rows
+            raise ApiError(400, "invalid data", str(e)) from None
     if values.size != count:
         raise ApiError(400, "invalid data", f"{INPUT} has {values.size} values; its shape {shape} needs {count}")
     try:
@@ -226,9 +230,13 @@ INFER_BODY = {"requestBody": {"required": True, "content": {
 async def infer(request: Request, engine: Annotated[Engine, Depends(served_engine)], name: str) -> Response:
     ready_engine(request)
     settings = request.app.state.settings
-    body = await codec.read_body(request, settings.max_body_bytes)
-    call = parse_infer(body, request.headers.get(HEADER_LENGTH), engine.vocoder.spec.n_mels, settings.max_frames,
-                       settings.queue_size)
+    header_length, n_mels = request.headers.get(HEADER_LENGTH), engine.vocoder.spec.n_mels
+    if header_length is None:  # all JSON: at most one longest mel's text, however it is batched
+        limit = codec.json_limit(n_mels, settings.max_frames, settings.max_body_bytes)
+        body = await codec.read_body(request, limit, f"JSON body (a mel of {settings.max_frames} frames in all)")
+    else:
+        body = await codec.read_body(request, settings.max_body_bytes)
+    call = await codec.off_loop(parse_infer, body, header_length, n_mels, settings.max_frames, settings.queue_size)
     params: InferParameters = call.request.parameters
     native = engine.vocoder.spec.sample_rate
     rate = formats.check_rate(params.sample_rate) or native

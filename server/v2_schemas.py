@@ -1,4 +1,5 @@
-"""Typed shapes of the Open Inference Protocol v2 (KServe v2 / Triton) JSON that `/v2` reads and writes."""
+"""Typed shapes of the Open Inference Protocol v2 (KServe v2 / Triton) JSON that `/v2` reads and writes; what a client
+writes is strictly typed ("7" is not 7, true is not 1, 80.0 is not a dimension)."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ class ModelMetadata(BaseModel):
 class InferParameters(BaseModel):
     """The request's `parameters`: the /v1 query's knobs, and how the audio comes back."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     rho: float | str | None = Field(None, description="threshold in (0, 1) or fast|balanced|quality")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="item b of the batch uses seed + b")
@@ -54,36 +55,38 @@ class InferParameters(BaseModel):
 
 
 class TensorParameters(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     binary_data_size: int | None = Field(None, ge=0, description="bytes of this tensor after the JSON header")
 
 
 class InferInput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str
     shape: list[int]
     datatype: str
     parameters: TensorParameters = TensorParameters()
-    data: list[Any] | None = Field(None, description="row-major values, flat or nested; absent with binary data")
+    #: Read by `server.jsonparse` (float32 runs, piece by piece) and checked as numbers by `server.v2.parse_infer`.
+    data: Any = Field(None, description="row-major numbers, flat or nested; absent with binary data",
+                      json_schema_extra={"type": "array", "items": {}})
 
 
 class OutputParameters(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     binary_data: bool = False
 
 
 class RequestedOutput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str
     parameters: OutputParameters = OutputParameters()
 
 
 class InferRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     id: str | None = None
     parameters: InferParameters = InferParameters()
