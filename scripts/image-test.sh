@@ -29,8 +29,8 @@ give_up() {  # a host that cannot run podman: CI fails, a developer's machine sk
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.0f", b - a }'; }
 
-# --- podman, runc, debootstrap, podman-compose from Debian ---------------------------------------------------------
-packages=(podman runc debootstrap podman-compose iptables)  # iptables: netavark's port forwarding
+# --- podman, runc and debootstrap from Debian (podman-compose comes from PyPI, in the test extra) ------------------
+packages=(podman runc debootstrap iptables)  # iptables: netavark's port forwarding
 [ "$DRIVER" = fuse-overlayfs ] && packages+=(fuse-overlayfs)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
@@ -91,15 +91,17 @@ if ! podman image exists "$BASE"; then
   rootfs=$STATE/rootfs
   rm -rf "$rootfs"
   echo "image-test: debootstrap bookworm"
-  timeout 900 nice -n 10 debootstrap --variant=minbase --include=python3,python3-venv,python3-dev,ca-certificates bookworm "$rootfs" \
-    "$MIRROR" >"$STATE/tmp/debootstrap.log" 2>&1 || { tail -5 "$STATE/tmp/debootstrap.log" >&2; exit 1; }
+  # python3-dev: pesq builds from source in the Dockerfile's pip install (the pytorch image has Python's headers).
+  timeout 900 nice -n 10 debootstrap --variant=minbase --include=python3,python3-venv,python3-dev,ca-certificates \
+    bookworm "$rootfs" "$MIRROR" >"$STATE/tmp/debootstrap.log" 2>&1 \
+    || { tail -5 "$STATE/tmp/debootstrap.log" >&2; exit 1; }
   # The host's trust store, so that pip in the builds gets through whatever TLS proxy the host's pip goes through.
   cp /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/ca-certificates.crt"
   tar -C "$rootfs" -c . | podman import --quiet - localhost/debian:bookworm-debootstrap >/dev/null
   rm -rf "$rootfs"
   mkdir -p "$STATE/tmp/empty"
-  timeout 900 nice -n 10 podman build --quiet --format docker -v "$STATE/wheels:/wheels:ro" -t "$BASE" -f - "$STATE/tmp/empty" \
-    >"$STATE/tmp/build-base.log" 2>&1 <<EOF || { tail -20 "$STATE/tmp/build-base.log" >&2; exit 1; }
+  timeout 900 nice -n 10 podman build --quiet --format docker -v "$STATE/wheels:/wheels:ro" -t "$BASE" -f - \
+    "$STATE/tmp/empty" >"$STATE/tmp/build-base.log" 2>&1 <<EOF || { tail -20 "$STATE/tmp/build-base.log" >&2; exit 1; }
 FROM localhost/debian:bookworm-debootstrap
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:\$PATH \

@@ -100,15 +100,17 @@ def serve(image: str, *args: str, label: str) -> Iterator[tuple[str, str]]:
 
 def scrape(url: str) -> dict[str, float]:
     """Requests in flight (this scrape among them), /v1/vocode answers, and jobs the inference worker has started."""
-    samples = {(s.name, s.labels.get("route")): s.value for family in text_string_to_metric_families(
-        httpx.get(url + "/metrics", timeout=10).text) for s in family.samples}
-    answered = sum(v for (n, route), v in samples.items()
-                   if n == "vocoder_request_duration_seconds_count" and route == "/v1/vocode")
-    return {"in_flight": samples[("vocoder_requests_in_flight", None)], "answered": answered,
-            "started": samples[("vocoder_queue_wait_seconds_count", None)]}
+    samples = [s for family in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=10).text)
+               for s in family.samples]
+
+    def total(name: str, **labels: str) -> float:
+        return sum(s.value for s in samples if s.name == name and labels.items() <= s.labels.items())
+
+    return {"in_flight": total("vocoder_requests_in_flight"), "started": total("vocoder_queue_wait_seconds_count"),
+            "answered": total("vocoder_request_duration_seconds_count", route="/v1/vocode")}
 
 
-# Read-only root; the one tmpfs is what the server writes (Python's and torch's temporary files).
+# Read-only root; the one tmpfs is all the server writes (temporary files, numba's cache).
 READ_ONLY = ("--read-only", "--read-only-tmpfs=false", "--tmpfs", "/tmp:rw,size=64m")
 
 
@@ -285,8 +287,8 @@ def test_compose_brings_up_the_vocoder_behind_its_healthcheck():
     """podman-compose with docker-compose.yml and its CPU override: the vocoder service from the image built above.
     (nginx, Prometheus and Grafana cannot be pulled here; tests/test_deploy.py checks their configs.)"""
     project = f"image-test-{uuid.uuid4().hex[:6]}"
-    compose = [str(Path(sys.executable).parent / "podman-compose"), "-p", project, "-f", str(ROOT / "docker-compose.yml"),
-               "-f", str(ROOT / "deploy" / "compose.cpu.yml")]
+    compose = [str(Path(sys.executable).parent / "podman-compose"), "-p", project,
+               "-f", str(ROOT / "docker-compose.yml"), "-f", str(ROOT / "deploy" / "compose.cpu.yml")]
     start = time.monotonic()
     try:
         r = subprocess.run([*compose, "up", "-d", "--no-build", "vocoder"], capture_output=True, text=True, timeout=180)
