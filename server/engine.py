@@ -321,17 +321,40 @@ class Engine:
         self.metrics.batch_size.observe(len(batch))
         self._busy = True
         try:
+            await self._run_or_split(batch, now)
+        finally:
+            self._busy = False
+
+    async def _run_or_split(self, batch: list[Job], now: float) -> None:
+        """Run a batch and settle its jobs. A batch that runs out of device memory is split in halves, each run in
+        turn (and split again if it must), so a batch too big for the GPU costs time, not answers; only a single
+        item that does not fit fails, with the 503 of any failed batch."""
+        try:
             audio, seconds = await asyncio.get_running_loop().run_in_executor(self._executor, self._synthesize, batch)
         except StreamCancelled:  # its client went away mid-chunk; the stream's consumer is gone too
             return
         except Exception as e:  # noqa: BLE001 -- a failed batch fails its requests, never the server
-            log.exception("inference failed for a batch of %d", len(batch))
-            for job in batch:
-                if not job.future.done():
-                    job.future.set_exception(Unavailable(f"inference failed: {type(e).__name__}: {e}"))
+            if isinstance(e, torch.OutOfMemoryError):
+                self.metrics.out_of_memory.inc()
+            if not isinstance(e, torch.OutOfMemoryError) or len(batch) == 1:
+                log.exception("inference failed for a batch of %d", len(batch))
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(Unavailable(f"inference failed: {type(e).__name__}: {e}"))
+                return
+        else:
+            self._settle(batch, audio, seconds, now)
             return
-        finally:
-            self._busy = False
+        # out of memory: outside the except clause, so the failed batch's tensors (held by the traceback) are free
+        log.warning("out of memory on a batch of %d; running it as two halves", len(batch))
+        if self.vocoder.device.type == "cuda":
+            torch.cuda.empty_cache()
+        half = len(batch) // 2
+        for part in (batch[:half], batch[half:]):
+            if part := [j for j in part if not j.future.cancelled()]:
+                await self._run_or_split(part, now)
+
+    def _settle(self, batch: list[Job], audio: list[np.ndarray], seconds: float, now: float) -> None:
         self._last_batch_seconds = seconds
         steps = batch[0].plan.steps
         self.metrics.synthesis_duration.labels(steps=str(steps)).observe(seconds)

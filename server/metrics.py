@@ -33,5 +33,7 @@ class Metrics:
                                              ["preset"], buckets=LATENCY_BUCKETS, registry=r)
         self.streams_cancelled = Counter("vocoder_streams_cancelled", "Streams whose client went away before the end",
                                          registry=r)
+        self.out_of_memory = Counter("vocoder_out_of_memory", "Inference batches that ran out of device memory "
+                                     "(a batch of several is then retried as two halves)", registry=r)
         self.in_flight = Gauge("vocoder_requests_in_flight", "HTTP requests being handled", registry=r)
         self.queue_depth = Gauge("vocoder_queue_depth", "Jobs waiting for the inference worker", registry=r)

@@ -11,6 +11,7 @@ import hmac
 import io
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -28,7 +29,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from bench.common import free_port, wait_ready
-from model.audio import HOP, N_MELS
+from model.audio import HOP, LOG_FLOOR, N_MELS
 from model.checkpoint import SCORE_NET
 from server import __main__ as server_main
 from server import deps as server_deps
@@ -119,6 +120,51 @@ def test_inference_failure_is_503_once(make_client, monkeypatch, error):
     assert_ok(vocode(client, seed=3))
     assert client.get("/readyz").status_code == 200
     assert engine(client).queue_depth == 0
+
+
+def out_of_memory_total(client) -> float:
+    line = next(x for x in client.get("/metrics").text.splitlines() if x.startswith("vocoder_out_of_memory_total"))
+    return float(line.split()[-1])
+
+
+@pytest.mark.parametrize("case", ["halves-fit", "one-item-never-fits"])
+def test_out_of_memory_on_a_batch_of_4_retries_its_halves(make_client, monkeypatch, case):
+    """A batch of 4 that runs out of memory is run as two halves (split again as they must); every item answers 200
+    or, if it does not fit alone, 503 with Retry-After; each out-of-memory event is counted."""
+    client = make_client(batch_wait_ms=5000, max_batch=4)  # the 4 requests below make one batch
+    voc = engine(client).vocoder
+    real, batches = voc.vocode, []
+    lengths = (2, 3, 4, 5)  # item i has `lengths[i]` frames: the 5-frame one is too big in the second case
+
+    def vocode_or_oom(mel, *args, **kwargs):
+        frames = sorted(int((m != np.float32(math.log(LOG_FLOOR))).any(axis=0).sum()) for m in mel)  # unpadded
+        batches.append(frames)
+        if (len(mel) > 2) if case == "halves-fit" else (5 in frames):
+            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {len(mel)} GiB")
+        return real(mel, *args, **kwargs)
+
+    monkeypatch.setattr(voc, "vocode", vocode_or_oom)
+    before = out_of_memory_total(client)
+    answers: dict[int, httpx.Response] = {}
+    threads = [threading.Thread(target=lambda f=f: answers.update({f: vocode(client, f)})) for f in lengths]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(batches[0]) == 4, batches  # one batch of 4, then its halves
+    for frames, r in answers.items():
+        if case == "halves-fit" or frames != 5:
+            assert_ok(r, frames)
+        else:
+            assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1, (r.status_code, r.headers)
+            assert "OutOfMemoryError" in r.json()["detail"]
+    assert len(answers) == 4
+    sizes = [len(b) for b in batches]
+    if case == "halves-fit":
+        assert sizes == [4, 2, 2] and out_of_memory_total(client) == before + 1
+    else:  # 4 -> 2 + 2 (the half with the 5-frame item fails) -> 1 + 1 (it fails alone): three events
+        assert sizes == [4, 2, 2, 1, 1] and out_of_memory_total(client) == before + 3
+    assert_ok(vocode(client, 3), 3)  # and the server goes on
 
 
 # --- clients that go away -----------------------------------------------------------------------
