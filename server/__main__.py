@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from model.checkpoint import CheckpointError
 
-from .app import create_app
+from .app import create_app, grpc_front
 from .settings import Settings, load_vocoder
 
 
@@ -37,6 +37,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: bad setting: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if settings.grpc_port is not None:
+        try:
+            grpc_front()
+        except RuntimeError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     try:
         vocoder = load_vocoder(settings)
     except CheckpointError as e:

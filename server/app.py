@@ -15,7 +15,8 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated
+from types import ModuleType
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -39,6 +40,9 @@ from .metrics import Metrics
 from .schemas import MAX_SEED, ErrorOut, Health, ModelInfo, Preset, ScheduleList, ScheduleOut, ScheduleSummary
 from .service import Planned, Service
 from .settings import Settings, load_vocoder
+
+if TYPE_CHECKING:
+    import grpc
 
 log = logging.getLogger("server.access")
 
@@ -301,6 +305,21 @@ async def model_info(engine: Annotated[Engine, Depends(engine_of)]) -> ModelInfo
                      presets=presets, max_frames=engine.settings.max_frames)
 
 
+def grpc_front() -> ModuleType:
+    """`server.grpc_v2`, imported only where VOCODER_GRPC_PORT asks for it: grpcio is the optional `grpc` extra."""
+    try:
+        from . import grpc_v2
+    except ImportError as e:
+        raise RuntimeError(f"VOCODER_GRPC_PORT needs the grpc extra (pip install 'bddm-vocoder[grpc]'): {e}") from None
+    return grpc_v2
+
+
+async def start_grpc(app: FastAPI, port: int) -> grpc.aio.Server:
+    """The Open Inference Protocol v2 over gRPC on `port`; its bound port in app.state.grpc_port."""
+    server, app.state.grpc_port = await grpc_front().serve(app, port)
+    return server
+
+
 def create_app(settings: Settings | None = None, vocoder: Vocoder | None = None) -> FastAPI:
     """The app; the vocoder is loaded in the lifespan unless one is passed (`python -m server` loads it first)."""
     settings = settings or Settings()
@@ -312,8 +331,13 @@ def create_app(settings: Settings | None = None, vocoder: Vocoder | None = None)
         engine = app.state.engine = Engine(voc, settings, metrics)
         app.state.service = Service(engine)
         await engine.start()
+        grpc_server = await start_grpc(app, settings.grpc_port) if settings.grpc_port is not None else None
         yield
+        # both drain together: gRPC stops taking calls and lets its own finish while the engine empties its queue
+        stopping = asyncio.ensure_future(grpc_server.stop(settings.shutdown_timeout_s)) if grpc_server else None
         await engine.close(settings.shutdown_timeout_s)
+        if stopping:
+            await stopping
 
     app = FastAPI(title="BDDM vocoder", version="1", lifespan=lifespan,
                   description="Mel spectrogram in, waveform out; `rho` trades quality for speed.")

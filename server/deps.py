@@ -22,7 +22,10 @@ def engine_of(request: Request) -> Engine:
 
 
 def ready_engine(request: Request) -> Engine:
-    engine = engine_of(request)
+    return require_ready(engine_of(request))
+
+
+def require_ready(engine: Engine) -> Engine:
     if not engine.ready:
         raise ApiError(503, "not ready", engine.not_ready_reason, {"Retry-After": "5"})
     return engine

@@ -17,6 +17,8 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    #: The Open Inference Protocol v2 over gRPC (`server.grpc_v2`, the `grpc` extra) on this port; unset: no gRPC.
+    grpc_port: int | None = Field(None, ge=0, le=65535)
     #: The weights directory to serve; unset, the device picks the shipped net (`model.runtime.DEFAULT_NETS`).
     weights: Path | None = None
     #: Where the shipped nets are, for that default.

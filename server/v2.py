@@ -81,7 +81,10 @@ def model_name(engine: Engine) -> str:
 
 def served_engine(request: Request, name: str) -> Engine:
     """The engine, when `name` is the model it serves (else 404)."""
-    engine: Engine = request.app.state.engine
+    return check_model(request.app.state.engine, name)
+
+
+def check_model(engine: Engine, name: str) -> Engine:
     if name != model_name(engine):
         raise ApiError(404, "unknown model", f"this server serves the model {model_name(engine)!r}, not {name!r}")
     return engine
@@ -128,6 +131,42 @@ class Call:
     binary: bool  # answer with the binary extension
 
 
+def check_signature(request: InferRequest, n_mels: int, max_items: int) -> list[int]:
+    """The request's input and outputs are the model's (`mel` FP32 [B, n_mels, F], `audio`), B within the queue: the
+    shape, else a 400 (413 for the batch). Any transport's request, before its tensor's values are read."""
+    if [i.name for i in request.inputs] != [INPUT]:
+        raise ApiError(400, "invalid inputs", f"the model takes one input, {INPUT!r}, not {[i.name for i in request.inputs]}")
+    if request.outputs is not None and [o.name for o in request.outputs] not in ([], [OUTPUT]):
+        raise ApiError(400, "invalid outputs", f"the model has one output, {OUTPUT!r}")
+    (tensor,) = request.inputs
+    if tensor.datatype != "FP32":
+        raise ApiError(400, "invalid datatype", f"{INPUT} is FP32, not {tensor.datatype!r}")
+    shape = tensor.shape
+    if len(shape) != 3 or shape[1] != n_mels or min(shape) < 1:
+        raise ApiError(400, "invalid shape", f"{INPUT} is [B, {n_mels}, F] with B, F >= 1, not {shape}")
+    if shape[0] > max_items:  # never admitted whole: each item is a job in the engine's queue
+        raise ApiError(413, "batch too large", f"a batch of {shape[0]} is more than the {max_items} jobs the queue holds")
+    return shape
+
+
+def check_mels(request: InferRequest, values: np.ndarray, n_mels: int, max_frames: int) -> np.ndarray:
+    """The input's flat values as float32 mels [B, n_mels, F], checked as /v1 checks a mel (422, 413), and the
+    seeds B items take within range (400)."""
+    shape = request.inputs[0].shape
+    count = math.prod(shape)
+    if values.size != count:
+        raise ApiError(400, "invalid data", f"{INPUT} has {values.size} values; its shape {shape} needs {count}")
+    try:
+        mels = np.stack([validate_mel(m, n_mels) for m in values.reshape(shape)])
+    except MelError as e:
+        raise ApiError(422, "invalid mel", str(e)) from None
+    codec.check_frames(mels, max_frames)
+    seed = request.parameters.seed
+    if seed is not None and seed + shape[0] - 1 > MAX_SEED:
+        raise ApiError(400, "invalid seed", f"seed + B - 1 must be at most {MAX_SEED}")
+    return mels
+
+
 def parse_infer(body: bytes | bytearray, header_length: str | None, n_mels: int, max_frames: int, max_items: int) -> Call:
     """The JSON header (all of `body` without the binary extension) and the `mel` tensor, as 400s when wrong."""
     json_part, binary_part = body, b""
@@ -142,18 +181,8 @@ def parse_infer(body: bytes | bytearray, header_length: str | None, n_mels: int,
         first = e.errors()[0] if isinstance(e, ValidationError) else {"loc": (), "msg": str(e)}
         raise ApiError(400, "invalid inference request",
                        f"{'.'.join(map(str, first['loc'])) or 'body'}: {first['msg']}") from None
-    if [i.name for i in request.inputs] != [INPUT]:
-        raise ApiError(400, "invalid inputs", f"the model takes one input, {INPUT!r}, not {[i.name for i in request.inputs]}")
-    if request.outputs is not None and [o.name for o in request.outputs] not in ([], [OUTPUT]):
-        raise ApiError(400, "invalid outputs", f"the model has one output, {OUTPUT!r}")
+    shape = check_signature(request, n_mels, max_items)
     (tensor,) = request.inputs
-    if tensor.datatype != "FP32":
-        raise ApiError(400, "invalid datatype", f"{INPUT} is FP32, not {tensor.datatype!r}")
-    shape = tensor.shape
-    if len(shape) != 3 or shape[1] != n_mels or min(shape) < 1:
-        raise ApiError(400, "invalid shape", f"{INPUT} is [B, {n_mels}, F] with B, F >= 1, not {shape}")
-    if shape[0] > max_items:  # never admitted whole: each item is a job in the engine's queue
-        raise ApiError(413, "batch too large", f"a batch of {shape[0]} is more than the {max_items} jobs the queue holds")
     count = math.prod(shape)
     size = tensor.parameters.binary_data_size
     if size is not None:
@@ -168,16 +197,8 @@ def parse_infer(body: bytes | bytearray, header_length: str | None, n_mels: int,
             values = jsonparse.numbers(tensor.data, f"{INPUT}'s data").reshape(-1)
         except JsonError as e:  # strings, booleans, ragged rows
             raise ApiError(400, "invalid data", str(e)) from None
-    if values.size != count:
-        raise ApiError(400, "invalid data", f"{INPUT} has {values.size} values; its shape {shape} needs {count}")
-    try:
-        mels = np.stack([validate_mel(m, n_mels) for m in values.reshape(shape)])
-    except MelError as e:
-        raise ApiError(422, "invalid mel", str(e)) from None
-    codec.check_frames(mels, max_frames)
+    mels = check_mels(request, values, n_mels, max_frames)
     params = request.parameters
-    if params.seed is not None and params.seed + shape[0] - 1 > MAX_SEED:
-        raise ApiError(400, "invalid seed", f"seed + B - 1 must be at most {MAX_SEED}")
     binary = params.binary_data_output or any(o.parameters.binary_data for o in request.outputs or [])
     return Call(request, mels, binary)
 
