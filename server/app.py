@@ -320,8 +320,11 @@ async def start_grpc(app: FastAPI, port: int) -> grpc.aio.Server:
     return server
 
 
-def create_app(settings: Settings | None = None, vocoder: Vocoder | None = None) -> FastAPI:
-    """The app; the vocoder is loaded in the lifespan unless one is passed (`python -m server` loads it first)."""
+def create_app(settings: Settings | None = None, vocoder: Vocoder | None = None,
+               serve_when_ready: bool = False) -> FastAPI:
+    """The app; the vocoder is loaded in the lifespan unless one is passed (`python -m server` loads it first).
+    `serve_when_ready`: the lifespan's start-up also waits for the warm-up, for a host that routes requests to an
+    app as soon as it has started and has no readiness probe (Ray Serve, `server.ray_app`)."""
     settings = settings or Settings()
     metrics = Metrics()
 
@@ -331,6 +334,8 @@ def create_app(settings: Settings | None = None, vocoder: Vocoder | None = None)
         engine = app.state.engine = Engine(voc, settings, metrics)
         app.state.service = Service(engine)
         await engine.start()
+        if serve_when_ready and not await engine.warmed_up():
+            raise RuntimeError(engine.not_ready_reason)
         grpc_server = await start_grpc(app, settings.grpc_port) if settings.grpc_port is not None else None
         yield
         # both drain together: gRPC stops taking calls and lets its own finish while the engine empties its queue

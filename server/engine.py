@@ -187,6 +187,11 @@ class Engine:
             self.not_ready_reason = f"warm-up failed: {e}"
             log.exception("warm-up failed")
 
+    async def warmed_up(self) -> bool:
+        """Wait for the warm-up: True once ready, False if it failed (`not_ready_reason` says why)."""
+        await asyncio.shield(self._tasks[1])
+        return self.ready
+
     async def close(self, timeout: float) -> None:
         """Stop taking jobs, let queued and running ones finish (up to `timeout`), fail the rest."""
         self._closing = True

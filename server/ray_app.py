@@ -15,6 +15,11 @@ Backpressure: a replica's `max_ongoing_requests` is the engine's `queue_size`, s
 requests than its queue admits and a `/v1` client never meets the engine's 429 under Ray. Past that, requests wait in
 Ray's own queue (`max_queued_requests` per caller); when that is full too, Ray's proxy answers 503. A `/v2` batch of
 B is one request but B engine jobs: one that does not fit the queue still gets the engine's 429 with Retry-After.
+
+A replica that dies (killed, out of host memory, its node lost): Ray's proxy answers the requests it held with its
+own plain-text 500 (ray-project/ray#47219), and Serve replaces it at its next health check (`health_check_period_s`);
+new requests wait in Ray's queue meanwhile, and the replacement takes them once warmed up. REST only: the gRPC
+listener (VOCODER_GRPC_PORT) is refused here, as Ray's proxy would not route to it.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ class RayOptions(BaseModel):
         None, gt=0, description="autoscaling target per replica; default the engine's max_batch (a full batch running)")
     max_queued_requests: int = Field(64, ge=-1, description="requests a caller holds for busy replicas before Ray's "
                                                            "503; -1 is unbounded")
+    health_check_period_s: float = Field(10, gt=0, description="how often Serve checks a replica: a dead one is "
+                                                               "replaced at the next check (Ray's default, 10 s)")
 
 
 def build(args: dict[str, Any]) -> Application:
@@ -49,6 +56,9 @@ def build(args: dict[str, Any]) -> Application:
     fields = Settings.model_fields
     options = RayOptions.model_validate({k: v for k, v in args.items() if k not in fields})
     settings = Settings(**{k: v for k, v in args.items() if k in fields})
+    if settings.grpc_port is not None:
+        raise ValueError("Ray Serve stays REST-only (/v1 and /v2 through Ray's HTTP proxy): unset grpc_port "
+                         "(VOCODER_GRPC_PORT); every replica would bind it, and Ray's proxy would not route to it")
     return deployment(settings).options(**deployment_options(options, settings)).bind()
 
 
@@ -60,6 +70,7 @@ def deployment_options(options: RayOptions, settings: Settings) -> dict[str, Any
             "max_ongoing_requests": settings.queue_size,
             "max_queued_requests": options.max_queued_requests,
             "graceful_shutdown_timeout_s": settings.shutdown_timeout_s,
+            "health_check_period_s": options.health_check_period_s,
             "autoscaling_config": {"min_replicas": options.min_replicas, "max_replicas": options.max_replicas,
                                    "target_ongoing_requests": options.target_ongoing_requests or settings.max_batch}}
 
@@ -68,8 +79,9 @@ def deployment(settings: Settings) -> serve.Deployment:
     """The deployment for these settings; each replica builds its own app (and engine) from them."""
 
     @serve.deployment(name="bddm-vocoder")
-    @serve.ingress(lambda: create_app(settings))
+    @serve.ingress(lambda: create_app(settings, serve_when_ready=True))
     class Vocoder:
-        """A replica: `create_app(settings)` behind Ray's HTTP proxy."""
+        """A replica: `create_app(settings)` behind Ray's HTTP proxy. Serve routes to a replica once its start-up is
+        done, so that includes the warm-up: a replacement replica never answers "not ready"."""
 
     return Vocoder
