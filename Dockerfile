@@ -32,7 +32,10 @@ COPY pyproject.toml ./
 COPY model/ model/
 COPY server/ server/
 COPY bench/ bench/
-RUN pip install --no-cache-dir . \
+# With its `grpc` extra: the server answers the Open Inference Protocol over gRPC where VOCODER_GRPC_PORT is set
+# (docker-compose.yml and deploy/k8s/ set 8001). Its versions are pyproject.toml's lower bounds.
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir ".[grpc]" \
     && rm -rf /opt/bddm-vocoder
 
 # The shipped weights, in both images and owned by the app user: a named volume mounted at /app/weights

@@ -168,14 +168,14 @@ def test_images_install_exactly_what_pyproject_declares(dockerfile):
     packages = {Path(p.rstrip("*").rstrip(".")) for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
     readme = project["project"].get("readme")
     needed = {Path("pyproject.toml")} | {p for p in packages if (ROOT / p).is_dir()} | ({Path(readme)} if readme else set())
-    for name, target in (("base", "."), ("ray", ".[ray]")):
+    for name, target in (("base", ".[grpc]"), ("ray", ".[ray]")):
         command = re.search(r"pip install ([^&;|]*)", installs[name]).group(1).split()
         assert [a.strip("\"'") for a in command if not a.startswith("-")] == [target], \
             f"installs the project itself, not a list: {installs[name]}"
         assert "--no-cache-dir" in command
         copied = {Path(shlex.split(a)[0].rstrip("/")) for a in dockerfile[name].all("COPY")}
         assert needed <= copied, f"the {name} stage must copy {sorted(map(str, needed - copied))}"
-    assert "ray" in project["project"]["optional-dependencies"]
+    assert {"ray", "grpc"} <= set(project["project"]["optional-dependencies"])
     for image in ("server", "trainer", "ray"):
         assert dockerfile[image].base == "base", f"{image} must build on the stage that installs the project"
 
@@ -324,7 +324,7 @@ def test_compose_vocoder(compose, dockerfile):
     devices = vocoder["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
     assert not vocoder.get("ports"), "no fixed host port, so `--scale vocoder=N` works behind the proxy"
-    assert vocoder["expose"] == ["8000"]
+    assert vocoder["expose"] == ["8000", vocoder["environment"]["VOCODER_GRPC_PORT"]] == ["8000", "8001"]
     assert set(vocoder["environment"]) <= _settings_env(), "every VOCODER_* variable is a server setting"
     assert "test" not in vocoder["healthcheck"], "the check itself is the image's HEALTHCHECK (GET /readyz)"
     assert _seconds(vocoder["healthcheck"]["start_period"]) >= 60, "loading and warm-up take a while"
@@ -337,7 +337,7 @@ def test_compose_vocoder(compose, dockerfile):
 def test_compose_proxy_monitoring_and_trainer(compose):
     services = compose["services"]
     proxy = services["proxy"]
-    assert [p["target"] for p in proxy["ports"]] == [8000] and proxy["ports"][0]["published"] == "8000"
+    assert [(p["target"], p["published"]) for p in proxy["ports"]] == [(8000, "8000"), (8001, "8001")]  # REST, gRPC
     assert proxy["depends_on"]["vocoder"]["condition"] == "service_healthy"
     for name in ("proxy", "prometheus", "grafana"):
         image = services[name]["image"]
@@ -419,16 +419,18 @@ def test_nginx_balances_over_replicas():
 
     http_block = find(parsed["config"][0]["parsed"], "http")[0]["block"]
     assert find(http_block, "resolver")[0]["args"][0] == "127.0.0.11", "Docker's DNS, re-asked as replicas change"
-    upstream = find(http_block, "upstream")[0]["block"]
-    assert find(upstream, "server")[0]["args"] == ["vocoder:8000", "resolve"]
-    assert find(upstream, "zone"), "`resolve` needs a shared-memory zone"
-    server = find(http_block, "server")[0]["block"]
-    assert find(server, "listen")[0]["args"] == ["8000"]
-    proxied = next(d["block"] for d in find(server, "location") if d["args"] == ["/"])
-    assert find(proxied, "proxy_pass")[0]["args"] == ["http://vocoder"]
+    upstreams = {d["args"][0]: d["block"] for d in find(http_block, "upstream")}
+    servers = {find(d["block"], "listen")[0]["args"][0]: d["block"] for d in find(http_block, "server")}
     from server.settings import Settings
-    read_timeout = int(find(proxied, "proxy_read_timeout")[0]["args"][0].rstrip("s"))
-    assert read_timeout > Settings().request_timeout_s, "the server, not the proxy, times a request out"
+    for port, upstream, pass_, scheme in (("8000", "vocoder", "proxy_pass", "http"),  # REST
+                                          ("8001", "vocoder_grpc", "grpc_pass", "grpc")):  # gRPC, over HTTP/2
+        assert find(upstreams[upstream], "server")[0]["args"] == [f"vocoder:{port}", "resolve"]
+        assert find(upstreams[upstream], "zone"), "`resolve` needs a shared-memory zone"
+        proxied = next(d["block"] for d in find(servers[port], "location") if d["args"] == ["/"])
+        assert find(proxied, pass_)[0]["args"] == [f"{scheme}://{upstream}"]
+        read_timeout = int(find(proxied, f"{pass_.split('_')[0]}_read_timeout")[0]["args"][0].rstrip("s"))
+        assert read_timeout > Settings().request_timeout_s, "the server, not the proxy, times a request out"
+    assert find(servers["8001"], "listen")[0]["args"] == ["8001", "http2"]
 
 
 # --- Kubernetes ------------------------------------------------------------------------------------------
@@ -456,7 +458,9 @@ def test_k8s_deployment(k8s, dockerfile):
     assert resources["limits"]["nvidia.com/gpu"] == resources["requests"]["nvidia.com/gpu"] == 1
     assert resources["requests"]["memory"] and resources["limits"]["memory"]
     port = _env(dockerfile["server"])["VOCODER_PORT"]
-    assert container["ports"] == [{"name": "http", "containerPort": int(port)}]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert container["ports"] == [{"name": "http", "containerPort": int(port)},
+                                  {"name": "grpc", "containerPort": int(env["VOCODER_GRPC_PORT"])}]
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert container["startupProbe"]["httpGet"]["path"] in PROBES
@@ -475,7 +479,8 @@ def test_k8s_service_and_autoscaling(k8s):
     deployment, service, hpa = k8s["Deployment"], k8s["Service"], k8s["HorizontalPodAutoscaler"]
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= labels.items()
-    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    assert [(p["name"], p["targetPort"]) for p in service["spec"]["ports"]] == [("http", "http"), ("grpc", "grpc")]
+    assert service["spec"]["ports"][1]["appProtocol"] == "kubernetes.io/h2c"  # gRPC is HTTP/2 in clear text
     assert k8s["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
     metric = hpa["spec"]["metrics"][0]["pods"]["metric"]["name"]
