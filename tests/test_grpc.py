@@ -9,6 +9,8 @@ Each answer is held to /v1/vocode's samples for the same seed, on the same serve
 from __future__ import annotations
 
 import io
+import threading
+import time
 
 import grpc
 import httpx
@@ -24,7 +26,7 @@ from conftest import serving
 from model.audio import HOP, N_MELS, SAMPLE_RATE, pcm16
 from server import Settings, create_app
 from server.grpc_v2 import SERVICE, message_limits, pb
-from test_server_api import full_queue
+from test_server_api import full_queue, gate_vocoder
 
 NPY = {"Content-Type": "application/x-npy"}
 MAX_FRAMES = 300  # small, so the message limit it sets is quick to cross
@@ -243,6 +245,31 @@ def test_full_queue_failures_and_api_key_are_v1s(tiny_weights, monkeypatch):
     with pytest.raises(grpc.RpcError) as e:  # the lifespan stopped the listener with the app
         raw_call(target, "ServerLive", pb.ServerLiveRequest())
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_client_that_gives_up_frees_its_queue_slot(tiny_weights, monkeypatch):
+    """A deadline that passes (or a cancelled call) cancels the RPC's task, and the engine drops its queued job: the
+    gRPC side of /v1's 499."""
+    app = create_app(Settings(weights=tiny_weights, device="cpu", grpc_port=0, queue_size=2, max_batch=1))
+    with serving(app) as base:
+        engine, c = app.state.engine, triton.InferenceServerClient(f"127.0.0.1:{app.state.grpc_port}")
+        entered, release = gate_vocoder(engine, monkeypatch)
+        busy = threading.Thread(target=lambda: v1(base, mel(2), seed=0))
+        busy.start()  # holds the worker, so the gRPC request's job waits in the queue
+        assert entered.wait(30)
+        with pytest.raises(InferenceServerException) as e:
+            tensor = triton.InferInput("mel", [1, N_MELS, 3], "FP32")
+            tensor.set_data_from_numpy(mel(3)[None])
+            c.infer("weights", [tensor], client_timeout=1.0)
+        assert e.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+        deadline = time.monotonic() + 10
+        while engine.queue_depth and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert engine.queue_depth == 0, "the abandoned call's job still holds a queue slot"
+        release.set()
+        busy.join(30)
+        assert infer(c, "weights", mel(3)[None], seed=0).as_numpy("audio").shape == (1, 3 * HOP)
+        c.close()
 
 
 def test_no_grpc_port_no_listener(tiny_weights):
