@@ -251,9 +251,10 @@ def handler(app: Any) -> grpc.GenericRpcHandler:
                 r = refusal(e)
                 if r is None:
                     metrics.unhandled.labels(route=route).inc()
-                    log.exception(json.dumps({"request_id": request_id, "route": route, "event": "unhandled exception"}))
+                    log.exception(json.dumps({"request_id": request_id, "route": route,
+                                              "event": "unhandled exception"}))
                     r = Refusal(grpc.StatusCode.INTERNAL, f"the server failed on this request (request id "
-                                                          f"{request_id}); it was logged, and the server goes on serving")
+                                f"{request_id}); it was logged, and the server goes on serving")
                 code = r.code
                 await context.abort(r.code, r.message, trailers(r))
             except asyncio.CancelledError:

@@ -8,7 +8,6 @@ Each answer is held to /v1/vocode's samples for the same seed, on the same serve
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 
@@ -16,10 +15,9 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-import soundfile as sf
 import tritonclient.grpc as triton
-from tritonclient.grpc import service_pb2
 from google.rpc import error_details_pb2, status_pb2
+from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
 from conftest import serving
@@ -27,19 +25,9 @@ from model.audio import HOP, N_MELS, SAMPLE_RATE, pcm16
 from server import Settings, create_app
 from server.grpc_v2 import SERVICE, message_limits, pb
 from test_server_api import full_queue, gate_vocoder
+from test_v2 import NPY, mel, npy, v1
 
-NPY = {"Content-Type": "application/x-npy"}
 MAX_FRAMES = 300  # small, so the message limit it sets is quick to cross
-
-
-def mel(frames: int = 8, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).normal(-5, 2, (N_MELS, frames)).astype(np.float32)
-
-
-def npy(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array)
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +47,6 @@ def client(server) -> triton.InferenceServerClient:
 @pytest.fixture(scope="module")
 def name(client) -> str:
     return client.get_model_metadata("weights", as_json=True)["name"]
-
-
-def v1(url: str, m: np.ndarray, **params) -> np.ndarray:
-    r = httpx.post(f"{url}/v1/vocode", params=params, content=npy(m), headers=NPY, timeout=120)
-    assert r.status_code == 200, r.text
-    audio, _ = sf.read(io.BytesIO(r.content), dtype="int16")
-    return audio
 
 
 def infer(client, name: str, mels: np.ndarray, **parameters) -> triton.InferResult:
