@@ -8,6 +8,7 @@ Each answer is held to /v1/vocode's samples for the same seed, on the same serve
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 
@@ -20,10 +21,12 @@ from google.rpc import error_details_pb2, status_pb2
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
+from bench.common import free_port, wait_ready
 from conftest import serving
 from model.audio import HOP, N_MELS, SAMPLE_RATE, pcm16
 from server import Settings, create_app
 from server.grpc_v2 import SERVICE, message_limits, pb
+from test_faults import start_server
 from test_server_api import full_queue, gate_vocoder
 from test_v2 import NPY, mel, npy, v1
 
@@ -251,6 +254,33 @@ def test_a_client_that_gives_up_frees_its_queue_slot(tiny_weights, monkeypatch):
         busy.join(30)
         assert infer(c, "weights", mel(3)[None], seed=0).as_numpy("audio").shape == (1, 3 * HOP)
         c.close()
+
+
+def test_sigterm_drains_an_rpc_in_flight(tiny_weights, monkeypatch):
+    """`python -m server` with VOCODER_GRPC_PORT: SIGTERM lets a ModelInfer under way finish, then the process exits 0."""
+    port, grpc_port = free_port(), free_port()
+    monkeypatch.setenv("VOCODER_GRPC_PORT", str(grpc_port))
+    url, proc = f"http://127.0.0.1:{port}", start_server(tiny_weights, port)
+    try:
+        wait_ready(proc, url, timeout=120)
+        c, result = triton.InferenceServerClient(f"127.0.0.1:{grpc_port}"), {}
+        call = threading.Thread(target=lambda: result.update(audio=infer(c, "weights", mel(200)[None], seed=0)))
+        call.start()
+        deadline = time.monotonic() + 60
+        while "vocoder_queue_wait_seconds_count 1.0" not in httpx.get(url + "/metrics", timeout=5).text:
+            assert time.monotonic() < deadline and call.is_alive(), "the call never reached inference"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        call.join(120)
+        assert result["audio"].as_numpy("audio").shape == (1, 200 * HOP)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and "Traceback" not in out, out
+        assert out.index("Shutting down") < out.index('"route": "/inference.GRPCInferenceService/ModelInfer"'), out
+        c.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 def test_no_grpc_port_no_listener(tiny_weights):
