@@ -33,10 +33,10 @@ COPY model/ model/
 COPY server/ server/
 COPY bench/ bench/
 # With its `grpc` extra: the server answers the Open Inference Protocol over gRPC where VOCODER_GRPC_PORT is set
-# (docker-compose.yml and deploy/k8s/ set 8001). Its versions are pyproject.toml's lower bounds.
+# (docker-compose.yml and deploy/k8s/ set 8001). Its versions are pyproject.toml's lower bounds. The source (~2 MB)
+# stays here for the ray stage, which installs the same project with its `ray` extra.
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir ".[grpc]" \
-    && rm -rf /opt/bddm-vocoder
+RUN pip install --no-cache-dir ".[grpc]"
 
 # The shipped weights, in both images and owned by the app user: a named volume mounted at /app/weights
 # starts as a copy of them whichever image mounts it first, the trainer can write there, and a run with
@@ -59,14 +59,9 @@ CMD ["--help"]
 # the Serve application (deploy/ray/serve.yaml) runs `server.ray_app:build`.
 FROM base AS ray
 WORKDIR /opt/bddm-vocoder
-COPY pyproject.toml ./
-COPY model/ model/
-COPY server/ server/
-COPY bench/ bench/
 # Pinned after all: the `ray` extra in pyproject.toml is ray[serve]==VERSION.
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir ".[ray]" \
-    && rm -rf /opt/bddm-vocoder
+RUN pip install --no-cache-dir ".[ray]"
 WORKDIR /app
 ENV VOCODER_WEIGHTS_ROOT=/app/weights
 USER 10001:10001

@@ -1,6 +1,6 @@
-"""The Open Inference Protocol v2 over gRPC: KServe's `grpc_predict_v2.proto` (`proto/`, Apache-2.0, vendored with
-its licence), the `inference.GRPCInferenceService` that Triton's gRPC clients call, on the same engine, limits and API
-key as `/v1` and `/v2` (`server.v2` holds the model's signature and checks; this module is the transport).
+"""The Open Inference Protocol v2 over gRPC: KServe's `grpc_predict_v2.proto` (`third_party/kserve/`, Apache-2.0,
+vendored with its licence), the `inference.GRPCInferenceService` that Triton's gRPC clients call, on the same engine,
+limits and API key as `/v1` and `/v2` (`server.v2` holds the model's signature and checks; this is the transport).
 
 With VOCODER_GRPC_PORT set, the app's lifespan starts a `grpc.aio` server on the app's event loop (`serve`) and stops
 it with the engine's drain. The messages are built when this module is imported: protoc (grpcio-tools) compiles the
@@ -48,7 +48,7 @@ from .v2_schemas import InferInput, InferParameters, InferRequest, RequestedOutp
 
 log = logging.getLogger("server.access")
 
-PROTO = Path(__file__).parent / "proto" / "grpc_predict_v2.proto"
+PROTO = Path(__file__).parent / "third_party" / "kserve" / "grpc_predict_v2.proto"
 SERVICE = "inference.GRPCInferenceService"
 #: A request's or an answer's bytes besides its tensor: names, shape, parameters.
 ENVELOPE = 64 * 2**10

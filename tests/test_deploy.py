@@ -173,7 +173,8 @@ def test_images_install_exactly_what_pyproject_declares(dockerfile):
         assert [a.strip("\"'") for a in command if not a.startswith("-")] == [target], \
             f"installs the project itself, not a list: {installs[name]}"
         assert "--no-cache-dir" in command
-        copied = {Path(shlex.split(a)[0].rstrip("/")) for a in dockerfile[name].all("COPY")}
+        lineage = [dockerfile[name], *([dockerfile[dockerfile[name].base]] if dockerfile[name].base in dockerfile else [])]
+        copied = {Path(shlex.split(a)[0].rstrip("/")) for s in lineage for a in s.all("COPY")}  # its own, or base's
         assert needed <= copied, f"the {name} stage must copy {sorted(map(str, needed - copied))}"
     assert {"ray", "grpc"} <= set(project["project"]["optional-dependencies"])
     for image in ("server", "trainer", "ray"):
