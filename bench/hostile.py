@@ -8,14 +8,20 @@ Phases (each on a fresh `python -m server` on 127.0.0.1, started from this check
          slowest /healthz answer meanwhile; then four maximal valid JSON bodies (a mel of VOCODER_MAX_FRAMES frames,
          indented) at once, each refused after its parse by an unknown preset (so no synthesis follows): the slowest
          /healthz and /readyz meanwhile, and for a control over 3 s before with nothing else to do.
+  rho:   a default 1 s request alone (twice), then 12 requests for 12 new rho values (1 s mels) at once and, 0.3 s
+         later, the default 1 s request again: its time, and the new-rho requests' statuses and Retry-After.
+  cancel: a default 1 s request alone (twice), then a 20 s request at the quality preset whose client leaves after
+         0.3 s and at once the default 1 s request again: its time, and the engine's cancellation metrics.
 Prints one JSON line per phase and server, with `uptime` (the machine is shared: compare within one run).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -148,7 +154,66 @@ def phase_body(url: str, pid: int, max_frames: int) -> dict:
     return out
 
 
-PHASES = {"body": phase_body}
+def post_mel(url: str, frames: int, **params) -> tuple[httpx.Response, float]:
+    mel = np.random.default_rng(frames).normal(-5, 2, (80, frames)).astype(np.float32)
+    buf = io.BytesIO()
+    np.save(buf, mel, allow_pickle=False)
+    start = time.perf_counter()
+    r = httpx.post(f"{url}/v1/vocode", params=params, content=buf.getvalue(),
+                   headers={"Content-Type": "application/x-npy"}, timeout=600)
+    return r, time.perf_counter() - start
+
+
+def phase_rho(url: str, pid: int, max_frames: int) -> dict:
+    """12 requests for 12 new rho values (1 s mels) at once, and 0.3 s later a default 1 s request."""
+    _, idle = post_mel(url, 86, seed=1)
+    _, idle_again = post_mel(url, 86, seed=1)
+    rhos = [round(0.021 + i / 1000, 3) for i in range(12)]  # distinct on any grid of 2 or more digits
+    new: list = [None] * len(rhos)
+
+    def send(i: int) -> None:
+        new[i] = post_mel(url, 86, rho=rhos[i])
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(rhos))]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    r, default = post_mel(url, 86, seed=1)
+    for t in threads:
+        t.join()
+    metrics = {line.split()[0]: float(line.split()[1]) for line in httpx.get(f"{url}/metrics").text.splitlines()
+               if line.startswith(("vocoder_schedule_build", "vocoder_schedule_cache_misses_total"))}
+    return {"default_status": r.status_code, "default_seconds": round(default, 3),
+            "default_alone_seconds": [round(idle, 3), round(idle_again, 3)],
+            "new_rho_statuses": [x[0].status_code for x in new],
+            "new_rho_retry_after": [x[0].headers.get("retry-after") for x in new],
+            "new_rho_seconds": [round(x[1], 2) for x in new], "all_done_seconds": round(time.perf_counter() - start, 2),
+            "metrics": metrics}
+
+
+def phase_cancel(url: str, pid: int, max_frames: int) -> dict:
+    """A 20 s quality request whose client leaves after 0.3 s, then at once a default 1 s request."""
+    _, idle = post_mel(url, 86, seed=1)
+    _, idle_again = post_mel(url, 86, seed=1)
+    mel = np.random.default_rng(20).normal(-5, 2, (80, 1720)).astype(np.float32)
+    buf = io.BytesIO()
+    np.save(buf, mel, allow_pickle=False)
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(f"POST /v1/vocode?rho=quality&seed=1 HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-npy"
+                     f"\r\nContent-Length: {len(buf.getvalue())}\r\n\r\n".encode() + buf.getvalue())
+        time.sleep(0.3)
+    r, after = post_mel(url, 86, seed=1)
+    time.sleep(1)
+    metrics = {line.split()[0]: float(line.split()[1]) for line in httpx.get(f"{url}/metrics").text.splitlines()
+               if line.startswith(("vocoder_syntheses_cancelled_total", "vocoder_cancel_seconds_sum",
+                                   "vocoder_cancel_seconds_count"))}
+    return {"after_status": r.status_code, "after_seconds": round(after, 3),
+            "alone_seconds": [round(idle, 3), round(idle_again, 3)], "metrics": metrics}
+
+
+PHASES = {"body": phase_body, "cancel": phase_cancel, "rho": phase_rho}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -64,8 +64,13 @@ class Plan:
         return {"method": self.method, **rho, "steps": self.steps, "refine": self.refine}
 
 
+#: Significant digits of a rho a request names (`on_grid`); 3 (`canonical_rho`) for the presets' and stored ones.
+RHO_DIGITS = 2
+
+
 def resolve_rho(vocoder: Vocoder, value: float | str | None) -> float:
-    """A request's rho (number, numeric string, preset name, or None for the default) -> canonical rho."""
+    """A request's rho (number, numeric string, preset name, or None for the default) -> canonical rho: a preset's,
+    the default's or a stored schedule's as it is, any other snapped to the grid (`on_grid`)."""
     presets = vocoder.presets
     if value is None:
         if vocoder.default_rho is None:
@@ -74,10 +79,24 @@ def resolve_rho(vocoder: Vocoder, value: float | str | None) -> float:
     elif isinstance(value, str) and value in presets:
         value = presets[value].rho
     try:
-        return canonical_rho(float(value))
+        value = float(value)
+        rho = canonical_rho(value)
     except (TypeError, ValueError):
         names = "|".join(sorted(presets)) or "no presets"
         raise PlanError("invalid rho", f"rho must be a number in (0, 1) or a preset ({names}), got {value!r}") from None
+    return rho if rho in _kept(vocoder) else canonical_rho(on_grid(value))
+
+
+def on_grid(rho: float) -> float:
+    """rho to `RHO_DIGITS` significant digits (and at most 0.99): every schedule a request can ask for is one of at
+    most 90 a decade, so the server's cache and schedule builds serve a bounded set (`server.schedule_cache`)."""
+    return min(float(f"{rho:.{RHO_DIGITS}g}"), 0.99)
+
+
+def _kept(vocoder: Vocoder) -> set[float]:
+    """The rho values kept off the grid: the presets', the default's and the weights' stored schedules'."""
+    rhos = [p.rho for p in vocoder.presets.values()] + [r for r in [vocoder.default_rho] if r is not None]
+    return {canonical_rho(r) for r in rhos} | set(vocoder.schedules)
 
 
 def resolve_refine(vocoder: Vocoder, rho: float | str | None, refine: int | None) -> int:

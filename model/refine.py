@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .audio import LOG_FLOOR, deemphasis, filterbank, istft, mel_spectrogram, preemphasis, stft
+from .cancel import Check
 from .contract import MelSpec, expand
 
 #: The most one projection raises a band: a band the net left near silence is raised in steps, not at once.
@@ -96,11 +97,12 @@ def mel_gains(frames: torch.Tensor, target: torch.Tensor, fb: torch.Tensor, spre
 
 @torch.inference_mode()
 def project(audio: torch.Tensor, mel: torch.Tensor, spec: MelSpec, iterations: int, momentum: float = MOMENTUM,
-            max_gain: float = MAX_GAIN) -> torch.Tensor:
+            max_gain: float = MAX_GAIN, stop: Check | None = None) -> torch.Tensor:
     """`iterations` projections of audio (B, F * hop) onto the mel (B, n_mels, F) in `spec`'s contract; fp32 in
     [-1, 1]. Zero iterations return the audio unchanged. A pre-emphasising contract's STFT sees the pre-emphasised
     signal, so the projections run on it and the result is de-emphasised. Centred frames: F * hop samples have
-    F + 1 frames, the last past the mel's end, which the projection leaves out."""
+    F + 1 frames, the last past the mel's end, which the projection leaves out. `stop` is called before each
+    projection (`model.cancel`)."""
     if iterations == 0:
         return audio
     samples, n = audio.shape[-1], mel.shape[-1]
@@ -113,6 +115,8 @@ def project(audio: torch.Tensor, mel: torch.Tensor, spec: MelSpec, iterations: i
     gains = lambda x: mel_gains(x, target, fb, spread, max_gain, spec.power, spec.value_floor)  # noqa: E731
     frames, previous = stft(audio, spec)[..., :n], None
     for k in range(iterations):
+        if stop is not None:
+            stop()
         audio = istft(gains(frames) * frames, samples, spec)
         if k + 1 < iterations:
             consistent = stft(audio, spec)[..., :n]

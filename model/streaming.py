@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .cancel import Cancelled
+
 
 #: The first chunk, in mel frames (~1 s at 22050 Hz / hop 256), and the size later chunks double up to (~8 s).
 FIRST_FRAMES = 86
@@ -36,7 +38,7 @@ LARGEST_FRAMES = 688
 RANDN_BLOCK = 16
 
 
-class StreamCancelled(Exception):
+class StreamCancelled(Cancelled):
     """The stream was cancelled (its client went away): no further reverse step runs for it."""
 
 

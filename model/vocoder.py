@@ -14,6 +14,7 @@ import torch
 
 from . import scheduling
 from .audio import MelSpec, resample
+from .cancel import Check
 from .checkpoint import NE_NET, SCHEDULE_NET, SCORE_NET, CheckpointError, load_module, read_config
 from .ne_net import NENet, NENetParams
 from .noise_estimation import DEFAULT_FAMILY, ne_ddpm
@@ -168,20 +169,24 @@ class Vocoder:
 
     def vocode(self, mel: np.ndarray | torch.Tensor, schedule: Schedule | None, seed: Seeds = None,
                sampler: str = "ddpm", noise: NoiseSource | None = None, refine: int = 0,
-               contract: MelSpec | None = None) -> np.ndarray:
+               contract: MelSpec | None = None, stop: Check | None = None) -> np.ndarray:
         """Log-mel (n_mels, F) or (B, n_mels, F) -> float32 audio (F * hop,) or (B, F * hop) in [-1, 1], then
         `refine` mel-consistency projections (`model.refine`). The noise is `seed`'s unless a source of it is given
         (`sampling.ddpm`). No schedule is projection alone (`model.plan.PROJECTION`): the seeded noise, refined, with
         no network at all. A mel in another `contract` than the net's is vocoded in it (`in_contract`): F * its hop
-        samples at its rate."""
+        samples at its rate. `stop` runs after each reverse step and before each projection, and may raise
+        `model.cancel.Cancelled`."""
         iterations, sample_with = refine_iterations(refine), SAMPLERS["noise" if schedule is None else sampler]
         if contract is not None and contract != self.spec:
-            return self.in_contract(mel, contract, lambda m: self.vocode(m, schedule, seed, sampler, noise), iterations)
+            return self.in_contract(mel, contract, lambda m: self.vocode(m, schedule, seed, sampler, noise, stop=stop),
+                                    iterations)
+
+        hook = None if stop is None else lambda _: stop()  # after each reverse step's net (`model.cancel`)
 
         def sample(eps: EpsFn, m: torch.Tensor) -> torch.Tensor:
-            start = sample_with(eps, m, schedule, seed, self.spec.hop, self.score_net.prior, noise)
+            start = sample_with(eps, m, schedule, seed, self.spec.hop, self.score_net.prior, noise, hook)
             with torch.autocast(m.device.type, enabled=False):  # the projection is fp32, whatever the net's precision
-                return project(start, m, self.spec, iterations)
+                return project(start, m, self.spec, iterations, stop=stop)
 
         return self._sample(mel, sample)
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,24 +29,18 @@ from model.plan import BDDM, Plan
 from model.runtime import CUDA_BATCH_WAIT_MS
 from model.scheduling import canonical_rho
 from model.schedules import Schedule
-from model.streaming import Chunk, Stream, StreamCancelled
+from model.cancel import Cancelled, every
+from model.streaming import Chunk, Stream
 from model.vocoder import Vocoder
 
 from .metrics import Metrics
+from .schedule_cache import QueueFull, ScheduleCache
 from .settings import Settings
 
 log = logging.getLogger("server.engine")
 
 #: Frames of the start-up vocode that warms kernels and allocators before /readyz turns 200.
 WARMUP_FRAMES = 16
-
-
-class QueueFull(Exception):
-    """The job queue is at capacity; `retry_after` is a hint in seconds."""
-
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(f"the inference queue is full; retry in {retry_after} s")
-        self.retry_after = retry_after
 
 
 class Unavailable(Exception):
@@ -70,6 +65,9 @@ class Job:
     seed: int | None
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
+    #: Set when nobody waits for the result any more (`model.cancel`): the running synthesis stops at its next step.
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    cancelled_at: float | None = None
     #: A streamed request's job is one chunk of its stream (`model.streaming`), and runs alone.
     stream: Stream | None = None
     chunk: Chunk | None = None
@@ -87,56 +85,10 @@ class Job:
                 and all(j.seed is None and j.stream is None for j in [self, *batch]))
 
 
-class ScheduleCache:
-    """Canonical rho -> Schedule: presets pinned, others in a bounded LRU; one generation per rho at a time."""
-
-    def __init__(self, vocoder: Vocoder, size: int, metrics: Metrics) -> None:
-        self.vocoder, self.size, self.metrics = vocoder, size, metrics
-        self.pinned: dict[float, Schedule] = {}
-        self.lru: OrderedDict[float, Schedule] = OrderedDict()
-        self.pending: dict[float, asyncio.Future] = {}
-
-    def peek(self, rho: float) -> Schedule | None:
-        if rho in self.pinned:
-            return self.pinned[rho]
-        if rho in self.lru:
-            self.lru.move_to_end(rho)
-            return self.lru[rho]
-        return None
-
-    def entries(self) -> dict[float, Schedule]:
-        return {**self.lru, **self.pinned}
-
-    async def get(self, rho: float) -> tuple[Schedule, bool]:
-        """(schedule, hit). Generation runs in a thread; concurrent misses for one rho share it."""
-        if (schedule := self.peek(rho)) is not None:
-            self.metrics.cache_hits.inc()
-            return schedule, True
-        self.metrics.cache_misses.inc()
-        future = self.pending.get(rho)
-        if future is None:
-            future = self.pending[rho] = asyncio.ensure_future(asyncio.to_thread(self.vocoder.schedule, rho))
-            future.add_done_callback(lambda f: self._settle(rho, f))
-        return await asyncio.shield(future), False
-
-    async def pin(self, rho: float) -> Schedule:
-        schedule, _ = await self.get(rho)
-        self.pinned[rho] = schedule
-        self.lru.pop(rho, None)
-        return schedule
-
-    def _settle(self, rho: float, future: asyncio.Future) -> None:
-        del self.pending[rho]
-        if not future.cancelled() and future.exception() is None:
-            self.lru[rho] = future.result()
-            while len(self.lru) > self.size:
-                self.lru.popitem(last=False)
-
-
 class Engine:
     def __init__(self, vocoder: Vocoder, settings: Settings, metrics: Metrics) -> None:
         self.vocoder, self.settings, self.metrics = vocoder, settings, metrics
-        self.cache = ScheduleCache(vocoder, settings.schedule_cache_size, metrics)
+        self.cache = ScheduleCache(vocoder, settings.schedule_cache_size, settings.schedule_queue_size, metrics)
         self.weights_id = weights_id(vocoder.directory)
         self.ready = False
         self.not_ready_reason = "warming up"
@@ -147,6 +99,7 @@ class Engine:
         self._closing = False
         self._last_batch_seconds = 1.0
         self._streams = 0  # streams under way: shutdown lets them finish, as it does queued jobs
+        self._scheduling = 0  # admitted requests waiting for their schedule: they hold a place in the queue
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="vocode")
         self._tasks: list[asyncio.Task] = []
         self.batch_wait_ms = (settings.batch_wait_ms if settings.batch_wait_ms is not None
@@ -205,6 +158,7 @@ class Engine:
             if not job.future.done():
                 job.future.set_exception(Unavailable("the server is shutting down"))
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self.cache.close()
 
     # --- requests ----------------------------------------------------------------------------------
 
@@ -244,13 +198,31 @@ class Engine:
             if not finished:
                 stream.cancel()
 
-    def _submit(self, job: Job, admit: bool = True) -> Job:
-        """Queue a job; a new request (`admit`) is refused while shutting down or when the queue is full."""
-        if admit and self._closing:
+    async def schedule(self, rho: float) -> tuple[Schedule, bool]:
+        """(rho's schedule, cache hit). A request whose schedule must be built holds a place in the job queue while
+        it waits, so it is admitted (or refused with 429) as any other request (`schedule_cache`)."""
+        if (schedule := self.cache.peek(rho)) is not None:
+            self.metrics.cache_hits.inc()
+            return schedule, True
+        self._admit()
+        self._scheduling += 1
+        try:
+            return await self.cache.get(rho)
+        finally:
+            self._scheduling -= 1
+
+    def _admit(self) -> None:
+        """Refuse a new request while shutting down or when the queue (with the requests awaiting a schedule) is full."""
+        if self._closing:
             raise Unavailable("the server is shutting down")
-        if admit and len(self._jobs) >= self.settings.queue_size:
+        if len(self._jobs) + self._scheduling >= self.settings.queue_size:
             per_batch = self._last_batch_seconds * len(self._jobs) / self.settings.max_batch
             raise QueueFull(max(1, math.ceil(per_batch)))
+
+    def _submit(self, job: Job, admit: bool = True) -> Job:
+        """Queue a job; a new request (`admit`) is refused while shutting down or when the queue is full."""
+        if admit:
+            self._admit()
         self._jobs.append(job)
         self.metrics.queue_depth.set(len(self._jobs))
         self._wake.set()
@@ -267,6 +239,9 @@ class Engine:
                 if job in self._jobs:
                     self._jobs.remove(job)
                     self.metrics.queue_depth.set(len(self._jobs))
+                else:  # running, or about to: its synthesis stops at the next step
+                    job.cancelled_at = time.perf_counter()
+                    job.cancelled.set()
         if job.future.cancelled():
             if disconnected is not None and disconnected.done():
                 raise ClientGone("client disconnected")
@@ -336,7 +311,10 @@ class Engine:
         item that does not fit fails, with the 503 of any failed batch."""
         try:
             audio, seconds = await asyncio.get_running_loop().run_in_executor(self._executor, self._synthesize, batch)
-        except StreamCancelled:  # its client went away mid-chunk; the stream's consumer is gone too
+        except Cancelled:  # every client of the batch (or the stream's) went away mid-synthesis: nobody to answer
+            self.metrics.syntheses_cancelled.inc()
+            if all(j.cancelled_at is not None for j in batch):  # a stream's chunk is cancelled by its tape instead
+                self.metrics.cancel_seconds.observe(time.perf_counter() - max(j.cancelled_at for j in batch))
             return
         except Exception as e:  # noqa: BLE001 -- a failed batch fails its requests, never the server
             if isinstance(e, torch.OutOfMemoryError):
@@ -386,7 +364,8 @@ class Engine:
         start = time.perf_counter()
         with torch.inference_mode():
             plan = batch[0].plan
-            audio = self.vocoder.vocode(mel, plan.schedule, [j.seed for j in batch], plan.sampler, refine=plan.refine)
+            audio = self.vocoder.vocode(mel, plan.schedule, [j.seed for j in batch], plan.sampler, refine=plan.refine,
+                                        stop=every([j.cancelled for j in batch]))
         if self.vocoder.device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start

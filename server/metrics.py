@@ -26,6 +26,10 @@ class Metrics:
                                     buckets=BATCH_BUCKETS, registry=r)
         self.cache_hits = Counter("vocoder_schedule_cache_hits", "Schedule cache hits", registry=r)
         self.cache_misses = Counter("vocoder_schedule_cache_misses", "Schedule cache misses", registry=r)
+        self.schedule_builds = Histogram("vocoder_schedule_build_seconds", "Schedules built by the schedule network "
+                                         "(count) and their time", buckets=LATENCY_BUCKETS, registry=r)
+        self.schedule_refusals = Counter("vocoder_schedule_build_refusals", "Requests refused (429) because the "
+                                         "schedule build queue was full", registry=r)
         self.unhandled = Counter("vocoder_unhandled_exceptions", "Requests answered 500 by the last-resort handler",
                                  ["route"], registry=r)
         self.time_to_first_audio = Histogram("vocoder_time_to_first_audio_seconds",
@@ -35,5 +39,9 @@ class Metrics:
                                          registry=r)
         self.out_of_memory = Counter("vocoder_out_of_memory", "Inference batches that ran out of device memory "
                                      "(a batch of several is then retried as two halves)", registry=r)
+        self.syntheses_cancelled = Counter("vocoder_syntheses_cancelled", "Syntheses (a batch, a stream's chunk) "
+                                           "stopped mid-way because nobody waited for them any more", registry=r)
+        self.cancel_seconds = Histogram("vocoder_cancel_seconds", "From the last client of a batch leaving to its "
+                                        "synthesis stopping", buckets=LATENCY_BUCKETS, registry=r)
         self.in_flight = Gauge("vocoder_requests_in_flight", "HTTP requests being handled", registry=r)
         self.queue_depth = Gauge("vocoder_queue_depth", "Jobs waiting for the inference worker", registry=r)

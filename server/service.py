@@ -56,7 +56,7 @@ class Service:
         """(canonical rho, its schedule, cache hit); a rho the weights cannot schedule is a `PlanError`."""
         canonical = resolve_rho(self.engine.vocoder, rho)
         try:
-            schedule, hit = await self.engine.cache.get(canonical)
+            schedule, hit = await self.engine.schedule(canonical)
         except (CheckpointError, ValueError) as e:
             raise PlanError("rho not available", f"cannot make a schedule for rho={canonical:g}: {e}") from None
         return canonical, schedule, hit

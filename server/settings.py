@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     batch_wait_ms: float | None = Field(None, ge=0)
     max_batch: int = Field(8, gt=0)
     schedule_cache_size: int = Field(64, gt=0)
+    #: Builds of schedules the cache lacks, running or waiting (one runs at a time); beyond them: 429.
+    schedule_queue_size: int = Field(2, gt=0)
     api_key: SecretStr | None = None
     request_timeout_s: float = Field(300.0, gt=0)
     shutdown_timeout_s: float = Field(30.0, ge=0)

@@ -168,8 +168,8 @@ def test_schedule_cache_miss_then_hit_canonical_rho(client):
                 return float(line.split()[1])
         raise AssertionError("no cache hit counter")
 
-    r = vocode(client, rho="0.04371")
-    assert r.headers["x-schedule-cache"] == "miss" and r.headers["x-rho"] == "0.0437"
+    r = vocode(client, rho="0.04371")  # on the grid of 2 significant digits (model.plan.on_grid)
+    assert r.headers["x-schedule-cache"] == "miss" and r.headers["x-rho"] == "0.044"
     before = hits()
     r = vocode(client, rho="0.0437")
     assert r.headers["x-schedule-cache"] == "hit" and hits() == before + 1
@@ -177,13 +177,13 @@ def test_schedule_cache_miss_then_hit_canonical_rho(client):
 
 def test_schedules_endpoint(client):
     first = client.get("/v1/schedules?rho=0.0777").json()
-    assert first["rho"] == 0.0777 and first["cached"] is False
+    assert first["rho"] == 0.078 and first["cached"] is False
     assert len(first["beta"]) == len(first["alpha"]) == first["steps"]
     assert np.all(np.diff(first["alpha"]) < 0)  # levels fall from x_1 to x_N
     assert client.get("/v1/schedules?rho=0.0777").json()["cached"] is True
     listed = client.get("/v1/schedules").json()
     by_rho = {s["rho"]: s for s in listed["schedules"]}
-    assert 0.0777 in by_rho
+    assert 0.078 in by_rho
     presets = client.get("/v1/model").json()["presets"]
     for name, p in presets.items():
         assert name in by_rho[p["rho"]]["presets"]
