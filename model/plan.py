@@ -80,11 +80,12 @@ def resolve_rho(vocoder: Vocoder, value: float | str | None) -> float:
         value = presets[value].rho
     try:
         value = float(value)
+        snapped = on_grid(value)  # before canonical_rho, which checks the range: rho goes down, never back
         rho = canonical_rho(value)
     except (TypeError, ValueError):
         names = "|".join(sorted(presets)) or "no presets"
         raise PlanError("invalid rho", f"rho must be a number in (0, 1) or a preset ({names}), got {value!r}") from None
-    return rho if rho in _kept(vocoder) else canonical_rho(on_grid(value))
+    return rho if rho in _kept(vocoder) else canonical_rho(snapped)
 
 
 def on_grid(rho: float) -> float:
