@@ -28,7 +28,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -74,7 +74,7 @@ def gla_grad(voc: Vocoder, mel: torch.Tensor, schedule: Schedule, seed: int, pro
         if schedule.steps - state.n > projected_steps:
             return None
         x0 = project(prior.to_audio(state.x0, mel), mel, voc.spec, iterations)
-        return replace(state, x0=prior.whiten(x0, mel))
+        return state.with_x0(prior.whiten(x0, mel))
 
     return ddpm(windowed_eps(voc.score_net), mel, schedule, seed, voc.spec.hop, prior, hook=project_x0)
 

@@ -2,11 +2,10 @@
 
 `ddpm` and `ddim` run the reverse process n = N..1 of any `Schedule`; `step` is DDPM's reverse update, the one
 place it is written (the BDDM schedule search and noise-estimation sampling take it too). A `Hook`, k-diffusion's
-callback, sees each step's x and x0 estimate and may change either (GLA-Grad and shallow diffusion in
-`bench.refine` are hooks). The score network is applied
-through `windowed_eps`, which splits long inputs into overlapping windows whose margins cover the
-network's receptive field: the result equals one full pass, with memory bounded by the window size,
-so minutes of audio run without seams. It also keeps each window's conditioning (the upsampled mel
+callback, sees each step's x and x0 estimate and may change either (GLA-Grad in `bench.refine` is one, the
+server's cancellation check, `model.cancel`, another). The score network is applied through `windowed_eps`, which
+splits long inputs into overlapping windows whose margins cover the network's receptive field: the result equals
+one full pass, with memory bounded by the window size, so minutes of audio run without seams. It also keeps each window's conditioning (the upsampled mel
 through every layer's projection), which is the same at every step, for the rest of the request.
 """
 
@@ -14,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import torch
@@ -107,19 +106,27 @@ def step(x: torch.Tensor, eps: torch.Tensor, alpha_bar: Coefficient, beta: Coeff
     return x if z is None else x + _operand(sigma, x) * z
 
 
-@dataclass
+@dataclass(frozen=True)
 class State:
     """One reverse step as a hook sees it, in the prior's whitened coordinates: step n (N-1..0 from the noisiest),
-    the level alpha_n, x_n and the net's estimate of x0 (`x0` is computed only when a hook is given)."""
+    the level alpha_n, x_n and the net's eps; `x0` is the estimate they imply (computed only when asked)."""
 
     n: int
     alpha: float
     x: torch.Tensor
-    x0: torch.Tensor
+    eps: torch.Tensor
+
+    @property
+    def x0(self) -> torch.Tensor:
+        return (self.x - math.sqrt(1 - self.alpha**2) * self.eps) / self.alpha
+
+    def with_x0(self, x0: torch.Tensor) -> State:
+        """This step going on from `x0` instead: eps re-derived from x = alpha x0 + sqrt(1 - alpha^2) eps."""
+        return replace(self, eps=(self.x - self.alpha * x0) / math.sqrt(1 - self.alpha**2))
 
 
-#: A per-step hook (k-diffusion's callback): called after the net at each step; returning a State changes x or x0
-#: (the step then goes on from them, eps re-derived from x0), None changes nothing.
+#: A per-step hook (k-diffusion's callback): called after the net at each step; returning a State changes x or
+#: x0 (`State.with_x0`) and the step goes on from them, None changes nothing.
 Hook = Callable[[State], State | None]
 
 
@@ -132,14 +139,9 @@ def _levels(schedule: Schedule, x: torch.Tensor):
 
 
 def _hooked(hook: Hook | None, n: int, alpha: float, x: torch.Tensor, eps: torch.Tensor):
-    """(x, eps) after the hook: eps re-derived from the hook's x0 as x = alpha x0 + sqrt(1 - alpha^2) eps."""
-    if hook is None:
-        return x, eps
-    noise_level = math.sqrt(1 - alpha**2)
-    state = hook(State(n, alpha, x, (x - noise_level * eps) / alpha))
-    if state is None:
-        return x, eps
-    return state.x, (state.x - alpha * state.x0) / noise_level
+    """(x, eps) after the hook, if any."""
+    state = None if hook is None else hook(State(n, alpha, x, eps))
+    return (x, eps) if state is None else (state.x, state.eps)
 
 
 Seeds = int | None | Sequence[int | None]
