@@ -18,6 +18,7 @@ install: $(BIN)/python
 
 install-test: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet --no-deps "coqui-tts==0.28.0" "coqui-tts-trainer==0.4.0"
 
 serve: install
 	$(BIN)/python -m server --host $(HOST) --port $(PORT) $(if $(WEIGHTS),--weights $(WEIGHTS))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
+import numpy as np
 import torch
 
 #: Bounds on a contract (a bad one is a ContractError, the server's 400).
@@ -91,6 +92,11 @@ class MelSpec:
         if self.compression == "db" and self.normalize in ("symmetric", "unit") and self.clip:
             return max(self.floor, 10.0 ** ((self.min_db + self.ref_db) / 20.0))
         return self.floor
+
+    @property
+    def silence(self) -> np.ndarray:
+        """The value each silent band takes in this contract, (n_mels, 1) (what pads a batch's shorter mels)."""
+        return compress(torch.zeros(self.n_mels, 1, dtype=torch.float64), self).numpy()
 
     def frames(self, samples: int) -> int:
         """Frames of a clip of `samples` samples, as the stack that made the contract counts them."""

@@ -68,7 +68,7 @@ def fingerprints(mel: np.ndarray, max_abs: float = 4.0) -> set[str]:
             found.add("log10")
         elif not found and _spread(mel, -4.5, -1.5, 0.6, 1.6, 0.4):
             found.add("log10")
-    if not found and lo < -2.0 and _spread(mel, -0.5, 0.5, 0.6, 1.5, 0.5):
+    if not found and lo < -2.0 and hi < 6.0 and _spread(mel, -2.0, 1.0, 0.6, 1.5, 0.5):
         found.add("meanstd")
     return found
 
@@ -99,8 +99,8 @@ def consistent(mel: np.ndarray, spec: MelSpec) -> str | None:
 
 def check(mel: np.ndarray, spec: MelSpec) -> None:
     """Raise WrongContract naming the likely contract when the values cannot be the declared contract's, or carry
-    another family's fingerprint and not the declared one's (a mean/std fingerprint only against a log: a
-    normalised mel can fall anywhere in a scaled range)."""
+    another family's fingerprint and not the declared one's (a mean/std fingerprint only against ln: a normalised
+    mel can fall anywhere in a scaled range, and a loud log10 mel spreads as one does)."""
     declared = family(spec)
     if declared == "other":
         return
@@ -110,7 +110,7 @@ def check(mel: np.ndarray, spec: MelSpec) -> None:
     if why is not None:
         likely = " or ".join(NAMES[f] for f in sorted(found - {declared})) or NAMES["ln"]
         raise WrongContract(f"{why}: likely {likely}; set mel_format to the contract the mel was made in")
-    others = found - {declared} - ({"meanstd"} if declared.startswith("db-") else set())
+    others = found - {declared} - ({"meanstd"} if declared != "ln" else set())
     if others and declared not in found:
         likely = " or ".join(NAMES[f] for f in sorted(others))
         raise WrongContract(f"these values look like {likely}, not the declared {NAMES.get(declared, declared)}; "

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .audio import N_MELS, SAMPLE_RATE, AudioError, load_audio, mel_spectrogram
+from .detect import transposed
 
 NPY_MAGIC = b"\x93NUMPY"
 #: Dimensions a `.npy` header may declare (numpy's own limit is 64; a mel has 2 or 3).
@@ -38,7 +39,9 @@ def validate_mel(array: np.ndarray, n_mels: int = N_MELS, max_frames: int | None
     if array.ndim == 3 and array.shape[0] == 1:
         array = array[0]
     if array.ndim != 2 or array.shape[0] != n_mels:
-        raise MelError(f"mel must have shape ({n_mels}, frames) or (1, {n_mels}, frames), got {array.shape}")
+        turned = " (it looks transposed: send (n_mels, frames), e.g. Rayhane's saved (frames, 80) arrays .T)" \
+            if transposed(array.shape, n_mels) else ""
+        raise MelError(f"mel must have shape ({n_mels}, frames) or (1, {n_mels}, frames), got {array.shape}{turned}")
     if array.shape[1] == 0:
         raise MelError("mel has zero frames")
     if max_frames is not None and array.shape[1] > max_frames:

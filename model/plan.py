@@ -11,6 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal, get_args
 
+from .contract import ContractError, MelSpec
+from .profiles import DEFAULT as DEFAULT_PROFILE
+from .profiles import Profile
+from .profiles import contract as contract_named
 from .schedules import Schedule
 from .scheduling import canonical_rho
 from .refine import MAX_ITERATIONS
@@ -38,13 +42,16 @@ class PlanError(ValueError):
 @dataclass(frozen=True)
 class Plan:
     """How one request is synthesised: its method and sampler, BDDM's canonical rho and schedule, the refinements
-    after sampling, and the preset it is (a metrics label: a preset's name, `CUSTOM`, or the method's name)."""
+    after sampling, the preset it is (a metrics label: a preset's name, `CUSTOM`, or the method's name), and the mel
+    contract it is vocoded in (None: the net's own; `mel_format` names it: a profile, a registered name, "custom")."""
 
     method: Method
     refine: int
     rho: float | None = None
     schedule: Schedule | None = None
     preset: str = CUSTOM
+    contract: MelSpec | None = None
+    mel_format: str | None = None
 
     @property
     def sampler(self) -> str:
@@ -61,7 +68,8 @@ class Plan:
     def facts(self) -> dict[str, float | int | str]:
         """What a caller is told of the plan (/v1's X-* headers, v2's parameters): projection has no rho."""
         rho = {} if self.rho is None else {"rho": self.rho}
-        return {"method": self.method, **rho, "steps": self.steps, "refine": self.refine}
+        named = {} if self.mel_format is None else {"mel_format": self.mel_format}
+        return {"method": self.method, **rho, "steps": self.steps, "refine": self.refine, **named}
 
 
 #: Significant digits of a rho a request names (`on_grid`); 3 (`canonical_rho`) for the presets' and stored ones.
@@ -116,12 +124,25 @@ def preset_of(vocoder: Vocoder, rho: float) -> str:
     return next((name for name, p in vocoder.presets.items() if canonical_rho(p.rho) == rho), CUSTOM)
 
 
-def plan_for(vocoder: Vocoder, method: Method, rho: float | str | None, refine: int | None) -> Plan:
-    """A request's plan, BDDM's still without its schedule (`Plan.scheduled`); bad knobs raise `PlanError`."""
+def plan_for(vocoder: Vocoder, method: Method, rho: float | str | None, refine: int | None,
+             contract: tuple[str, MelSpec] | None = None) -> Plan:
+    """A request's plan, BDDM's still without its schedule (`Plan.scheduled`); bad knobs raise `PlanError`.
+    `contract`: (name, spec) of the mel's contract (`resolve_contract`), None or the net's own for the usual path."""
     if method not in METHODS:
         raise PlanError("invalid method", f"method must be one of {', '.join(METHODS)}, not {method!r}")
     iterations = resolve_refine(vocoder, rho, refine)
+    name, spec = (None, None) if contract is None or contract[1] == vocoder.spec else contract
     if method == PROJECTION:
-        return Plan(PROJECTION, iterations, preset=PROJECTION)
+        return Plan(PROJECTION, iterations, preset=PROJECTION, contract=spec, mel_format=name)
     canonical = resolve_rho(vocoder, rho)
-    return Plan(BDDM, iterations, canonical, preset=preset_of(vocoder, canonical))
+    return Plan(BDDM, iterations, canonical, preset=preset_of(vocoder, canonical), contract=spec, mel_format=name)
+
+
+def resolve_contract(mel_format: str | dict | None, registered: dict[str, Profile] | None = None) -> tuple[str, MelSpec]:
+    """A request's `mel_format` (a profile's or registered name, a contract object, None for the default profile)
+    -> (its name or "custom", its contract); a bad one is a `PlanError` (400)."""
+    try:
+        spec = contract_named(mel_format, registered)
+    except ContractError as e:
+        raise PlanError("invalid mel_format", str(e)) from None
+    return (DEFAULT_PROFILE if mel_format is None else "custom" if isinstance(mel_format, dict) else mel_format), spec

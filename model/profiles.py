@@ -40,13 +40,16 @@ PROFILES: dict[str, Profile] = {
         "ESPnet2 TTS (LJSpeech recipes), ParallelWaveGAN; send mean/std as a custom contract if normalised",
         "kan-bayashi/ParallelWaveGAN bin/preprocess.py logmelfilterbank (librosa.stft centred, reflect; "
         "log10(max(1e-10, mel)) of the magnitude) with its LJSpeech config (fmin 80, fmax 7600); ESPnet2 "
-        "LogMelFbank gives the same (log_base 10); checked against parallel_wavegan's own code (tests/test_peers.py)"),
+        "LogMelFbank gives the same (log_base 10). Written from that published formula: parallel_wavegan's sdist "
+        "does not build here and ESPnet is too heavy to install for a test (tests/test_contracts.py checks the "
+        "formula in librosa)"),
     "coqui": Profile(
         MelSpec(fmax=11025.0, center=True, compression="db", floor=1e-8, ref_db=20.0, normalize="symmetric"),
         "Coqui TTS (BaseAudioConfig defaults: Tacotron, Glow-TTS, VITS recipes' mel losses)",
         "coqui-ai/TTS TTS/config/shared_configs.py BaseAudioConfig defaults (fft 1024, hop 256, 80 mels, mel_fmax "
         "None = sr / 2, ref_level_db 20, min_level_db -100, spec_gain 20 log10 of max(x, 1e-8), signal_norm "
-        "symmetric to [-4, 4], clip_norm) and AudioProcessor.melspectrogram (librosa.stft centred, reflect); coqui-tts 0.28"),
+        "symmetric to [-4, 4], clip_norm) and AudioProcessor.melspectrogram (librosa.stft centred, reflect); checked "
+        "against coqui-tts 0.28's own AudioProcessor (tests/test_peers.py)"),
     "rayhane": Profile(
         MelSpec(hop=275, n_fft=2048, win=1100, fmin=55.0, fmax=7600.0, center=True, pad_mode="constant",
                 preemphasis=0.97, power=2.0, compression="db", ref_db=20.0, normalize="symmetric"),
@@ -83,13 +86,14 @@ def describe(registered: dict[str, Profile] | None = None) -> dict[str, dict]:
 
 
 def load_directory(directory: str | Path) -> dict[str, Profile]:
-    """Custom contracts from `NAME.json` files (a contract object; "stats": a .npy or .json of {"mean", "std"}
-    beside it, for mean/std normalisation). A missing directory, a bad file or a name clash is a ContractError."""
+    """Custom contracts from `NAME.json` files (a contract object; "stats": a `.npy` of (2, n_mels) or a
+    `.stats.json` of {"mean", "std"} beside it, for mean/std normalisation). A missing directory, a bad file or a
+    name clash is a ContractError."""
     root = Path(directory)
     if not root.is_dir():
         raise ContractError(f"contracts directory {root} does not exist")
     out: dict[str, Profile] = {}
-    for path in sorted(root.glob("*.json")):
+    for path in sorted(p for p in root.glob("*.json") if not p.name.endswith(".stats.json")):
         name = path.stem
         if not set(name) <= NAME_CHARS or name in PROFILES:
             raise ContractError(f"{path}: the name must be [a-z0-9._-] and not a built-in profile's")

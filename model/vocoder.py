@@ -19,7 +19,7 @@ from .checkpoint import NE_NET, SCHEDULE_NET, SCORE_NET, CheckpointError, load_m
 from .ne_net import NENet, NENetParams
 from .noise_estimation import DEFAULT_FAMILY, ne_ddpm
 from .prior import EpsFn
-from .refine import project, reach_frames, refine_iterations
+from .refine import clipped, project, reach_frames, refine_iterations
 from .runtime import (WEIGHTS_ROOT, WHY_NAMED, default_weights, resolve_compile, resolve_device, resolve_dtype,
                       resolve_threads)
 from .sampling import SAMPLERS, NoiseSource, Seeds, windowed_eps
@@ -48,6 +48,10 @@ class Preset:
 
 def as_mel(mel: np.ndarray | torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(np.asarray(mel, dtype=np.float32) if not torch.is_tensor(mel) else mel).float()
+
+
+#: The peak a foreign contract's output beyond full scale is scaled to (`Vocoder.in_contract`).
+PEAK = 0.999
 
 
 @dataclass
@@ -195,7 +199,10 @@ class Vocoder:
         """A mel (n_mels, F) or (B, n_mels, F) in the caller's contract, vocoded in it: read into the net's contract
         (`model.transcode.to_net`), sampled by `vocode` (net audio, unrefined), resampled to the contract's rate and
         cut to F hops, then refined by `iterations` projections in the contract's own STFT against the caller's own
-        mel. Measured against refining in the net's contract first (bench/results/contracts-compare.md)."""
+        mel. Measured against refining in the net's contract first (bench/results/contracts-compare.md). A clipped dB
+        scale (Coqui's, Rayhane's) says loudness only up to its top, and those stacks peak-normalise what they write:
+        an output beyond full scale is scaled to peak `PEAK` rather than clipped (the Rayhane predictions in
+        ../shared/data/tts-mels ask for up to 4x full scale)."""
         mel = as_mel(mel)
         single = mel.dim() == 2
         batch = mel[None] if single else mel
@@ -205,7 +212,11 @@ class Vocoder:
         for i, a in enumerate(audio):
             a = resample(a, self.spec.sample_rate, contract.sample_rate)[:samples]
             fitted[i, :len(a)] = a
-        out = self.refine(fitted, batch, iterations, contract)
+        if not clipped(contract):
+            out = self.refine(fitted, batch, iterations, contract)
+            return out[0] if single else out
+        out = self.refine(fitted, batch, iterations, contract, clamp=False)
+        out = out / np.maximum(1.0, np.abs(out).max(axis=-1, keepdims=True) / PEAK)
         return out[0] if single else out
 
     def vocode_ne(self, mel: np.ndarray | torch.Tensor, steps: int, seed: Seeds = None,
@@ -233,13 +244,13 @@ class Vocoder:
         """The same audio as `vocode(mel, schedule, seed, refine=refine)` (DDPM), as chunks of `first` frames
         doubling up to `largest`, computed one at a time (`model.streaming`). Each chunk's margin covers the reach
         of every reverse step and every refinement. A contract at the net's rate and hop maps frame to frame (one
-        more frame of margin for its reading into the net's, `transcode.to_net`); one at another rate or hop is
-        vocoded whole at the first chunk (`WholeStream`)."""
+        more frame of margin for its reading into the net's, `transcode.to_net`); one at another rate or hop, or a
+        clipped dB scale (peak-normalised whole, `in_contract`), is vocoded whole at the first chunk (`WholeStream`)."""
         steps, iterations = 0 if schedule is None else schedule.steps, refine_iterations(refine)
         spec, vocode = contract or self.spec, (lambda m, noise: self.vocode(m, schedule, noise=noise))
         margin = margin_frames(self.score_net.receptive_field, self.spec.hop, steps)
         if spec != self.spec:
-            if (spec.sample_rate, spec.hop) != (self.spec.sample_rate, self.spec.hop):
+            if (spec.sample_rate, spec.hop) != (self.spec.sample_rate, self.spec.hop) or clipped(spec):
                 return WholeStream(lambda: self.vocode(mel, schedule, seed, refine=iterations, contract=spec),
                                    as_mel(mel).shape[-1], spec.hop, first, largest)
             vocode, margin = (lambda m, noise: self.vocode(to_net(m, spec, self.spec), schedule, noise=noise)), margin + 1
@@ -247,12 +258,12 @@ class Vocoder:
                       reach_frames(spec, iterations), max(steps, 1), first, largest)
 
     def refine(self, audio: np.ndarray, mel: np.ndarray | torch.Tensor, iterations: int,
-               contract: MelSpec | None = None) -> np.ndarray:
+               contract: MelSpec | None = None, clamp: bool = True) -> np.ndarray:
         """`iterations` mel-consistency projections (`model.refine.project`) of audio (F * hop,) or (B, F * hop)
         onto its mel in `contract` (the net's by default), on this device in fp32."""
         mel, audio = as_mel(mel), torch.as_tensor(audio)
         single = audio.dim() == 1
         audio, mel = (audio[None], mel[None]) if single else (audio, mel)
         out = project(audio.to(self.device), mel.to(self.device), contract or self.spec,
-                      refine_iterations(iterations)).cpu().numpy()
+                      refine_iterations(iterations), clamp=clamp).cpu().numpy()
         return out[0] if single else out

@@ -1,7 +1,8 @@
 """Run the server: `python -m server [--host H] [--port P] [--weights DIR] [--device auto|cpu|cuda]`.
 
 Flags override VOCODER_* environment variables. The weights are loaded before the socket opens, so
-missing or corrupt weights end the process at once with a one-line message and exit code 2.
+missing or corrupt weights, or a bad VOCODER_CONTRACTS_DIR, end the process at once with a one-line message and
+exit code 2.
 SIGTERM drains: uvicorn stops accepting and finishes in-flight requests, then the lifespan waits for
 the queue, both within VOCODER_SHUTDOWN_TIMEOUT_S.
 """
@@ -18,9 +19,10 @@ import uvicorn
 from pydantic import ValidationError
 
 from model.checkpoint import CheckpointError
+from model.contract import ContractError
 
 from .app import create_app, grpc_front
-from .settings import Settings, load_vocoder
+from .settings import Settings, load_contracts, load_vocoder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,11 +46,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
     try:
+        contracts = load_contracts(settings)
+    except ContractError as e:
+        print(f"error: bad contracts directory (VOCODER_CONTRACTS_DIR): {e}", file=sys.stderr)
+        return 2
+    try:
         vocoder = load_vocoder(settings)
     except CheckpointError as e:
         print(f"error: cannot load weights: {e}", file=sys.stderr)
         return 2
-    app = create_app(settings, vocoder)
+    app = create_app(settings, vocoder, contracts=contracts)
     # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal: make that a clean exit, not a kill.
     signal.signal(signal.SIGTERM, _exit_cleanly)
     try:

@@ -27,7 +27,10 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model.audio import AudioError, load_audio, mel_spectrogram
+from model.contract import MelSpec
+from model.detect import WrongContract
 from model.plan import BDDM, Method, PlanError
+from model.profiles import describe
 from model.refine import MAX_ITERATIONS
 from model.scheduling import canonical_rho
 from model.vocoder import Vocoder
@@ -39,7 +42,7 @@ from .engine import ClientGone, Engine, QueueFull, Unavailable
 from .metrics import Metrics
 from .schemas import MAX_SEED, ErrorOut, Health, ModelInfo, Preset, ScheduleList, ScheduleOut, ScheduleSummary
 from .service import Planned, Service
-from .settings import Settings, load_vocoder
+from .settings import CONTRACT_VALUES, Settings, frames_in, load_contracts, load_vocoder
 
 if TYPE_CHECKING:
     import grpc
@@ -115,6 +118,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def bad_plan(_: Request, e: PlanError) -> JSONResponse:
         return error_response(400, e.title, str(e))
 
+    @app.exception_handler(WrongContract)
+    async def wrong_contract(_: Request, e: WrongContract) -> JSONResponse:
+        return error_response(422, "wrong mel contract", str(e))
+
     @app.exception_handler(ClientGone)
     async def client_gone(_: Request, e: ClientGone) -> Response:
         return Response(status_code=499)  # nobody is left to read it: a log line and a metric
@@ -143,6 +150,9 @@ MethodQuery = Annotated[Method, Query(description="bddm: the score net on rho's 
                                                         "`refine` projections; projection: `refine` projections of "
                                                         "seeded noise onto the mel, no network (0 steps)")]
 Seed = Annotated[int | None, Query(ge=0, le=MAX_SEED, description="same seed, rho and device give the same bytes")]
+MelFormat = Annotated[str | None, Query(max_length=64, description="the mel's contract: a profile (hifigan, "
+                                        "tacotron2, espnet, coqui, rayhane, bigvgan-24k; GET /v1/model) or a "
+                                        "registered name; default: the net's own. A JSON body may send an object")]
 
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key), Depends(reject_unknown_query)], responses=ERRORS)
 
@@ -151,34 +161,41 @@ BINARY = {"schema": {"type": "string", "format": "binary"}}
 MEL_JSON = {"schema": {"type": "object", "required": ["mel"], "properties": {
     "mel": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}, "description": "(80, frames)"},
     "rho": {"type": ["number", "string"]}, "seed": {"type": "integer", "minimum": 0},
-    "refine": {"type": "integer", "minimum": 0, "maximum": MAX_ITERATIONS}}}}
+    "refine": {"type": "integer", "minimum": 0, "maximum": MAX_ITERATIONS},
+    "mel_format": {"type": ["string", "object"], "description": "a profile's name or a contract object"}}}}
 
 
-async def read_mel(request: Request, service: Service, rho: str | None, seed: int | None,
-                   refine: int | None) -> tuple[np.ndarray, str | float | None, int | None, int | None]:
-    """The request's mel (a .npy or JSON body, validated against the limits) and its knobs: the query's, else the JSON
-    body's."""
+async def read_mel(request: Request, service: Service, rho: str | None, seed: int | None, refine: int | None,
+                   mel_format: str | None) -> tuple[np.ndarray, str | float | None, int | None, int | None,
+                                                   tuple[str, MelSpec]]:
+    """The request's mel (a .npy or JSON body, validated against the limits in its contract) and its knobs: the
+    query's, else the JSON body's. A .npy body names its contract in the query only (a name, not an object); a JSON
+    body may hold up to `CONTRACT_VALUES` times the net's values per second, and its contract's limit follows."""
     settings: Settings = request.app.state.settings
     kind = codec.require_media_type(request, codec.NPY_TYPES | {codec.JSON_TYPE},
                                     "a .npy mel as application/x-npy, or application/json {\"mel\": [[...], ...]}")
-    n_mels = service.engine.vocoder.spec.n_mels
+    net = service.engine.vocoder.spec
     if kind == codec.JSON_TYPE:  # parsed off the event loop, as each decoder below
-        limit = codec.json_limit(n_mels, settings.max_frames, settings.max_body_bytes)
+        n_values = CONTRACT_VALUES * net.n_mels
+        limit = codec.json_limit(n_values, settings.max_frames, settings.max_body_bytes)
         body = await codec.read_body(request, limit, f"JSON body (a mel of {settings.max_frames} frames)")
-        mel, parsed = await codec.off_loop(codec.decode_json, body, n_mels, settings.max_frames)
+        mel, parsed = await codec.off_loop(codec.decode_json, body, n_values * settings.max_frames)
         rho, seed = rho if rho is not None else parsed.rho, seed if seed is not None else parsed.seed
         refine = refine if refine is not None else parsed.refine
+        contract = service.contract(mel_format if mel_format is not None else parsed.mel_format)
+        mel = codec.json_mel(mel, contract[1].n_mels)
     else:
+        contract = service.contract(mel_format)
         body = await codec.read_body(request, settings.max_body_bytes)
-        mel = await codec.off_loop(codec.decode_npy, body, n_mels)
-    codec.check_frames(mel, settings.max_frames)
-    request.state.log.update(frames=mel.shape[-1], seeded=seed is not None)
-    return mel, rho, seed, refine
+        mel = await codec.off_loop(codec.decode_npy, body, contract[1].n_mels)
+    codec.check_frames(mel, frames_in(settings, net, contract[1]), contract[1])
+    request.state.log.update(frames=mel.shape[-1], seeded=seed is not None, mel_format=contract[0])
+    return mel, rho, seed, refine, contract
 
 
 #: /v1's header for each of the plan's facts (`Planned.facts`).
 HEADERS = {"method": "X-Method", "steps": "X-Diffusion-Steps", "rho": "X-Rho", "schedule_cache": "X-Schedule-Cache",
-           "refine": "X-Refine-Iterations"}
+           "refine": "X-Refine-Iterations", "mel_format": "X-Mel-Format"}
 
 
 def plan_headers(request: Request, planned: Planned, samples: int, sample_rate: int) -> dict[str, str]:
@@ -197,11 +214,12 @@ def plan_headers(request: Request, planned: Planned, samples: int, sample_rate: 
                      "`format`, `encoding` and `sample_rate` (`server.formats`).")
 async def vocode(request: Request, service: Annotated[Service, Depends(ready_service)],
                  output: Annotated[formats.Output, Depends(formats.vocode_output)], rho: Rho = None,
-                 seed: Seed = None, refine: Refine = None, method: MethodQuery = BDDM) -> Response:
-    mel, rho, seed, refine = await read_mel(request, service, rho, seed, refine)
+                 seed: Seed = None, refine: Refine = None, method: MethodQuery = BDDM,
+                 mel_format: MelFormat = None) -> Response:
+    mel, rho, seed, refine, contract = await read_mel(request, service, rho, seed, refine, mel_format)
     async with watching(request) as watcher:
-        done = await service.vocode([mel], method, rho, refine, seed, watcher)
-    (result,), rate = done.results, service.engine.vocoder.spec.sample_rate
+        done = await service.vocode([mel], method, rho, refine, seed, watcher, contract)
+    (result,), rate = done.results, contract[1].sample_rate
     audio = await asyncio.to_thread(output.encode, result.audio, rate)
     request.state.log.update(batch=result.batch_size, synthesis_s=round(result.synthesis_seconds, 4))
     return Response(audio, media_type=output.media_type, headers={
@@ -221,14 +239,15 @@ async def vocode(request: Request, service: Annotated[Service, Depends(ready_ser
                      "format=flac or ogg-opus is a 400 here.")
 async def vocode_stream(request: Request, service: Annotated[Service, Depends(ready_service)],
                         output: Annotated[formats.Output, Depends(formats.stream_output)], rho: Rho = None,
-                        seed: Seed = None, refine: Refine = None, method: MethodQuery = BDDM) -> StreamingResponse:
-    mel, rho, seed, refine = await read_mel(request, service, rho, seed, refine)
-    spec = service.engine.vocoder.spec
+                        seed: Seed = None, refine: Refine = None, method: MethodQuery = BDDM,
+                        mel_format: MelFormat = None) -> StreamingResponse:
+    mel, rho, seed, refine, contract = await read_mel(request, service, rho, seed, refine, mel_format)
+    spec = contract[1]
     request.state.log.update(streamed=True)
     # the first chunk before the first byte: a refusal or failure is still a JSON error; from the first byte on, the
     # streaming response itself listens for the client leaving
     async with watching(request) as watcher:
-        streamed = await service.stream(mel, method, rho, refine, seed, watcher)
+        streamed = await service.stream(mel, method, rho, refine, seed, watcher, contract)
     first_audio_s = time.perf_counter() - request.state.started
     service.engine.metrics.time_to_first_audio.labels(preset=streamed.planned.plan.preset).observe(first_audio_s)
     request.state.log.update(first_audio_s=round(first_audio_s, 4))
@@ -249,26 +268,28 @@ async def vocode_stream(request: Request, service: Annotated[Service, Depends(re
         **plan_headers(request, streamed.planned, samples, spec.sample_rate), "X-Accel-Buffering": "no"})
 
 
-@v1.post("/mel", response_class=Response, summary="audio (wav/flac) -> the .npy log-mel the vocoder expects",
+@v1.post("/mel", response_class=Response, summary="audio (wav/flac) -> the .npy mel in a contract",
          responses={200: {"content": {codec.NPY_MEDIA: {}}}},
          openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": BINARY}}},
-         description="Body: wav or flac bytes as audio/wav, audio/flac or application/octet-stream.")
-async def mel(request: Request, engine: Annotated[Engine, Depends(engine_of)]) -> Response:
+         description="Body: wav or flac bytes as audio/wav, audio/flac or application/octet-stream. `mel_format`: "
+                     "the contract to compute it in (default: the net's), to check a TTS pipeline against ours.")
+async def mel(request: Request, engine: Annotated[Engine, Depends(engine_of)], mel_format: MelFormat = None) -> Response:
     settings: Settings = request.app.state.settings
     codec.require_media_type(request, codec.AUDIO_TYPES, "audio/wav or audio/flac")
+    spec = request.app.state.service.contract(mel_format)[1]
     body = bytes(await codec.read_body(request, settings.max_body_bytes))
-    spec = engine.vocoder.spec
+    limit = frames_in(settings, engine.vocoder.spec, spec)
     declared = codec.audio_frames(body, spec.sample_rate, spec.hop)
-    if declared is not None and declared > settings.max_frames:
-        raise ApiError(413, "audio too long", f"{declared} frames; the limit is {settings.max_frames}")
+    if declared is not None and declared > limit:
+        raise ApiError(413, "audio too long", f"{declared} frames; the limit is {limit}")
     try:
         wav = await asyncio.to_thread(load_audio, body, spec.sample_rate)
     except AudioError as e:
         raise ApiError(422, "invalid audio", str(e)) from None
     if len(wav) < spec.hop:
         raise ApiError(422, "invalid audio", f"audio shorter than one frame ({spec.hop} samples)")
-    if len(wav) // spec.hop > settings.max_frames:
-        raise ApiError(413, "audio too long", f"{len(wav) // spec.hop} frames; the limit is {settings.max_frames}")
+    if spec.frames(len(wav)) > limit:
+        raise ApiError(413, "audio too long", f"{spec.frames(len(wav))} frames; the limit is {limit}")
     mel_ = await asyncio.to_thread(lambda: mel_spectrogram(wav, spec).numpy())
     request.state.log.update(frames=mel_.shape[-1])
     return Response(codec.encode_npy(mel_), media_type=codec.NPY_MEDIA, headers={"X-Frames": str(mel_.shape[-1])})
@@ -290,7 +311,7 @@ async def schedules(request: Request, engine: Annotated[Engine, Depends(engine_o
 
 
 @v1.get("/model", response_model=ModelInfo, summary="audio settings, weights id, default rho and presets")
-async def model_info(engine: Annotated[Engine, Depends(engine_of)]) -> ModelInfo:
+async def model_info(request: Request, engine: Annotated[Engine, Depends(engine_of)]) -> ModelInfo:
     voc, spec = engine.vocoder, engine.vocoder.spec
     presets = {}
     for name, preset in voc.presets.items():
@@ -302,7 +323,8 @@ async def model_info(engine: Annotated[Engine, Depends(engine_of)]) -> ModelInfo
                      sample_rate=spec.sample_rate, hop=spec.hop,
                      n_mels=spec.n_mels, n_fft=spec.n_fft, fmin=spec.fmin, fmax=spec.fmax,
                      default_rho=voc.default_rho, default_refine=voc.default_refine, max_refine=MAX_ITERATIONS,
-                     presets=presets, max_frames=engine.settings.max_frames)
+                     presets=presets, max_frames=engine.settings.max_frames,
+                     profiles=describe(request.app.state.service.contracts))
 
 
 def grpc_front() -> ModuleType:
@@ -321,8 +343,9 @@ async def start_grpc(app: FastAPI, port: int) -> grpc.aio.Server:
 
 
 def create_app(settings: Settings | None = None, vocoder: Vocoder | None = None,
-               serve_when_ready: bool = False) -> FastAPI:
-    """The app; the vocoder is loaded in the lifespan unless one is passed (`python -m server` loads it first).
+               serve_when_ready: bool = False, contracts: dict | None = None) -> FastAPI:
+    """The app; the vocoder (and VOCODER_CONTRACTS_DIR's contracts) are loaded in the lifespan unless passed
+    (`python -m server` loads them first).
     `serve_when_ready`: the lifespan's start-up also waits for the warm-up, for a host that routes requests to an
     app as soon as it has started and has no readiness probe (Ray Serve, `server.ray_app`)."""
     settings = settings or Settings()
@@ -332,7 +355,7 @@ def create_app(settings: Settings | None = None, vocoder: Vocoder | None = None,
     async def lifespan(app: FastAPI):
         voc = vocoder or await asyncio.to_thread(load_vocoder, settings)
         engine = app.state.engine = Engine(voc, settings, metrics)
-        app.state.service = Service(engine)
+        app.state.service = Service(engine, contracts if contracts is not None else load_contracts(settings))
         await engine.start()
         if serve_when_ready and not await engine.warmed_up():
             raise RuntimeError(engine.not_ready_reason)

@@ -16,6 +16,7 @@ import soundfile as sf
 from fastapi import Request
 from pydantic import ValidationError
 
+from model.contract import MelSpec
 from model.mel import MelError, parse_mel_npy, validate_mel
 
 from . import jsonparse
@@ -85,10 +86,10 @@ async def read_body(request: Request, limit: int, what: str = "request body") ->
     return body
 
 
-def check_frames(mel: np.ndarray, max_frames: int) -> np.ndarray:
+def check_frames(mel: np.ndarray, max_frames: int, spec: MelSpec = MelSpec()) -> np.ndarray:
     if mel.shape[-1] > max_frames:
         raise ApiError(413, "mel too long", f"the mel has {mel.shape[-1]} frames; this server accepts at most "
-                       f"{max_frames} (~{max_frames * 256 / 22050:.0f} s of audio)")
+                       f"{max_frames} (~{max_frames * spec.hop / spec.sample_rate:.0f} s of audio)")
     return mel
 
 
@@ -120,14 +121,16 @@ def parse_json(body: bytes | bytearray, max_values: int):
     return jsonparse.loads(body)
 
 
-def decode_json(body: bytes | bytearray, n_mels: int, max_frames: int) -> tuple[np.ndarray, VocodeBody]:
-    """A JSON {"mel": [[...], ...], "rho": ..., "seed": ..., "refine": ...} -> (float32 mel, its knobs)."""
+def decode_json(body: bytes | bytearray, max_values: int) -> tuple[np.ndarray, VocodeBody]:
+    """A JSON {"mel": [[...], ...], "rho": ..., "seed": ..., "refine": ..., "mel_format": ...} of at most
+    `max_values` numbers -> (its mel as float32, still to be checked in its contract by `json_mel`; its knobs)."""
     try:
-        doc = parse_json(body, n_mels * max_frames)
+        doc = parse_json(body, max_values)
     except JsonError as e:
         raise ApiError(422, "invalid JSON body", str(e)) from None
     if not isinstance(doc, dict) or "mel" not in doc:
-        raise ApiError(422, "invalid JSON body", 'the body is an object {"mel": [[...], ...]} (and rho, seed, refine)')
+        raise ApiError(422, "invalid JSON body", 'the body is an object {"mel": [[...], ...]} (and rho, seed, refine, '
+                       'mel_format)')
     try:
         mel = jsonparse.numbers(doc.pop("mel"), "mel")
     except JsonError as e:
@@ -137,11 +140,16 @@ def decode_json(body: bytes | bytearray, n_mels: int, max_frames: int) -> tuple[
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
-        if first["loc"] and first["loc"][0] in ("rho", "seed", "refine"):  # a bad knob, as in the query: 400
+        if first["loc"] and first["loc"][0] in ("rho", "seed", "refine", "mel_format"):  # a bad knob: 400
             raise ApiError(400, f"invalid {first['loc'][0]}", f"{where}: {first['msg']}") from None
         raise ApiError(422, "invalid JSON body", f"{where}: {first['msg']}") from None
+    return mel, parsed
+
+
+def json_mel(mel: np.ndarray, n_mels: int) -> np.ndarray:
+    """A JSON body's mel checked as float32 (n_mels, F) in its contract."""
     try:
-        return validate_mel(mel, n_mels), parsed
+        return validate_mel(mel, n_mels)
     except MelError as e:
         raise ApiError(422, "invalid mel", str(e)) from None
 

@@ -80,8 +80,8 @@ class Job:
         """Unseeded jobs with the same schedule and refinements batch together, whatever their lengths (module
         docstring)."""
         first = batch[0].plan
-        return ((self.plan.method, self.plan.rho, self.plan.steps, self.plan.refine)
-                == (first.method, first.rho, first.steps, first.refine)
+        return ((self.plan.method, self.plan.rho, self.plan.steps, self.plan.refine, self.plan.contract)
+                == (first.method, first.rho, first.steps, first.refine, first.contract)
                 and all(j.seed is None and j.stream is None for j in [self, *batch]))
 
 
@@ -181,7 +181,7 @@ class Engine:
         consumer stops (its client went away) the stream is cancelled: its queued chunk is dropped, and the
         running one stops before its next reverse step.
         """
-        stream = self.vocoder.stream(mel, plan.schedule, seed, plan.refine)
+        stream = self.vocoder.stream(mel, plan.schedule, seed, plan.refine, contract=plan.contract)
         loop, finished = asyncio.get_running_loop(), False
         self._streams += 1
         try:
@@ -342,7 +342,8 @@ class Engine:
         steps = batch[0].plan.steps
         self.metrics.synthesis_duration.labels(steps=str(steps)).observe(seconds)
         for job, wav in zip(batch, audio):
-            self.metrics.real_time_factor.observe(seconds / (len(wav) / self.vocoder.spec.sample_rate))
+            rate = (batch[0].plan.contract or self.vocoder.spec).sample_rate
+            self.metrics.real_time_factor.observe(seconds / (len(wav) / rate))
             if not job.future.done():
                 job.future.set_result(Result(wav, seconds, len(batch)))
 
@@ -357,17 +358,18 @@ class Engine:
             if self.vocoder.device.type == "cuda":
                 torch.cuda.synchronize()
             return [audio], time.perf_counter() - start
-        frames = max(j.frames for j in batch)
+        frames, plan = max(j.frames for j in batch), batch[0].plan
         mel = np.full((len(batch), batch[0].mel.shape[0], frames), math.log(LOG_FLOOR), np.float32)
+        if plan.contract is not None:
+            mel[:] = plan.contract.silence
         for i, job in enumerate(batch):
             mel[i, :, :job.frames] = job.mel
         start = time.perf_counter()
         with torch.inference_mode():
-            plan = batch[0].plan
             audio = self.vocoder.vocode(mel, plan.schedule, [j.seed for j in batch], plan.sampler, refine=plan.refine,
-                                        stop=every([j.cancelled for j in batch]))
+                                        stop=every([j.cancelled for j in batch]), contract=plan.contract)
         if self.vocoder.device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-        hop = self.vocoder.spec.hop
+        hop = (plan.contract or self.vocoder.spec).hop
         return [audio[i, :job.frames * hop] for i, job in enumerate(batch)], seconds

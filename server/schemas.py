@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from model.refine import MAX_ITERATIONS
@@ -17,6 +19,8 @@ class VocodeBody(BaseModel):
     rho: float | str | None = Field(None, description="BDDM threshold in (0, 1) or a preset name")
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     refine: int | None = Field(None, ge=0, le=MAX_ITERATIONS, description="mel-consistency refinements after sampling")
+    mel_format: str | dict[str, Any] | None = Field(None, description="the mel's contract: a profile's name "
+                                                    "(GET /v1/model), a registered one's, or a contract object")
 
 
 class ErrorOut(BaseModel):
@@ -74,4 +78,7 @@ class ModelInfo(BaseModel):
     default_refine: int = Field(description="the refinements of a request that names no preset nor refine")
     max_refine: int = Field(description="the most refinements a request may ask for")
     presets: dict[str, Preset]
-    max_frames: int
+    max_frames: int = Field(description="the longest mel in the net's contract; another contract's limit is as many "
+                                        "seconds of audio at its own hop")
+    profiles: dict[str, dict[str, Any]] = Field(description="mel_format names: each profile's and registered "
+                                                           "contract's stacks, source and fields")

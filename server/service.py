@@ -16,7 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from model.checkpoint import CheckpointError
-from model.plan import BDDM, Method, Plan, PlanError, plan_for, resolve_rho
+from model.contract import MelSpec
+from model.detect import check as check_contract
+from model.plan import BDDM, Method, Plan, PlanError, plan_for, resolve_contract, resolve_rho
+from model.profiles import Profile
 from model.schedules import Schedule
 
 from .engine import Engine, Result
@@ -49,8 +52,15 @@ class Streamed:
 
 
 class Service:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, engine: Engine, contracts: dict[str, Profile] | None = None) -> None:
+        self.engine, self.contracts = engine, contracts or {}
+
+    def contract(self, mel_format: str | dict | None) -> tuple[str, MelSpec]:
+        """(name, contract) of a request's `mel_format`: a profile, a contract registered at start-up
+        (VOCODER_CONTRACTS_DIR), a contract object, or None for the net's own; a bad one is a `PlanError`."""
+        if mel_format is None:
+            return "native", self.engine.vocoder.spec
+        return resolve_contract(mel_format, self.contracts)
 
     async def schedule(self, rho: float | str | None) -> tuple[float, Schedule, bool]:
         """(canonical rho, its schedule, cache hit); a rho the weights cannot schedule is a `PlanError`."""
@@ -61,8 +71,9 @@ class Service:
             raise PlanError("rho not available", f"cannot make a schedule for rho={canonical:g}: {e}") from None
         return canonical, schedule, hit
 
-    async def plan(self, method: Method, rho: float | str | None, refine: int | None) -> Planned:
-        plan = plan_for(self.engine.vocoder, method, rho, refine)
+    async def plan(self, method: Method, rho: float | str | None, refine: int | None,
+                   contract: tuple[str, MelSpec] | None = None) -> Planned:
+        plan = plan_for(self.engine.vocoder, method, rho, refine, contract)
         if plan.method != BDDM:
             return Planned(plan)
         _, schedule, hit = await self.schedule(plan.rho)
@@ -70,11 +81,14 @@ class Service:
 
     async def vocode(self, mels: Sequence[np.ndarray], method: Method = BDDM, rho: float | str | None = None,
                      refine: int | None = None, seed: int | None = None,
-                     disconnected: asyncio.Future | None = None) -> Vocoded:
+                     disconnected: asyncio.Future | None = None, contract: tuple[str, MelSpec] | None = None) -> Vocoded:
         """Each mel (n_mels, F) as its own engine job, item b seeded with seed + b (unseeded items micro-batch
         together; seeded ones run alone). The first refusal (429, 503) or `ClientGone` cancels the rest, which frees
-        their queue slots, and is raised."""
-        planned = await self.plan(method, rho, refine)
+        their queue slots, and is raised. A mel whose values are another contract's than `contract` (`self.contract`;
+        None: the net's) is a `model.detect.WrongContract` (422)."""
+        for mel in mels:
+            check_contract(mel, (contract or self.contract(None))[1])
+        planned = await self.plan(method, rho, refine, contract)
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(self.engine.vocode(mel, planned.plan, None if seed is None else seed + b,
@@ -86,9 +100,10 @@ class Service:
 
     async def stream(self, mel: np.ndarray, method: Method = BDDM, rho: float | str | None = None,
                      refine: int | None = None, seed: int | None = None,
-                     disconnected: asyncio.Future | None = None) -> Streamed:
+                     disconnected: asyncio.Future | None = None, contract: tuple[str, MelSpec] | None = None) -> Streamed:
         """The audio of `vocode([mel], ...)` chunk by chunk (`Engine.stream`); `disconnected` is watched until the
         first chunk is out, the caller's to watch after."""
-        planned = await self.plan(method, rho, refine)
+        check_contract(mel, (contract or self.contract(None))[1])
+        planned = await self.plan(method, rho, refine, contract)
         chunks = self.engine.stream(mel, planned.plan, seed, disconnected)
         return Streamed(planned, await anext(chunks), chunks)

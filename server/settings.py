@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from model.contract import MelSpec
+from model.profiles import Profile, load_directory
 from model.runtime import WEIGHTS_ROOT
 from model.vocoder import Vocoder
 
@@ -31,8 +33,11 @@ class Settings(BaseSettings):
     threads: int | None = Field(None, gt=0)
     #: torch.compile the score net's step (auto: on CUDA only); the compile runs in the warm-up, before /readyz.
     compile: Literal["auto", "on", "off"] = "auto"
-    #: Longest mel accepted, in frames (86 frames ~ 1 s at 22050 Hz / hop 256): ~2 minutes.
+    #: Longest mel accepted, in frames of the net's contract (86 frames ~ 1 s at 22050 Hz / hop 256): ~2 minutes;
+    #: a mel in another contract may last as many seconds (`frames_in`).
     max_frames: int = Field(86 * 120, gt=0)
+    #: Custom mel contracts registered by name at start-up: NAME.json files (`model.profiles.load_directory`).
+    contracts_dir: Path | None = None
     #: Largest request body; a 2-minute float32 mel is ~3.3 MB, as JSON ~10 MB, as 16-bit WAV ~5.3 MB.
     max_body_bytes: int = Field(32 * 2**20, gt=0)
     #: Jobs waiting for the inference worker before new requests get 429.
@@ -49,6 +54,21 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(300.0, gt=0)
     shutdown_timeout_s: float = Field(30.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+#: A JSON body's bound on its values, in the net's values per second: room for a contract with more bands or
+#: frames per second (bigvgan-24k's 100 bands at 24 kHz are 1.4 times the net's); the contract's own limit follows.
+CONTRACT_VALUES = 2
+
+
+def frames_in(settings: Settings, net: MelSpec, contract: MelSpec) -> int:
+    """VOCODER_MAX_FRAMES, counted in the net's frames, as frames of `contract`: the same seconds of audio."""
+    return max(1, settings.max_frames * net.hop * contract.sample_rate // (net.sample_rate * contract.hop))
+
+
+def load_contracts(settings: Settings) -> dict[str, Profile]:
+    """The contracts registered from VOCODER_CONTRACTS_DIR (none when unset); a bad directory is a ContractError."""
+    return {} if settings.contracts_dir is None else load_directory(settings.contracts_dir)
 
 
 def load_vocoder(settings: Settings) -> Vocoder:

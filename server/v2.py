@@ -24,6 +24,7 @@ from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
 from model.audio import pcm16
+from model.contract import MelSpec
 from model.mel import MelError, validate_mel
 
 from . import codec, formats, jsonparse
@@ -33,6 +34,7 @@ from .engine import Engine, Result
 from .jsonparse import JsonError
 from .schemas import MAX_SEED
 from .service import Service
+from .settings import CONTRACT_VALUES, frames_in
 from .v2_schemas import (InferOutput, InferParameters, InferRequest, InferResponse, ModelMetadata, ServerMetadata,
                          TensorMetadata, V2Error)
 
@@ -129,6 +131,7 @@ class Call:
     request: InferRequest
     mels: np.ndarray  # float32 [B, n_mels, F]
     binary: bool  # answer with the binary extension
+    contract: tuple[str, MelSpec] | None = None  # the mels' (name, contract) where `mel_format` was resolved
 
 
 def check_signature(request: InferRequest, n_mels: int, max_items: int) -> list[int]:
@@ -167,8 +170,12 @@ def check_mels(request: InferRequest, values: np.ndarray, n_mels: int, max_frame
     return mels
 
 
-def parse_infer(body: bytes | bytearray, header_length: str | None, n_mels: int, max_frames: int, max_items: int) -> Call:
-    """The JSON header (all of `body` without the binary extension) and the `mel` tensor, as 400s when wrong."""
+def parse_infer(body: bytes | bytearray, header_length: str | None, n_mels: int, max_frames: int, max_items: int,
+                contract_of: Callable[[Any], tuple[str, MelSpec]] | None = None,
+                frames_of: Callable[[MelSpec], int] | None = None) -> Call:
+    """The JSON header (all of `body` without the binary extension) and the `mel` tensor, as 400s when wrong. With
+    `contract_of`, the parameters' `mel_format` names the contract whose n_mels and frame limit (`frames_of`) the
+    tensor is checked in; `n_mels` x `max_frames` then only bounds the JSON's values."""
     json_part, binary_part = body, b""
     if header_length is not None:
         if not (BYTE_COUNT.fullmatch(header_length) and int(header_length) <= len(body)):
@@ -181,6 +188,9 @@ def parse_infer(body: bytes | bytearray, header_length: str | None, n_mels: int,
         first = e.errors()[0] if isinstance(e, ValidationError) else {"loc": (), "msg": str(e)}
         raise ApiError(400, "invalid inference request",
                        f"{'.'.join(map(str, first['loc'])) or 'body'}: {first['msg']}") from None
+    contract = None if contract_of is None else contract_of(request.parameters.mel_format)
+    if contract is not None:
+        n_mels, max_frames = contract[1].n_mels, frames_of(contract[1])
     shape = check_signature(request, n_mels, max_items)
     (tensor,) = request.inputs
     count = math.prod(shape)
@@ -200,7 +210,7 @@ def parse_infer(body: bytes | bytearray, header_length: str | None, n_mels: int,
     mels = check_mels(request, values, n_mels, max_frames)
     params = request.parameters
     binary = params.binary_data_output or any(o.parameters.binary_data for o in request.outputs or [])
-    return Call(request, mels, binary)
+    return Call(request, mels, binary, contract)
 
 
 def audio_tensor(results: list[Result], native: int, rate: int, datatype: str) -> np.ndarray:
@@ -253,18 +263,21 @@ async def infer(request: Request, engine: Annotated[Engine, Depends(served_engin
     settings = request.app.state.settings
     header_length, n_mels = request.headers.get(HEADER_LENGTH), engine.vocoder.spec.n_mels
     if header_length is None:  # all JSON: at most one longest mel's text, however it is batched
-        limit = codec.json_limit(n_mels, settings.max_frames, settings.max_body_bytes)
+        limit = codec.json_limit(CONTRACT_VALUES * n_mels, settings.max_frames, settings.max_body_bytes)
         body = await codec.read_body(request, limit, f"JSON body (a mel of {settings.max_frames} frames in all)")
     else:
         body = await codec.read_body(request, settings.max_body_bytes)
-    call = await codec.off_loop(parse_infer, body, header_length, n_mels, settings.max_frames, settings.queue_size)
-    params: InferParameters = call.request.parameters
-    native = engine.vocoder.spec.sample_rate
-    rate = formats.check_rate(params.sample_rate) or native
     service: Service = request.app.state.service
+    call = await codec.off_loop(parse_infer, body, header_length, CONTRACT_VALUES * n_mels, settings.max_frames,
+                                settings.queue_size, service.contract,
+                                lambda spec: frames_in(settings, engine.vocoder.spec, spec))
+    params: InferParameters = call.request.parameters
+    native = call.contract[1].sample_rate
+    rate = formats.check_rate(params.sample_rate) or native
     request.state.log.update(frames=call.mels.shape[-1], batch_items=len(call.mels), seeded=params.seed is not None)
     async with watching(request) as watcher:
-        done = await service.vocode(call.mels, params.method, params.rho, params.refine, params.seed, watcher)
+        done = await service.vocode(call.mels, params.method, params.rho, params.refine, params.seed, watcher,
+                                    call.contract)
     plan = done.planned.plan
     request.state.log.update(rho=plan.rho, steps=plan.steps, refine=plan.refine)
     audio = await asyncio.to_thread(audio_tensor, done.results, native, rate, params.audio_datatype)

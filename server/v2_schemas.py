@@ -50,6 +50,8 @@ class InferParameters(BaseModel):
                                "sampling, as /v1's refine; default: the preset's, or the default preset's")
     method: Method = Field(BDDM, description="as /v1's method")
     sample_rate: int | None = Field(None, description="output rate, as /v1/vocode's sample_rate")
+    mel_format: str | dict[str, Any] | None = Field(None, description="the mel's contract, as /v1's mel_format: "
+                                                    "a profile's or registered name, or a contract object")
     audio_datatype: Literal["FP32", "INT16"] = Field("FP32", description="INT16: quantised as /v1's pcm16")
     binary_data_output: bool = Field(False, description="every output as binary data (Triton's extension)")
 

@@ -145,3 +145,23 @@ def test_page_and_examples_are_served(url: str):
                          headers={"Content-Type": "application/x-npy"}, timeout=120)
     assert example.status_code == 200
     assert httpx.get(url + "/demo/examples/..%2Fapp.py").status_code == 404
+
+
+def test_a_mel_format_is_offered_and_used_for_the_upload_and_the_audio(url: str, browser, tmp_path: Path):
+    wav = tmp_path / "speech.wav"
+    sf.write(wav, voiced_tone(SECONDS), SAMPLE_RATE)
+    rayhane = httpx.get(f"{url}/v1/model").json()["profiles"]["rayhane"]["contract"]
+    frames = 1 + int(SECONDS * SAMPLE_RATE) // rayhane["hop"]  # centred frames
+    page = browser.new_page()
+    page.goto(url + "/")
+    page.wait_for_selector("#mel-format option[value=rayhane]")
+    page.select_option("#mel-format", "rayhane")
+    page.set_input_files("#file", str(wav))
+    page.wait_for_function(f"document.getElementById('input-info').textContent.includes('x {frames} mel')")
+    page.wait_for_selector("#presets button[data-preset=fast]")
+    page.click("#presets button[data-preset=fast]")
+    page.click("#vocode")
+    page.wait_for_function("[...document.querySelectorAll('#results audio')].some(a => a.duration > 0)")
+    duration = page.eval_on_selector("#results audio", "a => a.duration")
+    assert duration == pytest.approx(frames * rayhane["hop"] / rayhane["sample_rate"], abs=1e-3)
+    assert page.text_content("#error") == ""

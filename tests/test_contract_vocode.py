@@ -72,3 +72,22 @@ def test_reading_into_the_nets_contract_keeps_the_sound_and_covers_the_duration(
         n = min(read.shape[-1], ref.shape[-1])
         loud = ref[:, :n] > -6
         assert (read[:, :n] - ref[:, :n])[loud].abs().mean() < 0.5, name  # within 0.5 nats where it is heard
+
+
+def test_the_synth_cli_vocodes_in_a_named_contract_and_refuses_a_wrong_one(tiny_weights, tmp_path):
+    import subprocess
+    import sys
+
+    import soundfile as sf
+    from conftest import REPO
+
+    spec = PROFILES["rayhane"].spec
+    np.save(tmp_path / "mel.npy", clip_mel("rayhane", 0.5).numpy())
+    base = [sys.executable, "-m", "model.synth", str(tmp_path / "mel.npy"), "-o", str(tmp_path / "out.wav"),
+            "--weights", str(tiny_weights), "--preset", "fast", "--device", "cpu"]
+    ok = subprocess.run([*base, "--mel-format", "rayhane"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    audio, rate = sf.read(tmp_path / "out.wav")
+    assert (len(audio), rate) == (clip_mel("rayhane", 0.5).shape[-1] * spec.hop, spec.sample_rate)
+    wrong = subprocess.run(base, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert wrong.returncode == 2 and "rayhane" in wrong.stderr and len(wrong.stderr.strip().splitlines()) == 1

@@ -333,3 +333,61 @@ def test_openapi_no_server_errors(client, mode):
 
     check()
     assert_still_serving(client)
+
+
+# --- mel_format: names, contract objects, and the odd contracts they make ---------------------------
+
+CONTRACT_FIELDS = ["sample_rate", "hop", "n_fft", "n_mels", "fmin", "fmax", "win", "window", "center", "pad_mode",
+                   "preemphasis", "mel_scale", "mel_norm", "power", "compression", "floor", "ref_db", "normalize",
+                   "mean", "std", "min_db", "max_abs", "clip", "stats", "bogus"]
+
+
+@FUZZ
+@given(mel_format=json_value | st.dictionaries(st.sampled_from(CONTRACT_FIELDS), json_value, max_size=6))
+def test_vocode_random_mel_format_in_the_body(client, mel_format):
+    doc = {"mel": mel(2).tolist(), "mel_format": mel_format}
+    r = client.post("/v1/vocode", content=json.dumps(doc), headers={"Content-Type": "application/json"},
+                    params={"method": "projection", "refine": 1})
+    if r.status_code != 200:
+        assert_refused(r)
+    assert_still_serving(client, every=8)
+
+
+@FUZZ
+@given(name=st.text(max_size=70))
+def test_vocode_and_mel_random_mel_format_names(client, name):
+    r = client.post("/v1/vocode", content=npy(mel(2)), headers=NPY, params={"mel_format": name, "refine": 1})
+    if r.status_code != 200:
+        assert_refused(r)
+    r = client.post("/v1/mel", content=wav_bytes(0.1), headers={"Content-Type": "audio/wav"}, params={"mel_format": name})
+    if r.status_code != 200:
+        assert_refused(r)
+    assert_still_serving(client, every=8)
+
+
+contracts = st.fixed_dictionaries({}, optional={
+    "sample_rate": st.sampled_from([8000, 16000, 22050, 24000, 44100, 48000, 7999, 48001]),
+    "hop": st.integers(-1, 1200), "n_fft": st.sampled_from([16, 64, 256, 512, 1024, 2048, 8192, 8193]),
+    "win": st.none() | st.integers(0, 2048), "n_mels": st.integers(0, 260), "fmin": st.floats(-10, 9000),
+    "fmax": st.floats(0, 25000), "center": st.booleans(), "pad_mode": st.sampled_from(["reflect", "constant"]),
+    "preemphasis": st.floats(-0.5, 1.0), "power": st.sampled_from([1, 2, 1.5]),
+    "compression": st.sampled_from(["ln", "log10", "db"]),
+    "normalize": st.sampled_from(["none", "symmetric", "unit", "meanstd"]),
+    "mel_scale": st.sampled_from(["slaney", "htk"]), "mel_norm": st.sampled_from(["slaney", "none"]),
+    "floor": st.floats(1e-13, 0.2)})
+
+
+@settings(FUZZ, max_examples=40)
+@given(contract=contracts, frames=st.integers(1, 6), level=st.floats(-12, 4))
+def test_vocode_random_custom_contracts(client, contract, frames, level):
+    """Any contract object: a 400 naming the field, a 422 for a mel it cannot be, or audio of frames x its hop."""
+    n_mels = contract.get("n_mels", 80) if isinstance(contract.get("n_mels", 80), int) else 80
+    body = {"mel": np.full((max(n_mels, 1), frames), level).tolist(), "mel_format": contract}
+    r = client.post("/v1/vocode", content=json.dumps(body), headers={"Content-Type": "application/json"},
+                    params={"method": "projection", "refine": 2})
+    if r.status_code == 200:
+        audio, sr = sf.read(io.BytesIO(r.content))
+        assert sr == contract.get("sample_rate", SAMPLE_RATE) and len(audio) == frames * contract.get("hop", 256)
+    else:
+        assert_refused(r)
+    assert_still_serving(client, every=8)
