@@ -89,5 +89,7 @@ def test_the_synth_cli_vocodes_in_a_named_contract_and_refuses_a_wrong_one(tiny_
     assert ok.returncode == 0, ok.stderr
     audio, rate = sf.read(tmp_path / "out.wav")
     assert (len(audio), rate) == (clip_mel("rayhane", 0.5).shape[-1] * spec.hop, spec.sample_rate)
-    wrong = subprocess.run(base, cwd=REPO, capture_output=True, text=True, timeout=300)
+    predicted = SHARED_DATA.parent / "tts-mels" / "ru-rayhane-2.npy"  # a Rayhane prediction, sent as the net's
+    wrong = subprocess.run([*base[:3], str(predicted), *base[4:]], cwd=REPO, capture_output=True, text=True,
+                           timeout=300)
     assert wrong.returncode == 2 and "rayhane" in wrong.stderr and len(wrong.stderr.strip().splitlines()) == 1
