@@ -36,6 +36,8 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_tools import protoc
 from pydantic import ValidationError
 
+from model.contract import MelSpec
+from model.detect import WrongContract
 from model.plan import PlanError
 
 from . import formats
@@ -43,6 +45,7 @@ from .codec import ApiError
 from .deps import require_ready
 from .engine import Engine, QueueFull, Unavailable
 from .service import Service
+from .settings import CONTRACT_VALUES, frames_in
 from .v2 import INPUT, OUTPUT, audio_tensor, check_mels, check_model, check_signature, model_name
 from .v2_schemas import InferInput, InferParameters, InferRequest, RequestedOutput
 
@@ -94,8 +97,10 @@ def refusal(e: Exception) -> Refusal | None:
     if isinstance(e, ApiError):
         retry = e.headers.get("Retry-After")
         return Refusal(STATUS[e.status], f"{e.error}: {e.detail}", int(retry) if retry else None)
-    if isinstance(e, PlanError):  # the request's knobs: rho, refine, method
+    if isinstance(e, PlanError):  # the request's knobs: rho, refine, method, mel_format
         return Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"{e.title}: {e}")
+    if isinstance(e, WrongContract):  # REST's 422
+        return Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"wrong mel contract: {e}")
     if isinstance(e, QueueFull):
         return Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e), e.retry_after)
     if isinstance(e, Unavailable):
@@ -147,8 +152,10 @@ def infer_parameter(value: bool | int | float | str) -> Any:
     return pb.InferParameter(string_param=f"{value:g}" if isinstance(value, float) else value)
 
 
-def read_infer(request: Any, n_mels: int, max_frames: int, max_items: int) -> tuple[InferRequest, np.ndarray]:
-    """A ModelInferRequest as `/v2`'s typed request and its mels [B, n_mels, F], with /v2's checks."""
+def read_infer(request: Any, contract_of: Callable[[Any], tuple[str, MelSpec]], frames_of: Callable[[MelSpec], int],
+               max_items: int) -> tuple[InferRequest, np.ndarray, tuple[str, MelSpec]]:
+    """A ModelInferRequest as `/v2`'s typed request, its mels [B, n_mels, F] and their contract (`mel_format`'s, a
+    name here; `contract_of`), with /v2's checks in that contract's mel count and frame limit (`frames_of`)."""
     try:
         parsed = InferRequest(
             id=request.id or None, parameters=InferParameters.model_validate(parameters_of(request.parameters)),
@@ -161,6 +168,8 @@ def read_infer(request: Any, n_mels: int, max_frames: int, max_items: int) -> tu
     if any(t.parameters for t in request.inputs) or any(o.parameters for o in request.outputs):
         raise ApiError(400, "invalid parameters", "tensors take no parameters here (no shared memory, no "
                                                   "classification): the data goes in raw_input_contents")
+    contract = contract_of(parsed.parameters.mel_format)
+    n_mels, max_frames = contract[1].n_mels, frames_of(contract[1])
     shape = check_signature(parsed, n_mels, max_items)
     tensor, raw = request.inputs[0], request.raw_input_contents
     if raw:
@@ -170,7 +179,7 @@ def read_infer(request: Any, n_mels: int, max_frames: int, max_items: int) -> tu
         values = np.frombuffer(raw[0], "<f4")
     else:
         values = np.asarray(tensor.contents.fp32_contents, np.float32)
-    return parsed, check_mels(parsed, values, n_mels, max_frames)
+    return parsed, check_mels(parsed, values, n_mels, max_frames), contract
 
 
 class Inference:
@@ -183,6 +192,10 @@ class Inference:
     @property
     def engine(self) -> Engine:
         return self.app.state.engine
+
+    @property
+    def service(self) -> Service:
+        return self.app.state.service
 
     async def server_live(self, request: Any, fields: dict) -> Any:
         return pb.ServerLiveResponse(live=True)
@@ -207,18 +220,19 @@ class Inference:
     async def model_infer(self, request: Any, fields: dict) -> Any:
         """`/v2/models/{name}/infer`: each item an engine job, seeded seed + b; `fields` go to the log line."""
         engine = require_ready(check_model(self.engine, request.model_name))
-        settings = self.app.state.settings
-        parsed, mels = read_infer(request, engine.vocoder.spec.n_mels, settings.max_frames, settings.queue_size)
+        settings, service = self.app.state.settings, self.service
+        parsed, mels, contract = read_infer(request, service.contract,
+                                            lambda spec: frames_in(settings, engine.vocoder.spec, spec),
+                                            settings.queue_size)
         params = parsed.parameters
-        native = engine.vocoder.spec.sample_rate
-        rate = formats.check_rate(params.sample_rate) or native
-        service: Service = self.app.state.service
+        rate = formats.check_rate(params.sample_rate) or contract[1].sample_rate
         fields.update(frames=mels.shape[-1], batch_items=len(mels), seeded=params.seed is not None)
         # no disconnect future: the client going away cancels this task, and the engine drops its queued jobs
-        done = await service.vocode(mels, params.method, params.rho, params.refine, params.seed)
+        done = await service.vocode(mels, params.method, params.rho, params.refine, params.seed, None, contract)
         plan = done.planned.plan
         fields.update(rho=plan.rho, steps=plan.steps, refine=plan.refine)
-        audio = await asyncio.to_thread(audio_tensor, done.results, native, rate, params.audio_datatype)
+        audio = await asyncio.to_thread(audio_tensor, done.results, contract[1].sample_rate, rate,
+                                        params.audio_datatype)
         return pb.ModelInferResponse(
             model_name=model_name(engine), id=request.id,
             parameters={k: infer_parameter(v) for k, v in {**done.planned.facts(), "sample_rate": rate}.items()},
@@ -281,10 +295,12 @@ def handler(app: Any) -> grpc.GenericRpcHandler:
 
 
 def message_limits(max_frames: int, n_mels: int, hop: int, native_rate: int) -> tuple[int, int]:
-    """(receive, send) bytes: a request holds at most one VOCODER_MAX_FRAMES mel in FP32 (a batch shares it), and
-    an answer that mel's audio in FP32 at the highest output rate; each with ENVELOPE for the rest."""
-    frames = max_frames + ENVELOPE // (4 * n_mels)  # what the receive limit lets through
-    return 4 * n_mels * max_frames + ENVELOPE, 4 * math.ceil(frames * hop * max(formats.RATES) / native_rate) + ENVELOPE
+    """(receive, send) bytes: a request holds at most CONTRACT_VALUES times the values of one VOCODER_MAX_FRAMES mel
+    in FP32 (REST's JSON bound: room for a contract with more bands or frames per second; a batch shares it), and an
+    answer the audio of that many of the net's frames in FP32 at the highest output rate; each with ENVELOPE."""
+    frames = CONTRACT_VALUES * max_frames + ENVELOPE // (4 * n_mels)  # what the receive limit lets through
+    return (4 * CONTRACT_VALUES * n_mels * max_frames + ENVELOPE,
+            4 * math.ceil(frames * hop * max(formats.RATES) / native_rate) + ENVELOPE)
 
 
 async def serve(app: Any, port: int) -> tuple[grpc.aio.Server, int]:

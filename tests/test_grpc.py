@@ -8,6 +8,7 @@ Each answer is held to /v1/vocode's samples for the same seed, on the same serve
 
 from __future__ import annotations
 
+import io
 import signal
 import threading
 import time
@@ -16,6 +17,7 @@ import grpc
 import httpx
 import numpy as np
 import pytest
+import soundfile as sf
 import tritonclient.grpc as triton
 from google.rpc import error_details_pb2, status_pb2
 from tritonclient.grpc import service_pb2
@@ -24,8 +26,10 @@ from tritonclient.utils import InferenceServerException
 from bench.common import free_port, wait_ready
 from conftest import serving
 from model.audio import HOP, N_MELS, SAMPLE_RATE, pcm16
+from model.profiles import PROFILES
 from server import Settings, create_app
 from server.grpc_v2 import SERVICE, message_limits, pb
+from server.settings import CONTRACT_VALUES
 from test_faults import start_server
 from test_server_api import full_queue, gate_vocoder
 from test_v2 import NPY, mel, npy, v1
@@ -133,6 +137,34 @@ def test_fp32_contents_are_raw_contents(server, client, name):
     assert np.array_equal(np.frombuffer(response.raw_output_contents[0], "<i2"), v1(server[0], m, seed=4))
 
 
+@pytest.mark.parametrize("profile", ["rayhane", "bigvgan-24k"])  # dB-scaled [-4, 4]; 100 bands at 24 kHz
+def test_mel_format_is_v1s(server, client, name, profile):
+    """A profile's mel, named by the string parameter mel_format: /v1's samples for the seed, at the profile's rate;
+    an unknown name is INVALID_ARGUMENT."""
+    from test_contract_api import clip_mel
+
+    m, spec = clip_mel(profile, 0.3), PROFILES[profile].spec
+    r = httpx.post(f"{server[0]}/v1/vocode", params={"mel_format": profile, "rho": "fast", "seed": 5},
+                   content=npy(m), headers=NPY, timeout=120)
+    assert r.status_code == 200, r.text
+    expected, rate = sf.read(io.BytesIO(r.content), dtype="int16")
+    result = infer(client, name, m[None], mel_format=profile, rho="fast", seed=5, audio_datatype="INT16")
+    assert rate == spec.sample_rate and result.get_response().parameters["sample_rate"].int64_param == rate
+    assert np.array_equal(result.as_numpy("audio")[0], expected)
+    with pytest.raises(InferenceServerException, match="mel_format") as e:
+        infer(client, name, m[None], mel_format="no-such-profile")
+    assert e.value.status() == "StatusCode.INVALID_ARGUMENT"
+
+
+def test_a_wrong_contract_is_invalid_argument_naming_the_likely_one(client, name):
+    from test_contract_api import TTS_MELS
+
+    m = np.load(TTS_MELS / "ru-rayhane-2.npy")[:, :MAX_FRAMES]  # a TTS model's prediction, in Rayhane's dB scale
+    with pytest.raises(InferenceServerException, match="wrong mel contract.*rayhane") as e:
+        infer(client, name, m[None].astype(np.float32), rho="fast")  # sent as the net's own contract
+    assert e.value.status() == "StatusCode.INVALID_ARGUMENT"
+
+
 def test_a_bad_request_from_tritonclient_is_invalid_argument(client, name):
     m = mel(4)[None]
     for parameters, needle in (({"rho": "fastest"}, "rho"), ({"preset": "fast"}, "preset"),
@@ -174,7 +206,7 @@ BAD = {  # name: (request, status, words in the message)
                           "INVALID_ARGUMENT", "no shared memory"),
     "unknown-model": (pb.ModelInferRequest(model_name="nope"), "NOT_FOUND", "serves the model 'weights'"),
     # over the message limit VOCODER_MAX_FRAMES sets: grpcio's own answer, before the service sees it
-    "over-the-message-limit": (request((1, N_MELS, 2 * MAX_FRAMES)), "RESOURCE_EXHAUSTED", "larger than max"),
+    "over-the-message-limit": (request((1, N_MELS, 3 * MAX_FRAMES)), "RESOURCE_EXHAUSTED", "larger than max"),
 }
 
 
@@ -188,7 +220,7 @@ def test_bad_requests_get_their_status_and_the_server_goes_on(server, client, ca
 
 def test_message_limits_follow_max_frames():
     receive, send = message_limits(MAX_FRAMES, N_MELS, HOP, SAMPLE_RATE)
-    assert 4 * N_MELS * MAX_FRAMES < receive < 4 * N_MELS * 2 * MAX_FRAMES
+    assert 4 * N_MELS * CONTRACT_VALUES * MAX_FRAMES < receive < 4 * N_MELS * 3 * MAX_FRAMES  # as REST's JSON bound
     assert send > 4 * (receive // (4 * N_MELS)) * HOP * 48000 / SAMPLE_RATE  # the longest answer, at 48 kHz in FP32
 
 
