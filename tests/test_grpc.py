@@ -289,7 +289,7 @@ def test_a_client_that_gives_up_frees_its_queue_slot(tiny_weights, monkeypatch):
 
 
 def test_sigterm_drains_an_rpc_in_flight(tiny_weights, monkeypatch):
-    """`python -m server` with VOCODER_GRPC_PORT: SIGTERM lets a ModelInfer under way finish, then the process exits 0."""
+    """`python -m server` with VOCODER_GRPC_PORT: SIGTERM lets a ModelInfer under way finish, then it exits 0."""
     port, grpc_port = free_port(), free_port()
     monkeypatch.setenv("VOCODER_GRPC_PORT", str(grpc_port))
     url, proc = f"http://127.0.0.1:{port}", start_server(tiny_weights, port)
