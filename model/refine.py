@@ -61,7 +61,8 @@ def reach_frames(spec: MelSpec, iterations: int) -> int:
 def _spread(spec: MelSpec) -> np.ndarray:
     """S, (bins, n_mels): each linear bin's gain as the filterbank-weighted mean of its bands' gains. A bin no
     band covers (DC, and above fmax) holds the gain of the band whose centre is nearest, so nothing divides by
-    zero and the top band's gain carries on above fmax."""
+    zero and the top band's gain carries on above fmax; but a bin below a contract's fmin > 0 gets none (gain 0):
+    holding the lowest band's gain there kept a rumble under 80 Hz that took ESPnet's PESQ-WB from 4.0 to 1.6."""
     fb = filterbank(spec).astype(np.float64)
     weight = fb.sum(axis=0)
     spread = np.zeros_like(fb.T)
@@ -69,7 +70,8 @@ def _spread(spec: MelSpec) -> np.ndarray:
     spread[covered] = fb.T[covered] / weight[covered, None]
     bins = np.arange(fb.shape[1])
     centres = (fb * bins).sum(axis=1) / fb.sum(axis=1)
-    for b in bins[~covered]:
+    below_fmin = bins * spec.sample_rate / spec.n_fft < spec.fmin
+    for b in bins[~covered & ~below_fmin]:
         spread[b, np.argmin(np.abs(centres - b))] = 1.0
     return spread.astype(np.float32)
 

@@ -113,7 +113,7 @@ def test_projection_in_each_contract_keeps_a_recording_and_pulls_noise_toward_th
     audio = torch.from_numpy(wav[:frames * spec.hop])[None]
     mel = mel_spectrogram(audio, spec)[..., :frames]
     kept = project(audio, mel, spec, 2)
-    assert (kept - audio).abs().max() < 0.02
+    assert (kept - audio).abs().max() < 0.03  # what lies below a contract's fmin > 0 is not kept
     noise = 0.1 * torch.randn(1, frames * spec.hop, generator=torch.Generator().manual_seed(0))
     assert distance(project(noise, mel, spec, 16), mel, spec) < 0.5 * distance(noise, mel, spec)
 
