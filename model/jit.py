@@ -12,5 +12,6 @@ os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(tempfile.gettempdir(), "nu
 
 import numba  # noqa: E402
 
-#: A compiled kernel: nopython, its machine code cached on disk between processes.
-njit = numba.njit(cache=True)
+#: A compiled kernel: nopython, its machine code cached on disk between processes, and the GIL released while it
+#: runs, so requests' kernels run side by side on a server's threads.
+njit = numba.njit(cache=True, nogil=True)

@@ -21,12 +21,12 @@ from .refine import MAX_ITERATIONS
 from .vocoder import Vocoder
 
 #: bddm: the score net on rho's schedule, then the refinements; projection: the refinements alone, applied to
-#: seeded noise with no network and no diffusion step (`model.refine`).
+#: the mel's coherent start (`model.phase`) with no network and no diffusion step (`model.refine`).
 Method = Literal["bddm", "projection"]
 METHODS: tuple[Method, ...] = get_args(Method)
 BDDM, PROJECTION = METHODS
-#: Each method's sampler (`model.sampling.SAMPLERS`).
-SAMPLER = {BDDM: "ddpm", PROJECTION: "noise"}
+#: Each method's start: BDDM's sampler (`model.sampling.SAMPLERS`); projection's is PGHI (`model.phase`).
+SAMPLER = {BDDM: "ddpm", PROJECTION: "pghi"}
 #: The preset label of a rho that is none of the presets'.
 CUSTOM = "custom"
 
@@ -108,15 +108,37 @@ def _kept(vocoder: Vocoder) -> set[float]:
     return {canonical_rho(r) for r in rhos} | set(vocoder.schedules)
 
 
-def resolve_refine(vocoder: Vocoder, rho: float | str | None, refine: int | None) -> int:
-    """The refinements a request gets: its own `refine`, else its preset's, else (no rho, or a numeric one) the
-    default preset's."""
+def resolve_method(vocoder: Vocoder, method: Method | None, rho: float | str | None) -> Method:
+    """A request's method: as named; unnamed, BDDM where rho is a number (a numeric rho is BDDM's threshold), else
+    the device's default (`Vocoder.default_method`: projection on a CPU, as measured)."""
+    if method is None:
+        numeric = rho is not None and not (isinstance(rho, str) and rho in vocoder.presets)
+        return BDDM if numeric and _is_number(rho) else vocoder.default_method
+    if method not in METHODS:
+        raise PlanError("invalid method", f"method must be one of {', '.join(METHODS)}, not {method!r}")
+    return method
+
+
+def _is_number(value: float | str) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def resolve_refine(vocoder: Vocoder, method: Method, rho: float | str | None, refine: int | None) -> int:
+    """The refinements a request gets: its own `refine`, else its preset's for its method (BDDM's refinements after
+    the net, projection's projections of the coherent start), else (no rho, or a numeric one) the default preset's."""
     if refine is not None:
         if not 0 <= refine <= MAX_ITERATIONS:
             raise PlanError("invalid refine", f"refine must be 0..{MAX_ITERATIONS}, not {refine}")
         return refine
     preset = vocoder.presets.get(rho) if isinstance(rho, str) else None
-    return preset.refine if preset is not None else vocoder.default_refine
+    preset = preset or vocoder.presets.get(vocoder.default_preset or "")
+    if preset is None:
+        return vocoder.default_refine if method == BDDM else 0
+    return preset.refine if method == BDDM else preset.projections
 
 
 def preset_of(vocoder: Vocoder, rho: float) -> str:
@@ -124,13 +146,17 @@ def preset_of(vocoder: Vocoder, rho: float) -> str:
     return next((name for name, p in vocoder.presets.items() if canonical_rho(p.rho) == rho), CUSTOM)
 
 
-def plan_for(vocoder: Vocoder, method: Method, rho: float | str | None, refine: int | None,
+def plan_for(vocoder: Vocoder, method: Method | None, rho: float | str | None, refine: int | None,
              contract: tuple[str, MelSpec] | None = None) -> Plan:
-    """A request's plan, BDDM's still without its schedule (`Plan.scheduled`); bad knobs raise `PlanError`.
-    `contract`: (name, spec) of the mel's contract (`resolve_contract`), None or the net's own for the usual path."""
-    if method not in METHODS:
-        raise PlanError("invalid method", f"method must be one of {', '.join(METHODS)}, not {method!r}")
-    iterations = resolve_refine(vocoder, rho, refine)
+    """A request's plan, BDDM's still without its schedule (`Plan.scheduled`); no method is the default one
+    (`resolve_method`); bad knobs raise `PlanError`. `contract`: (name, spec) of the mel's contract
+    (`resolve_contract`), None or the net's own for the usual path."""
+    method = resolve_method(vocoder, method, rho)
+    if method == PROJECTION and rho is not None and not (isinstance(rho, str) and rho in vocoder.presets):
+        names = "|".join(sorted(vocoder.presets)) or "no presets"
+        raise PlanError("invalid rho", f"method=projection takes a preset ({names}) or no rho, not {rho!r}: a numeric "
+                                       "rho is BDDM's threshold")
+    iterations = resolve_refine(vocoder, method, rho, refine)
     name, spec = (None, None) if contract is None or contract[1] == vocoder.spec else contract
     if method == PROJECTION:
         return Plan(PROJECTION, iterations, preset=PROJECTION, contract=spec, mel_format=name)

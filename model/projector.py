@@ -15,34 +15,57 @@ It computes what `refine.project` computes, to float32 rounding (tests/test_proj
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from functools import lru_cache
+from typing import TypeVar
 
 import numpy as np
 import torch
 
-from .audio import LOG_FLOOR, MelSpec
+from .audio import deemphasis, filterbank, preemphasis, window
+from .cancel import Check
+from .contract import MelSpec
 from .jit import njit
-from .phase import bands
+from .score_net_cpu import workers
+
+T, R = TypeVar("T"), TypeVar("R")
+
+
+@lru_cache(maxsize=8)
+def bands(spec: MelSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The filterbank by its nonzero ranges: (first bin, stop bin) per band, the weights (n_mels, widest) from each
+    band's first bin, and for each bin the band whose centre is nearest (a bin no band covers takes its level; -1
+    below a contract's fmin > 0, which takes none, as `refine._spread` says why)."""
+    fb = filterbank(spec)
+    nonzero = [np.flatnonzero(row) for row in fb]
+    start = np.array([n[0] if n.size else 0 for n in nonzero], np.int64)
+    stop = np.array([n[-1] + 1 if n.size else 0 for n in nonzero], np.int64)
+    weights = np.zeros((len(fb), max(1, int((stop - start).max()))))
+    for b, row in enumerate(fb):
+        weights[b, :stop[b] - start[b]] = row[start[b]:stop[b]]
+    centres = (fb * np.arange(fb.shape[1])).sum(axis=1) / np.maximum(fb.sum(axis=1), 1e-12)
+    nearest = np.abs(centres[None, :] - np.arange(fb.shape[1])[:, None]).argmin(axis=1)
+    nearest[np.arange(fb.shape[1]) * spec.sample_rate / spec.n_fft < spec.fmin] = -1
+    return start, stop, weights, nearest
 
 
 @lru_cache(maxsize=8)
 def _operators(spec: MelSpec) -> tuple:
-    """The filterbank by its nonzero ranges (`phase.bands`, float32), each covered bin's summed weight (the spread's
-    column normalisation), the Hann window and the reciprocal overlap-added squared window of `frames` frames."""
+    """The filterbank by its nonzero ranges (`bands`, float32), each covered bin's summed weight (the spread's
+    column normalisation) and the contract's window (`audio.window`)."""
     start, stop, weights, nearest = bands(spec)
     bins = spec.n_fft // 2 + 1
     norm = np.zeros(bins)
     for b in range(len(start)):
         norm[start[b]:stop[b]] += weights[b, :stop[b] - start[b]]
-    window = torch.hann_window(spec.n_fft, dtype=torch.float64).numpy()
-    return start, stop, weights.astype(np.float32), nearest, norm.astype(np.float32), window.astype(np.float32)
+    return start, stop, weights.astype(np.float32), nearest, norm.astype(np.float32), window(spec).numpy()
 
 
 @njit
-def _frame(audio, pad, hop, window, out):
-    """out[f] = window * the padded audio's frame f: `audio.stft`'s framing (reflected, or zeros where the audio
-    is no longer than the padding)."""
-    samples, n, reflect = audio.size, window.size, audio.size > pad
+def _frame(audio, pad, hop, window, reflect, out):
+    """out[f] = window * the padded audio's frame f: `audio.stft`'s framing (reflected, or zeros where the contract
+    pads so or the audio is no longer than the padding)."""
+    samples, n, reflect = audio.size, window.size, reflect and audio.size > pad
     for f in range(out.shape[0]):
         first = f * hop - pad
         if 0 <= first and first + n <= samples:
@@ -72,24 +95,30 @@ def _overlap_add(frames, pad, hop, window, inverse_sum, padded, out):
 
 
 @njit
-def _apply_gains(spectrum, target, start, stop, weights, nearest, norm, max_gain, floor, scratch, gains):
-    """spectrum *= the bins' gains: per band min(target / max(W |X|, floor), max_gain), spread to the bins it
-    covers by its weights over their summed weight; a bin no band covers takes its nearest band's gain."""
+def _apply_gains(spectrum, target, start, stop, weights, nearest, norm, max_gain, floor, power, scratch, gains):
+    """spectrum *= the bins' gains: per band min((target / max(W |X|^power, floor))^(1 / power), max_gain), spread
+    to the bins it covers by its weights over their summed weight; a bin no band covers takes its nearest band's (or
+    none, -1: below a contract's fmin)."""
     bins = spectrum.shape[1]
     for f in range(spectrum.shape[0]):
         for k in range(bins):
-            scratch[k] = np.sqrt(spectrum[f, k].real ** 2 + spectrum[f, k].imag ** 2)
+            energy = spectrum[f, k].real ** 2 + spectrum[f, k].imag ** 2
+            scratch[k] = np.sqrt(energy) if power == 1 else energy
         for b in range(start.size):
             own = np.float32(0.0)
             for i in range(stop[b] - start[b]):
                 own += weights[b, i] * scratch[start[b] + i]
-            gains[b] = min(target[f, b] / max(own, floor), max_gain)
+            ratio = target[f, b] / max(own, floor)
+            gains[b] = min(ratio if power == 1 else np.sqrt(ratio), max_gain)
         scratch[:] = 0.0
         for b in range(start.size):
             for i in range(stop[b] - start[b]):
                 scratch[start[b] + i] += weights[b, i] * gains[b]
         for k in range(bins):
-            spectrum[f, k] *= scratch[k] / norm[k] if norm[k] > 0 else gains[nearest[k]]
+            if norm[k] > 0:
+                spectrum[f, k] *= scratch[k] / norm[k]
+            else:
+                spectrum[f, k] *= gains[nearest[k]] if nearest[k] >= 0 else 0
 
 
 @njit
@@ -102,37 +131,58 @@ def _momentum(spectrum, previous, momentum):
             previous[f, k] = c
 
 
+@njit
+def _overlap(window, hop, frames):
+    out = np.zeros((frames - 1) * hop + window.size)
+    for f in range(frames):
+        for i in range(window.size):
+            out[f * hop + i] += window[i] * window[i]
+    return out
+
+
+@lru_cache(maxsize=16)
+def _inverse_window_sum(spec: MelSpec, frames: int) -> np.ndarray:
+    """1 / the overlap-added squared window of `frames` frames (floored where no frame covers a sample, as
+    `audio.istft`'s), once per length: a request's projections, and a stream's chunks of one size, share it."""
+    return (1.0 / np.maximum(_overlap(window(spec).double().numpy(), spec.hop, frames), 1e-8)).astype(np.float32)
+
+
 class Projector:
     """Buffers for projecting audio of `frames` frames in one contract; `run` projects one item in place."""
 
     def __init__(self, spec: MelSpec, frames: int) -> None:
         self.spec, self.frames = spec, frames
         (self.start, self.stop, self.weights, self.nearest, self.norm, self.window) = _operators(spec)
-        n, bins, self.pad = spec.n_fft, spec.n_fft // 2 + 1, (spec.n_fft - spec.hop) // 2
+        n, bins, self.pad, self.reflect = spec.n_fft, spec.n_fft // 2 + 1, spec.pad, spec.pad_mode == "reflect"
         self.buffer = torch.empty(frames, n)
         self.spectrum = torch.empty(frames, bins, dtype=torch.complex64)
         self.previous = np.empty((frames, bins), np.complex64)
         self.padded = np.empty((frames - 1) * spec.hop + n, np.float32)
-        overlap = np.zeros(self.padded.size)
-        for f in range(frames):
-            overlap[f * spec.hop:f * spec.hop + n] += self.window.astype(np.float64) ** 2
-        self.inverse_sum = (1.0 / np.maximum(overlap, 1e-8)).astype(np.float32)
+        self.inverse_sum = _inverse_window_sum(spec, frames)
         self.scratch, self.gains = np.empty(bins, np.float32), np.empty(len(self.start), np.float32)
 
+    def inverse(self, audio: np.ndarray) -> None:
+        """audio <- the inverse STFT of `spectrum` (`audio.istft`)."""
+        torch.fft.irfft(self.spectrum, n=self.spec.n_fft, out=self.buffer)
+        _overlap_add(self.buffer.numpy(), self.pad, self.spec.hop, self.window, self.inverse_sum, self.padded, audio)
+
     def _stft(self, audio: np.ndarray) -> None:
-        _frame(audio, self.pad, self.spec.hop, self.window, self.buffer.numpy())
+        _frame(audio, self.pad, self.spec.hop, self.window, self.reflect, self.buffer.numpy())
         torch.fft.rfft(self.buffer, out=self.spectrum)
 
-    def run(self, audio: np.ndarray, target: np.ndarray, iterations: int, momentum: float, max_gain: float) -> None:
-        """`iterations` projections of audio (frames * hop,) float32, in place, onto target = exp(mel).T
-        (frames, n_mels) float32; not clamped."""
-        spectrum, hop = self.spectrum.numpy(), self.spec.hop
+    def run(self, audio: np.ndarray, target: np.ndarray, iterations: int, momentum: float, max_gain: float,
+            floor: float, stop: Check | None = None) -> None:
+        """`iterations` projections of audio (frames * hop,) float32, in place, onto target (frames, n_mels) float32,
+        what the filterbank's output is aimed at (`refine.target_of`), a band's own level floored at `floor`; not
+        clamped. `stop` is called before each projection (`model.cancel`)."""
+        spectrum = self.spectrum.numpy()
         self._stft(audio)
         for k in range(iterations):
+            if stop is not None:
+                stop()
             _apply_gains(spectrum, target, self.start, self.stop, self.weights, self.nearest, self.norm,
-                         np.float32(max_gain), np.float32(LOG_FLOOR), self.scratch, self.gains)
-            torch.fft.irfft(self.spectrum, n=self.spec.n_fft, out=self.buffer)
-            _overlap_add(self.buffer.numpy(), self.pad, hop, self.window, self.inverse_sum, self.padded, audio)
+                         np.float32(max_gain), np.float32(floor), int(self.spec.power), self.scratch, self.gains)
+            self.inverse(audio)
             if k + 1 < iterations:
                 self._stft(audio)
                 if k == 0:
@@ -141,13 +191,42 @@ class Projector:
                     _momentum(spectrum, self.previous, np.float32(momentum))
 
 
-def project_cpu(audio: torch.Tensor, mel: torch.Tensor, spec: MelSpec, iterations: int, momentum: float,
-                max_gain: float) -> torch.Tensor:
-    """`refine.project` of audio (B, F * hop) onto the log-mel (B, n_mels, F) on a CPU: the items one after
-    another through one set of buffers (one item's spectra stay in cache; a batch's would not)."""
-    out = audio.float().numpy().copy()
-    targets = mel.float().exp().transpose(1, 2).contiguous().numpy()
-    projector = Projector(spec, mel.shape[-1])
-    for item, target in zip(out, targets):
-        projector.run(item, target, iterations, momentum, max_gain)
-    return torch.from_numpy(out).clamp_(-1.0, 1.0)
+def inverse_stft(coefficients: np.ndarray, spec: MelSpec) -> np.ndarray:
+    """`audio.istft` of frame-major coefficients (F, bins) complex64 -> (F * hop,) float32."""
+    projector = Projector(spec, coefficients.shape[0])
+    projector.spectrum.numpy()[:] = coefficients
+    audio = np.empty(coefficients.shape[0] * spec.hop, np.float32)
+    projector.inverse(audio)
+    return audio
+
+
+def project_item(audio: np.ndarray, target: np.ndarray, spec: MelSpec, iterations: int, momentum: float,
+                 max_gain: float, floor: float, stop: Check | None = None, clamp: bool = True) -> np.ndarray:
+    """`refine.project` of one item, audio (F * hop,) onto target (n_mels, F) (`refine.target_of` its mel), on the
+    calling thread, in any contract (pre-emphasised around the projections where it pre-emphasises); float32,
+    clamped to [-1, 1] unless `clamp` is False."""
+    wav = torch.as_tensor(audio, dtype=torch.float32)[None]
+    out = (preemphasis(wav, spec.preemphasis) if spec.preemphasis else wav)[0].numpy().copy()
+    Projector(spec, target.shape[-1]).run(out, np.ascontiguousarray(np.asarray(target, np.float32).T), iterations,
+                                          momentum, max_gain, floor, stop)
+    result = torch.from_numpy(out)[None]
+    result = deemphasis(result, spec.preemphasis) if spec.preemphasis else result
+    return (result.clamp_(-1.0, 1.0) if clamp else result)[0].numpy()
+
+
+def project_cpu(audio: torch.Tensor, target: torch.Tensor, spec: MelSpec, iterations: int, momentum: float,
+                max_gain: float, floor: float, threads: int = 1, stop: Check | None = None,
+                clamp: bool = True) -> torch.Tensor:
+    """`refine.project` of audio (B, F * hop) onto target (B, n_mels, F) on a CPU: each item on its own
+    (`project_item`), side by side on `threads` of the CPU pool's single-threaded workers (`in_pool`), so an item's
+    result is the same in any batch."""
+    items = in_pool(lambda b: project_item(audio[b].float().numpy(), target[b].numpy(), spec, iterations, momentum,
+                                           max_gain, floor, stop, clamp), range(audio.shape[0]), threads)
+    return torch.from_numpy(np.stack(items))
+
+
+def in_pool(fn: Callable[[T], R], items: Iterable[T], threads: int) -> list[R]:
+    """fn over items on `threads` of the fast path's pool (`score_net_cpu.workers`), whose threads run torch with one
+    OpenMP thread each: on a busy host an OpenMP team of two waits for its second thread at every FFT (100 ms where
+    one thread takes 1 ms, measured beside other work), and items in parallel use the cores better anyway."""
+    return list(workers(threads).map(fn, items))

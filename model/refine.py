@@ -9,11 +9,14 @@ score net leaves far from the mel it was asked for. One projection moves it back
 
 It changes magnitudes only, so the output keeps the net's phase, which is what Griffin-Lim lacks. Iterating
 is Griffin-Lim with the mel as the magnitude constraint; `momentum` is fast Griffin-Lim (Perraudin, Balazs and
-Sondergaard 2013): t_k = c_k + momentum (c_k - c_{k-1}) on the consistent spectrograms c_k. Started from
-noise, with no net at all (the projection method, `model.plan`), it is the baseline the net has to beat.
+Sondergaard 2013): t_k = c_k + momentum (c_k - c_{k-1}) on the consistent spectrograms c_k. Started from the
+mel's coherent start (`model.phase`), with no net at all, it is projection alone: the method the net has to beat.
 
 Each iteration reads each output sample's neighbourhood of a few frames (`reach_frames`), so a chunk of a longer
 signal is exact once computed on the chunk widened by that many frames per iteration (`model.streaming`).
+
+On a CPU the projections run as `model.projector`'s kernel (the same arithmetic, frame-major, near what its FFTs
+cost); elsewhere (CUDA) as the torch code below, which is also the kernel's test oracle.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch
 from .audio import LOG_FLOOR, deemphasis, filterbank, istft, mel_spectrogram, preemphasis, stft
 from .cancel import Check
 from .contract import MelSpec, expand
+from .projector import project_cpu
 
 #: The most one projection raises a band: a band the net left near silence is raised in steps, not at once.
 MAX_GAIN = 16.0
@@ -36,6 +40,10 @@ MOMENTUM = 0.99
 #: Each preset's refinements after sampling, chosen on the tuning clips at matched CPU time (bench/results/refine.md)
 #: and written with the presets by `model.train search`.
 PRESET_REFINE = {"fast": 16, "balanced": 48, "quality": 128}
+#: Each preset's projections of projection alone, after the coherent start (`model.phase`), written with the presets
+#: by `model.train search`. On the tuning clips (bench/results/projection-tuning.md) PESQ-WB went 3.61 / 3.89 / 3.97 /
+#: 4.02 at 8 / 32 / 64 / 128; balanced takes 64, within the time budget of a request (bench/results/projection.md).
+PRESET_PROJECTIONS = {"fast": 8, "balanced": 64, "quality": 128}
 #: The most iterations a request may ask for.
 MAX_ITERATIONS = 512
 #: A clipped scale's bottom (dB scaled to [-A, A] or [0, A], as Coqui and Rayhane send) says only "this loud or
@@ -43,8 +51,6 @@ MAX_ITERATIONS = 512
 #: which gives the same mel back. On the tuning clips in Rayhane's contract it took the pauses' excess noise from
 #: +25 to +6 dB and PESQ-WB from 2.29 to 2.65 (1e-1: +17 dB, 2.64); bench/results/contracts.md.
 BELOW_CLIP = 1e-2
-#: The standard deviation of the seeded noise that projection alone starts from.
-NOISE_SCALE = 0.1
 
 
 def reach_frames(spec: MelSpec, iterations: int) -> int:
@@ -78,6 +84,11 @@ def _spread(spec: MelSpec) -> np.ndarray:
 
 def clipped(spec: MelSpec) -> bool:
     return spec.value_floor > spec.floor
+
+
+def gain_floor(spec: MelSpec) -> float:
+    """The filterbank output below which a band's own level is taken as this (`mel_gains`' clamp)."""
+    return spec.value_floor * BELOW_CLIP if clipped(spec) else spec.floor
 
 
 def target_of(mel: torch.Tensor, spec: MelSpec) -> torch.Tensor:
@@ -117,23 +128,34 @@ def mel_gains(frames: torch.Tensor, target: torch.Tensor, fb: torch.Tensor, spre
 
 @torch.inference_mode()
 def project(audio: torch.Tensor, mel: torch.Tensor, spec: MelSpec, iterations: int, momentum: float = MOMENTUM,
-            max_gain: float = MAX_GAIN, stop: Check | None = None, clamp: bool = True) -> torch.Tensor:
+            max_gain: float = MAX_GAIN, stop: Check | None = None, clamp: bool = True, threads: int = 1) -> torch.Tensor:
     """`iterations` projections of audio (B, F * hop) onto the mel (B, n_mels, F) in `spec`'s contract; fp32, clamped
     to [-1, 1] unless `clamp` is False. Zero iterations return the audio unchanged. A pre-emphasising contract's STFT
     sees the pre-emphasised signal, so the projections run on it and the result is de-emphasised. Centred frames:
     F * hop samples have F + 1 frames, the last past the mel's end, which the projection leaves out. `stop` is called
-    before each projection (`model.cancel`)."""
+    before each projection (`model.cancel`). On a CPU the items run side by side on `threads` workers."""
     if iterations == 0:
         return audio
     samples, n = audio.shape[-1], mel.shape[-1]
     if samples != n * spec.hop:
         raise ValueError(f"{samples} samples do not match {n} mel frames of {spec.hop}")
+    if audio.device.type == "cpu":
+        return project_cpu(audio, target_of(mel.float(), spec), spec, iterations, momentum, max_gain, gain_floor(spec),
+                           threads, stop, clamp)
+    return project_torch(audio, mel, spec, iterations, momentum, max_gain, stop, clamp)
+
+
+def project_torch(audio: torch.Tensor, mel: torch.Tensor, spec: MelSpec, iterations: int, momentum: float = MOMENTUM,
+                  max_gain: float = MAX_GAIN, stop: Check | None = None, clamp: bool = True) -> torch.Tensor:
+    """`project` as torch operations on any device: the spectra (B, bins, F), the dense filterbank."""
+    if iterations == 0:
+        return audio
+    samples, n = audio.shape[-1], mel.shape[-1]
     audio, target = audio.float(), target_of(mel.float(), spec)
     if spec.preemphasis:
         audio = preemphasis(audio, spec.preemphasis)
     fb, spread = _operators(spec, audio.device)
-    floor = spec.value_floor * BELOW_CLIP if clipped(spec) else spec.floor
-    gains = lambda x: mel_gains(x, target, fb, spread, max_gain, spec.power, floor)  # noqa: E731
+    gains = lambda x: mel_gains(x, target, fb, spread, max_gain, spec.power, gain_floor(spec))  # noqa: E731
     frames, previous = stft(audio, spec)[..., :n], None
     for k in range(iterations):
         if stop is not None:

@@ -27,6 +27,16 @@ WHY_DEFAULT = {"cuda": "no weights named; CUDA serves DiffWave base, the quality
                       "PESQ-WB 3.80 at RTF 0.18, quality 0.990 / 4.02 at 0.33; base fast 0.981 / 3.56 at 0.40, its "
                       "balanced at RTF 0.94)"}
 WHY_NAMED = "named by the caller (--weights or VOCODER_WEIGHTS)"
+#: The method a request that names none gets, by the resolved device (`model.plan` resolves it), and why. On a CPU
+#: the net's path wins nowhere at matched time (bench/results/projection.md, refine.md): projection alone from the
+#: coherent start gives the net's balanced quality or better in a fraction of its time.
+DEFAULT_METHODS = {"cuda": "bddm", "cpu": "projection"}
+WHY_METHOD = {"cuda": "CUDA runs the net's steps in milliseconds; projection alone has not been measured against it "
+                      "on a GPU",
+              "cpu": "on a CPU the net's path wins nowhere at matched time: on 8 held-out clips projection alone's "
+                     "quality preset (128 projections of PGHI's coherent start) scored STOI 0.990 / PESQ-WB 3.93 "
+                     "against the net's balanced preset's (7 steps + 48) 0.987 / 3.79, in a twentieth of its time "
+                     "(bench/results/projection.md)"}
 
 
 #: The server's micro-batching wait where none is set and a GPU runs the batch as one (on a CPU: 0, no batching).

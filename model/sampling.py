@@ -19,7 +19,6 @@ from typing import Protocol
 import torch
 
 from .prior import EpsFn, Prior
-from .refine import NOISE_SCALE
 from .schedules import Schedule
 from .score_net import ScoreNet
 from .score_net_cpu import CpuScoreNet
@@ -147,6 +146,14 @@ def _hooked(hook: Hook | None, n: int, alpha: float, x: torch.Tensor, eps: torch
 Seeds = int | None | Sequence[int | None]
 
 
+def item_seeds(seeds: Seeds, batch: int) -> list[int | None]:
+    """Each batch item's seed: one per item, or one for all."""
+    seeds = list(seeds) if isinstance(seeds, Sequence) else [seeds] * batch
+    if len(seeds) != batch:
+        raise ValueError(f"{len(seeds)} seeds for a batch of {batch}")
+    return seeds
+
+
 class Noise:
     """Gaussian noise drawn on the CPU from one generator per batch item: a sampler's draws, one per call of
     `draw` (x_N first, then each reverse step's injected noise).
@@ -157,11 +164,8 @@ class Noise:
     """
 
     def __init__(self, seeds: Seeds, batch: int) -> None:
-        seeds = list(seeds) if isinstance(seeds, Sequence) else [seeds] * batch
-        if len(seeds) != batch:
-            raise ValueError(f"{len(seeds)} seeds for a batch of {batch}")
         self.gens = []
-        for s in seeds:
+        for s in item_seeds(seeds, batch):
             g = torch.Generator("cpu")
             g.manual_seed(s) if s is not None else g.seed()
             self.gens.append(g)
@@ -202,11 +206,4 @@ def ddim(eps_fn: EpsFn, mel: torch.Tensor, schedule: Schedule, seed: Seeds = Non
     return prior.to_audio(x, mel)
 
 
-def scaled_noise(eps_fn: EpsFn, mel: torch.Tensor, schedule: Schedule | None = None, seed: Seeds = None,
-                 hop: int = 256, prior: Prior = Prior(), noise: NoiseSource | None = None,
-                 hook: Hook | None = None) -> torch.Tensor:
-    """Projection alone's start (`model.refine`): the seeded noise at `NOISE_SCALE`; no network, no step."""
-    return NOISE_SCALE * (noise or Noise(seed, mel.shape[0])).draw(mel.shape[-1] * hop, mel.device)
-
-
-SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "noise": scaled_noise}
+SAMPLERS = {"ddpm": ddpm, "ddim": ddim}

@@ -2,12 +2,13 @@
 
     python -m model.synth MEL.npy -o OUT.wav [--rho R | --preset fast|balanced|quality | --steps-schedule S.json]
                           [--refine K] [--seed S] [--mel-format NAME] [--weights DIR] [--device auto|cpu|cuda]
-    python -m model.synth MEL.npy -o OUT.wav --method projection [--refine K] [...]
+    python -m model.synth MEL.npy -o OUT.wav --method projection [--preset P] [--refine K] [...]
     python -m model.synth MEL.npy -o OUT.wav --method ne --steps N [--family fibonacci|linear] [...]
 
 BDDM (the default method) takes its schedule from rho, a preset or a file; without one, the weights' default
 rho. Then K mel-consistency refinements (`model.refine`): `--refine K`, else the preset's, else the default
-preset's. `--method projection` is those K refinements of seeded noise, with no network (0 steps). `--mel-format`
+preset's. `--method projection` is K projections of the mel's coherent start (`model.phase`), with no network
+(0 steps): `--refine K`, else the preset's projections, else the default preset's. `--mel-format`
 names the mel's contract (`model.profiles`: hifigan, the default, tacotron2, espnet, coqui, rayhane, bigvgan-24k, or
 a contract JSON file); the WAV then has frames x its hop samples at its rate, and a mel whose values look like
 another contract's is refused (`model.detect`). Noise estimation (`--method ne`, `model.noise_estimation`) fits an N-step schedule to the utterance as it
@@ -81,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("mel", type=Path, help="log-mel .npy, (80, frames) or (1, 80, frames), float16/32/64")
     ap.add_argument("-o", "--output", type=Path, required=True, help="output .wav (16-bit PCM)")
     ap.add_argument("--method", choices=(*METHODS, "ne"), default=BDDM,
-                    help="bddm: a schedule from rho, a preset or a file; projection: --refine projections of noise, "
-                         "no network; ne: noise estimation in --steps steps")
+                    help="bddm: a schedule from rho, a preset or a file; projection: projections of the mel's "
+                         "coherent start, no network; ne: noise estimation in --steps steps")
     which = ap.add_mutually_exclusive_group()
     which.add_argument("--rho", type=float, help="BDDM noise-scheduling threshold: larger is faster, fewer steps")
     which.add_argument("--preset", choices=PRESETS)
@@ -104,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
                  "--rho, --preset or --steps-schedule")
     if args.method == "ne" and args.steps < 1:
         ap.error("--method ne needs --steps >= 1")
-    if args.method == PROJECTION and (args.rho, args.preset, args.steps_schedule) != (None, None, None):
-        ap.error("--method projection takes no schedule (no diffusion step); it takes --refine")
+    if args.method == PROJECTION and (args.rho, args.steps_schedule) != (None, None):
+        ap.error("--method projection takes no schedule (no diffusion step); it takes --preset or --refine")
     if args.refine is not None:
         try:
             refine_iterations(args.refine)
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.method == "ne" and spec != voc.spec:
             raise UsageError("--method ne vocodes the net's own contract only; use bddm or projection")
         schedule = None if args.method != BDDM else pick_schedule(voc, args.rho, args.preset, args.steps_schedule)
-        refine = resolve_refine(voc, args.preset, args.refine)
+        refine = resolve_refine(voc, PROJECTION if args.method == PROJECTION else BDDM, args.preset, args.refine)
         if args.method == "ne" and voc.ne_net is None:
             raise UsageError(f"{voc.directory} has no noise-level network (ne_net.safetensors): train one with "
                              "`python -m model.train ne`")
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.method == "ne":
         how = f"{args.steps} steps (noise estimation, {args.family} schedule fitted per step)"
     elif args.method == PROJECTION:
-        how = f"projection alone, {refine} refinements (0 steps)"
+        how = f"projection alone, {refine} projections of the coherent start (0 steps)"
     else:
         rho = schedule.meta.get("rho")
         how = (f"{schedule.steps} steps ({schedule.name or 'schedule'}{f', rho={rho:g}' if rho is not None else ''}), "

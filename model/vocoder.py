@@ -5,7 +5,7 @@ Used by the offline CLIs (`model.synth`), the benchmarks and the server alike.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,10 +19,13 @@ from .checkpoint import NE_NET, SCHEDULE_NET, SCORE_NET, CheckpointError, load_m
 from .ne_net import NENet, NENetParams
 from .noise_estimation import DEFAULT_FAMILY, ne_ddpm
 from .prior import EpsFn
-from .refine import clipped, project, reach_frames, refine_iterations
-from .runtime import (WEIGHTS_ROOT, WHY_NAMED, default_weights, resolve_compile, resolve_device, resolve_dtype,
-                      resolve_threads)
-from .sampling import SAMPLERS, NoiseSource, Seeds, windowed_eps
+from .phase import CoherentPhase, coherent_start
+from .projector import in_pool, project_item
+from .refine import (MAX_GAIN, MOMENTUM, PRESET_PROJECTIONS, clipped, gain_floor, project, reach_frames,
+                     refine_iterations, target_of)
+from .runtime import (DEFAULT_METHODS, WEIGHTS_ROOT, WHY_METHOD, WHY_NAMED, default_weights, resolve_compile,
+                      resolve_device, resolve_dtype, resolve_threads)
+from .sampling import SAMPLERS, NoiseSource, Seeds, item_seeds, windowed_eps
 from .schedules import Diffusion, Schedule
 from .score_net import CONFIGS, ScoreNet, ScoreNetParams
 from .score_net_cpu import CpuScoreNet, intra_op_threads
@@ -32,18 +35,28 @@ from .transcode import to_net
 
 @dataclass(frozen=True)
 class Preset:
-    """A named setting of the quality/speed knob: rho, the scheduling loop's threshold (so the diffusion steps),
-    and the mel-consistency refinements after sampling (`model.refine`)."""
+    """A named setting of the quality/speed knob, for each method: `bddm` is rho, the scheduling loop's threshold
+    (so the diffusion steps), and `refine` mel-consistency projections after sampling (`model.refine`);
+    `projection` is `projections` projections of the mel's coherent start (`model.phase`). Numeric rho is BDDM's."""
 
     rho: float
     refine: int = 0
+    projections: int = 0
 
     @classmethod
-    def from_config(cls, value: float | dict) -> "Preset":
-        """A stored preset: {"rho", "refine"}, or a bare rho (weights searched before refinement: none)."""
-        if isinstance(value, dict):
-            return cls(float(value["rho"]), int(value.get("refine", 0)))
-        return cls(float(value))
+    def from_config(cls, name: str, value: float | dict) -> "Preset":
+        """A stored preset: {"bddm": {"rho", "refine"}, "projection": {"refine"}}; as weights stored it before
+        projection had presets, {"rho", "refine"} or a bare rho (projection then `PRESET_PROJECTIONS`')."""
+        default = PRESET_PROJECTIONS.get(name, 0)
+        if not isinstance(value, dict):
+            return cls(float(value), 0, default)
+        if "bddm" not in value:
+            return cls(float(value["rho"]), int(value.get("refine", 0)), default)
+        bddm, projection = value["bddm"], value.get("projection", {})
+        return cls(float(bddm["rho"]), int(bddm.get("refine", 0)), int(projection.get("refine", default)))
+
+    def to_config(self) -> dict:
+        return {"bddm": {"rho": self.rho, "refine": self.refine}, "projection": {"refine": self.projections}}
 
 
 def as_mel(mel: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -146,13 +159,26 @@ class Vocoder:
     @property
     def presets(self) -> dict[str, Preset]:
         try:
-            return {name: Preset.from_config(v) for name, v in self.search.get("presets", {}).items()}
+            return {name: Preset.from_config(name, v) for name, v in self.search.get("presets", {}).items()}
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"config.json: bad search presets ({e})") from None
 
     @property
     def default_rho(self) -> float | None:
         return self.search.get("default_rho")
+
+    @property
+    def default_method(self) -> str:
+        return DEFAULT_METHODS["cuda" if self.device.type == "cuda" else "cpu"]
+
+    @property
+    def method_because(self) -> str:
+        return WHY_METHOD["cuda" if self.device.type == "cuda" else "cpu"]
+
+    @property
+    def default_preset(self) -> str | None:
+        """The preset at the default rho: what a request that names none gets, in either method."""
+        return next((name for name, p in self.presets.items() if p.rho == self.default_rho), None)
 
     @property
     def default_refine(self) -> int:
@@ -176,11 +202,15 @@ class Vocoder:
                contract: MelSpec | None = None, stop: Check | None = None) -> np.ndarray:
         """Log-mel (n_mels, F) or (B, n_mels, F) -> float32 audio (F * hop,) or (B, F * hop) in [-1, 1], then
         `refine` mel-consistency projections (`model.refine`). The noise is `seed`'s unless a source of it is given
-        (`sampling.ddpm`). No schedule is projection alone (`model.plan.PROJECTION`): the seeded noise, refined, with
-        no network at all. A mel in another `contract` than the net's is vocoded in it (`in_contract`): F * its hop
-        samples at its rate. `stop` runs after each reverse step and before each projection, and may raise
-        `model.cancel.Cancelled`."""
-        iterations, sample_with = refine_iterations(refine), SAMPLERS["noise" if schedule is None else sampler]
+        (`sampling.ddpm`). No schedule is projection alone (`projection_alone`), in the mel's own contract. A mel in
+        another `contract` than the net's is vocoded in it (`in_contract`): F * its hop samples at its rate. `stop`
+        runs after each reverse step and before each projection, and may raise `model.cancel.Cancelled`."""
+        iterations = refine_iterations(refine)
+        if schedule is None:
+            mel = as_mel(mel)
+            items = [mel] if mel.dim() == 2 else list(mel)
+            audio = self.projection_alone(items, item_seeds(seed, len(items)), iterations, contract, stop)
+            return audio[0] if mel.dim() == 2 else np.stack(audio)
         if contract is not None and contract != self.spec:
             return self.in_contract(mel, contract, lambda m: self.vocode(m, schedule, seed, sampler, noise, stop=stop),
                                     iterations)
@@ -188,11 +218,30 @@ class Vocoder:
         hook = None if stop is None else lambda _: stop()  # after each reverse step's net (`model.cancel`)
 
         def sample(eps: EpsFn, m: torch.Tensor) -> torch.Tensor:
-            start = sample_with(eps, m, schedule, seed, self.spec.hop, self.score_net.prior, noise, hook)
+            start = SAMPLERS[sampler](eps, m, schedule, seed, self.spec.hop, self.score_net.prior, noise, hook)
             with torch.autocast(m.device.type, enabled=False):  # the projection is fp32, whatever the net's precision
-                return project(start, m, self.spec, iterations, stop=stop)
+                return project(start, m, self.spec, iterations, threads=self.threads, stop=stop)
 
         return self._sample(mel, sample)
+
+    def projection_alone(self, mels: Sequence[torch.Tensor], seeds: Sequence[int | None], iterations: int,
+                         contract: MelSpec | None = None, stop: Check | None = None) -> list[np.ndarray]:
+        """Projection alone, no network: each mel's (n_mels, F_i) coherent start (`model.phase`, its noise its
+        seed's), then `iterations` projections (`model.projector`), all in the mel's `contract` (the net's by
+        default), on the CPU whatever the device. The items run side by side on the pool, each at its own length, so
+        each is what it would be alone: the server batches requests so. `stop` is called before each projection."""
+        spec = contract or self.spec
+
+        def one(item: tuple[torch.Tensor, int | None]) -> np.ndarray:
+            mel, seed = as_mel(item[0]).cpu(), item[1]
+            start = coherent_start(mel, spec, seed)[0].numpy()
+            if not iterations:
+                return start
+            out = project_item(start, target_of(mel, spec).numpy(), spec, iterations, MOMENTUM, MAX_GAIN,
+                               gain_floor(spec), stop, clamp=not clipped(spec))
+            return out / max(1.0, np.abs(out).max() / PEAK) if clipped(spec) else out  # as `in_contract` says why
+
+        return in_pool(one, zip(mels, seeds), self.threads)
 
     def in_contract(self, mel: np.ndarray | torch.Tensor, contract: MelSpec,
                     vocode: Callable[[torch.Tensor], np.ndarray], iterations: int) -> np.ndarray:
@@ -243,13 +292,21 @@ class Vocoder:
                contract: MelSpec | None = None) -> Stream | WholeStream:
         """The same audio as `vocode(mel, schedule, seed, refine=refine)` (DDPM), as chunks of `first` frames
         doubling up to `largest`, computed one at a time (`model.streaming`). Each chunk's margin covers the reach
-        of every reverse step and every refinement. A contract at the net's rate and hop maps frame to frame (one
-        more frame of margin for its reading into the net's, `transcode.to_net`); one at another rate or hop, or a
-        clipped dB scale (peak-normalised whole, `in_contract`), is vocoded whole at the first chunk (`WholeStream`)."""
+        of every reverse step and every refinement; projection alone's start is computed block by block as the chunks
+        need it (`phase.CoherentPhase`), in the mel's own contract. A contract at the net's rate and hop maps frame to
+        frame (one more frame of margin for its reading into the net's, `transcode.to_net`); one at another rate or
+        hop, or a clipped dB scale (peak-normalised whole, `in_contract`), is vocoded whole at the first chunk
+        (`WholeStream`)."""
         steps, iterations = 0 if schedule is None else schedule.steps, refine_iterations(refine)
         spec, vocode = contract or self.spec, (lambda m, noise: self.vocode(m, schedule, noise=noise))
         margin = margin_frames(self.score_net.receptive_field, self.spec.hop, steps)
-        if spec != self.spec:
+        if schedule is None and clipped(spec):
+            return WholeStream(lambda: self.vocode(mel, None, seed, refine=iterations, contract=spec),
+                               as_mel(mel).shape[-1], spec.hop, first, largest)
+        if schedule is None:
+            start = CoherentPhase(as_mel(mel), spec, seed)
+            vocode = lambda m, noise: start.audio(noise.lo // spec.hop, noise.hi // spec.hop)[0].numpy()  # noqa: E731
+        elif spec != self.spec:
             if (spec.sample_rate, spec.hop) != (self.spec.sample_rate, self.spec.hop) or clipped(spec):
                 return WholeStream(lambda: self.vocode(mel, schedule, seed, refine=iterations, contract=spec),
                                    as_mel(mel).shape[-1], spec.hop, first, largest)
@@ -264,6 +321,6 @@ class Vocoder:
         mel, audio = as_mel(mel), torch.as_tensor(audio)
         single = audio.dim() == 1
         audio, mel = (audio[None], mel[None]) if single else (audio, mel)
-        out = project(audio.to(self.device), mel.to(self.device), contract or self.spec,
-                      refine_iterations(iterations), clamp=clamp).cpu().numpy()
+        out = project(audio.to(self.device), mel.to(self.device), contract or self.spec, refine_iterations(iterations),
+                      clamp=clamp, threads=self.threads).cpu().numpy()
         return out[0] if single else out

@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from model.audio import AudioError, load_audio, mel_spectrogram
 from model.contract import MelSpec
 from model.detect import WrongContract
-from model.plan import BDDM, Method, PlanError
+from model.plan import Method, PlanError
 from model.profiles import describe
 from model.refine import MAX_ITERATIONS
 from model.scheduling import canonical_rho
@@ -146,9 +146,10 @@ def install_error_handlers(app: FastAPI) -> None:
 Rho = Annotated[str | None, Query(description="threshold in (0, 1) or fast|balanced|quality; default from the weights")]
 Refine = Annotated[int | None, Query(ge=0, le=MAX_ITERATIONS, description="mel-consistency refinements after "
                                      "sampling (model.refine); default: the preset's, or the default preset's")]
-MethodQuery = Annotated[Method, Query(description="bddm: the score net on rho's schedule, then "
-                                                        "`refine` projections; projection: `refine` projections of "
-                                                        "seeded noise onto the mel, no network (0 steps)")]
+MethodQuery = Annotated[Method | None, Query(description="bddm: the score net on rho's schedule, then `refine` "
+                                                     "projections; projection: `refine` projections of the mel's "
+                                                     "coherent start (PGHI), no network (0 steps); default: bddm for "
+                                                     "a numeric rho, else the device's (/v1/model's default_method)")]
 Seed = Annotated[int | None, Query(ge=0, le=MAX_SEED, description="same seed, rho and device give the same bytes")]
 MelFormat = Annotated[str | None, Query(max_length=64, description="the mel's contract: a profile (hifigan, "
                                         "tacotron2, espnet, coqui, rayhane, bigvgan-24k; GET /v1/model) or a "
@@ -214,7 +215,7 @@ def plan_headers(request: Request, planned: Planned, samples: int, sample_rate: 
                      "`format`, `encoding` and `sample_rate` (`server.formats`).")
 async def vocode(request: Request, service: Annotated[Service, Depends(ready_service)],
                  output: Annotated[formats.Output, Depends(formats.vocode_output)], rho: Rho = None,
-                 seed: Seed = None, refine: Refine = None, method: MethodQuery = BDDM,
+                 seed: Seed = None, refine: Refine = None, method: MethodQuery = None,
                  mel_format: MelFormat = None) -> Response:
     mel, rho, seed, refine, contract = await read_mel(request, service, rho, seed, refine, mel_format)
     async with watching(request) as watcher:
@@ -239,7 +240,7 @@ async def vocode(request: Request, service: Annotated[Service, Depends(ready_ser
                      "format=flac or ogg-opus is a 400 here.")
 async def vocode_stream(request: Request, service: Annotated[Service, Depends(ready_service)],
                         output: Annotated[formats.Output, Depends(formats.stream_output)], rho: Rho = None,
-                        seed: Seed = None, refine: Refine = None, method: MethodQuery = BDDM,
+                        seed: Seed = None, refine: Refine = None, method: MethodQuery = None,
                         mel_format: MelFormat = None) -> StreamingResponse:
     mel, rho, seed, refine, contract = await read_mel(request, service, rho, seed, refine, mel_format)
     spec = contract[1]
@@ -317,11 +318,13 @@ async def model_info(request: Request, engine: Annotated[Engine, Depends(engine_
     for name, preset in voc.presets.items():
         schedule = engine.cache.pinned.get(canonical_rho(preset.rho))
         presets[name] = Preset(rho=canonical_rho(preset.rho), steps=schedule.steps if schedule else None,
-                               refine=preset.refine)
+                               refine=preset.refine, projections=preset.projections)
     return ModelInfo(weights=engine.weights_id, net=voc.net, chosen_because=voc.chosen_because, device=str(voc.device), dtype=str(voc.dtype).removeprefix("torch."),
                      compiled=voc.compiled, warm_up_seconds=engine.warm_up_seconds,
                      sample_rate=spec.sample_rate, hop=spec.hop,
                      n_mels=spec.n_mels, n_fft=spec.n_fft, fmin=spec.fmin, fmax=spec.fmax,
+                     default_method=voc.default_method, method_because=voc.method_because,
+                     default_preset=voc.default_preset,
                      default_rho=voc.default_rho, default_refine=voc.default_refine, max_refine=MAX_ITERATIONS,
                      presets=presets, max_frames=engine.settings.max_frames,
                      profiles=describe(request.app.state.service.contracts))

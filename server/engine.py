@@ -5,7 +5,9 @@ task takes the oldest job, waits up to `batch_wait_ms` for companions with the s
 refinements, and runs the batch on a single inference thread. Mels of different lengths are padded with silence and trimmed
 back. A job with an explicit seed runs alone: its noise is drawn from its own seed whatever the batch,
 but CPU kernels sum in a batch-size dependent order (~1e-7, enough to flip a 16-bit sample), and the
-promise is that the same seed, rho and device give the same bytes, however busy the server is.
+promise is that the same seed, rho and device give the same bytes, however busy the server is. Projection alone
+(no net) batches differently: jobs already queued with the same plan join the oldest without waiting, seeded or
+not, and each item runs at its own length on its own pool thread, so its bytes are those it would have alone.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch
 
 from model.audio import LOG_FLOOR
 from model.checkpoint import weights_id
-from model.plan import BDDM, Plan
+from model.plan import BDDM, PROJECTION, Plan
 from model.runtime import CUDA_BATCH_WAIT_MS
 from model.scheduling import canonical_rho
 from model.schedules import Schedule
@@ -77,12 +79,12 @@ class Job:
         return self.mel.shape[-1]
 
     def fits(self, batch: list[Job]) -> bool:
-        """Unseeded jobs with the same schedule and refinements batch together, whatever their lengths (module
-        docstring)."""
+        """Jobs with the same plan batch together: BDDM's unseeded ones, whatever their lengths (module docstring);
+        projection's seeded or not, since each item runs alone at its own length (`Vocoder.projection_alone`)."""
         first = batch[0].plan
         return ((self.plan.method, self.plan.rho, self.plan.steps, self.plan.refine, self.plan.contract)
                 == (first.method, first.rho, first.steps, first.refine, first.contract)
-                and all(j.seed is None and j.stream is None for j in [self, *batch]))
+                and all(j.stream is None and (j.seed is None or j.plan.method == PROJECTION) for j in [self, *batch]))
 
 
 class Engine:
@@ -113,7 +115,8 @@ class Engine:
 
     async def _warm_up(self) -> None:
         """Generate (and pin) the presets' schedules, then one short vocode (which compiles the step where
-        VOCODER_COMPILE says so); only then report ready, with the time it took (`warm_up_seconds`)."""
+        VOCODER_COMPILE says so) and one of projection alone (which loads, or compiles, its numba kernels: cached under
+        tmp); only then report ready, with the time it took (`warm_up_seconds`)."""
         start = time.perf_counter()
         try:
             presets = self.vocoder.presets.values()
@@ -130,12 +133,15 @@ class Engine:
                     plan = Plan(BDDM, max((p.refine for p in presets), default=0), rho, self.cache.pinned[rho])
                     jobs = [Job(mel, plan, i, loop.create_future()) for i in range(batch)]
                     await loop.run_in_executor(self._executor, self._synthesize, jobs)
+            mel = np.full((self.vocoder.spec.n_mels, WARMUP_FRAMES), math.log(LOG_FLOOR), np.float32)
+            jobs = [Job(mel, Plan(PROJECTION, 2, preset=PROJECTION), 0, asyncio.get_running_loop().create_future())]
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._synthesize, jobs)
             self.warm_up_seconds = time.perf_counter() - start
             self.ready = True
             voc = self.vocoder
-            log.info("ready after a %.1f s warm-up%s: net %s, weights %s on %s (%s); presets %s", self.warm_up_seconds,
-                     " (compile included)" if voc.compiled else "", voc.net, self.weights_id, voc.device,
-                     voc.chosen_because, voc.presets)
+            log.info("ready after a %.1f s warm-up%s: net %s, weights %s on %s (%s); default method %s (%s); presets %s",
+                     self.warm_up_seconds, " (compile included)" if voc.compiled else "", voc.net, self.weights_id,
+                     voc.device, voc.chosen_because, voc.default_method, voc.method_because, voc.presets)
         except Exception as e:  # noqa: BLE001 -- stays alive but not ready, and says why on /readyz
             self.not_ready_reason = f"warm-up failed: {e}"
             log.exception("warm-up failed")
@@ -255,6 +261,8 @@ class Engine:
         batching = self.batch_wait_ms > 0 and self.settings.max_batch > 1
         while True:
             batch = [await self._next_job()]
+            if batch[0].plan.method == PROJECTION and batch[0].stream is None:
+                self._take_fitting(batch)  # already queued: they run side by side on the pool, no one waits for them
             deadline = loop.time() + self.batch_wait_ms / 1000
             while batching and len(batch) < self.settings.max_batch:
                 self._take_fitting(batch)
@@ -348,8 +356,8 @@ class Engine:
                 job.future.set_result(Result(wav, seconds, len(batch)))
 
     def _synthesize(self, batch: list[Job]) -> tuple[list[np.ndarray], float]:
-        """On the inference thread: a stream's chunk, or a batch padded to the longest mel, vocoded with per-item
-        seeds and trimmed back."""
+        """On the inference thread: a stream's chunk, projection alone's items each at its length, or a batch padded
+        to the longest mel, vocoded with per-item seeds and trimmed back."""
         if batch[0].stream is not None:
             (job,) = batch
             start = time.perf_counter()
@@ -358,6 +366,11 @@ class Engine:
             if self.vocoder.device.type == "cuda":
                 torch.cuda.synchronize()
             return [audio], time.perf_counter() - start
+        if batch[0].plan.method == PROJECTION:
+            start, plan = time.perf_counter(), batch[0].plan
+            audio = self.vocoder.projection_alone([torch.from_numpy(j.mel) for j in batch], [j.seed for j in batch],
+                                                  plan.refine, plan.contract, stop=every([j.cancelled for j in batch]))
+            return audio, time.perf_counter() - start
         frames, plan = max(j.frames for j in batch), batch[0].plan
         mel = np.full((len(batch), batch[0].mel.shape[0], frames), math.log(LOG_FLOOR), np.float32)
         if plan.contract is not None:

@@ -53,9 +53,12 @@ class ScheduleList(BaseModel):
 
 
 class Preset(BaseModel):
+    """A preset holds both methods: BDDM's rho (so its steps) and refinements, and projection's projections."""
+
     rho: float
     steps: int | None = Field(description="diffusion steps; null until the schedule is generated at start-up")
-    refine: int = Field(description="mel-consistency refinements after sampling (model.refine)")
+    refine: int = Field(description="method=bddm: mel-consistency refinements after sampling (model.refine)")
+    projections: int = Field(description="method=projection: projections of the mel's coherent start (model.phase)")
 
 
 class ModelInfo(BaseModel):
@@ -74,8 +77,12 @@ class ModelInfo(BaseModel):
     n_fft: int
     fmin: float
     fmax: float
+    default_method: str = Field(description="the method of a request that names none (and no numeric rho)")
+    method_because: str = Field(description="why that method is the default here, as measured")
+    default_preset: str | None = Field(description="the preset of a request that names none, in either method")
     default_rho: float | None
-    default_refine: int = Field(description="the refinements of a request that names no preset nor refine")
+    default_refine: int = Field(description="method=bddm: the refinements of a request that names no preset nor "
+                                            "refine")
     max_refine: int = Field(description="the most refinements a request may ask for")
     presets: dict[str, Preset]
     max_frames: int = Field(description="the longest mel in the net's contract; another contract's limit is as many "

@@ -71,7 +71,7 @@ class Service:
             raise PlanError("rho not available", f"cannot make a schedule for rho={canonical:g}: {e}") from None
         return canonical, schedule, hit
 
-    async def plan(self, method: Method, rho: float | str | None, refine: int | None,
+    async def plan(self, method: Method | None, rho: float | str | None, refine: int | None,
                    contract: tuple[str, MelSpec] | None = None) -> Planned:
         plan = plan_for(self.engine.vocoder, method, rho, refine, contract)
         if plan.method != BDDM:
@@ -79,7 +79,7 @@ class Service:
         _, schedule, hit = await self.schedule(plan.rho)
         return Planned(plan.scheduled(schedule), hit)
 
-    async def vocode(self, mels: Sequence[np.ndarray], method: Method = BDDM, rho: float | str | None = None,
+    async def vocode(self, mels: Sequence[np.ndarray], method: Method | None = None, rho: float | str | None = None,
                      refine: int | None = None, seed: int | None = None,
                      disconnected: asyncio.Future | None = None, contract: tuple[str, MelSpec] | None = None) -> Vocoded:
         """Each mel (n_mels, F) as its own engine job, item b seeded with seed + b (unseeded items micro-batch
@@ -98,7 +98,7 @@ class Service:
             raise e.exceptions[0] from None
         return Vocoded(planned, [t.result() for t in tasks])
 
-    async def stream(self, mel: np.ndarray, method: Method = BDDM, rho: float | str | None = None,
+    async def stream(self, mel: np.ndarray, method: Method | None = None, rho: float | str | None = None,
                      refine: int | None = None, seed: int | None = None,
                      disconnected: asyncio.Future | None = None, contract: tuple[str, MelSpec] | None = None) -> Streamed:
         """The audio of `vocode([mel], ...)` chunk by chunk (`Engine.stream`); `disconnected` is watched until the

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from model.plan import BDDM, Method
+from model.plan import Method
 from model.refine import MAX_ITERATIONS
 
 from .schemas import MAX_SEED
@@ -48,7 +48,8 @@ class InferParameters(BaseModel):
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="item b of the batch uses seed + b")
     refine: int | None = Field(None, ge=0, le=MAX_ITERATIONS, description="mel-consistency refinements after "
                                "sampling, as /v1's refine; default: the preset's, or the default preset's")
-    method: Method = Field(BDDM, description="as /v1's method")
+    method: Method | None = Field(None, description="as /v1's method (default: bddm for a numeric rho, else the "
+                                                    "device's)")
     sample_rate: int | None = Field(None, description="output rate, as /v1/vocode's sample_rate")
     mel_format: str | dict[str, Any] | None = Field(None, description="the mel's contract, as /v1's mel_format: "
                                                     "a profile's or registered name, or a contract object")

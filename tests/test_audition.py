@@ -79,8 +79,8 @@ def test_upload_two_rhos_and_hear_both(url: str, browser, tmp_path: Path):
         fast = httpx.get(f"{url}/v1/model").json()["presets"]["fast"]
         assert int(newest.get_attribute("data-refine")) == fast["refine"]  # the preset's, kept for the slider
 
-    page.fill("#refine", "3")
-    page.dispatch_event("#refine", "change")
+    page.fill("#projections", "3")
+    page.dispatch_event("#projections", "change")
     page.click("#projection")
     page.wait_for_function("document.querySelectorAll('#results .result').length === 3")
     newest = page.locator("#results .result").first

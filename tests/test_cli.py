@@ -100,14 +100,16 @@ def test_synth_refines_as_the_preset_says_or_as_asked_and_projects_with_no_net(c
     fast = voc.presets["fast"]
     runs = {"preset": (["--preset", "fast"], voc.schedule(fast.rho), fast.refine, f"{fast.refine} refinements"),
             "asked": (["--preset", "fast", "--refine", "3"], voc.schedule(fast.rho), 3, "3 refinements"),
-            "projection": (["--method", "projection", "--refine", "5"], None, 5, "projection alone, 5 refinements")}
+            "projection": (["--method", "projection", "--refine", "5"], None, 5, "projection alone, 5 projections"),
+            "projection preset": (["--method", "projection", "--preset", "fast"], None, fast.projections,
+                                  f"projection alone, {fast.projections} projections")}
     for name, (options, schedule, refine, says) in runs.items():
         rc, out, err = synth_main(capsys, str(mel_file), "-o", str(tmp_path / f"{name}.wav"),
                                   "--weights", str(tiny_weights), "--device", "cpu", "--seed", "2", *options)
         assert rc == 0 and says in out, err
         expected = voc.vocode(mel, schedule, seed=2, refine=refine)
         assert np.abs(sf.read(tmp_path / f"{name}.wav", dtype="float32")[0] - expected).max() <= 1 / 32768 + 1e-6
-    for options in (["--refine", "-1"], ["--refine", "100000"], ["--method", "projection", "--preset", "fast"]):
+    for options in (["--refine", "-1"], ["--refine", "100000"], ["--method", "projection", "--rho", "0.1"]):
         with pytest.raises(SystemExit) as e:
             synth.main([str(mel_file), "-o", str(tmp_path / "x.wav"), "--weights", str(tiny_weights), *options])
         assert e.value.code == 2

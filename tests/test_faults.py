@@ -114,10 +114,10 @@ def test_inference_failure_is_503_once(make_client, monkeypatch, error):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(voc, "vocode", fail_once)
-    r = vocode(client, seed=3)
+    r = vocode(client, seed=3, method="bddm")
     assert r.status_code == 503 and r.headers.get("retry-after"), (r.status_code, r.headers)
     assert r.json()["detail"]
-    assert_ok(vocode(client, seed=3))
+    assert_ok(vocode(client, seed=3, method="bddm"))
     assert client.get("/readyz").status_code == 200
     assert engine(client).queue_depth == 0
 
@@ -206,7 +206,7 @@ def test_disconnected_client_frees_its_slot(make_client, monkeypatch):
     eng = engine(client)
     gate = Gate(eng.vocoder)
     monkeypatch.setattr(eng.vocoder, "vocode", gate)
-    busy = threading.Thread(target=lambda: assert_ok(vocode(client, 2, seed=0)))
+    busy = threading.Thread(target=lambda: assert_ok(vocode(client, 2, seed=0, method="bddm")))
     busy.start()  # occupies the worker, so the next job waits in the queue
     assert gate.entered.wait(30)
     sent = client.portal.call(post_then_disconnect, client.app, npy(mel(3)), lambda: eng.queue_depth == 1)

@@ -10,6 +10,7 @@ import torch
 from conftest import SHARED_DATA, voiced_tone
 from model.audio import MelSpec, load_audio, mel_filterbank, mel_spectrogram, stft
 from model.phase import BLOCK, CoherentPhase, coherent_start, mel_magnitude, phase_steps, window_gamma
+from model.profiles import PROFILES
 
 SPEC = MelSpec()
 
@@ -28,7 +29,7 @@ def convergence(audio: torch.Tensor, reference: np.ndarray) -> float:
 def with_magnitude(start: CoherentPhase, magnitude: np.ndarray) -> CoherentPhase:
     """The same heap on a given magnitude (the recording's own, not the mel's inverse)."""
     start.magnitude = magnitude
-    start.d_time, start.d_freq, start.level = phase_steps(magnitude, SPEC.n_fft, SPEC.hop, window_gamma(SPEC.n_fft))
+    start.d_time, start.d_freq, start.level = phase_steps(magnitude, SPEC.n_fft, SPEC.hop, window_gamma(SPEC))
     start.done = start.level < 0
     return start
 
@@ -37,7 +38,7 @@ def test_the_phase_steps_match_a_recordings_own_phase_where_it_is_loud(shared_da
     audio = held_out("LJ003-0050", 3.0)
     spectrum = stft(torch.from_numpy(audio)[None], SPEC)[0].T.to(torch.complex128).numpy()
     magnitude, phase = np.abs(spectrum), np.angle(spectrum)
-    d_time, d_freq, _ = phase_steps(magnitude, SPEC.n_fft, SPEC.hop, window_gamma(SPEC.n_fft))
+    d_time, d_freq, _ = phase_steps(magnitude, SPEC.n_fft, SPEC.hop, window_gamma(SPEC))
     loud = magnitude > 1e-2 * magnitude.max()
     along_time = np.angle(np.exp(1j * (np.diff(phase, axis=0) - 0.5 * (d_time[1:] + d_time[:-1]))))
     along_freq = np.angle(np.exp(1j * (np.diff(phase, axis=1) - 0.5 * (d_freq[:, 1:] + d_freq[:, :-1]))))
@@ -70,7 +71,8 @@ def test_the_mels_magnitude_is_nearer_its_mel_than_the_spread_it_starts_from():
     assert (solved >= 0).all() and error(solved) < 0.5 * error(start)
 
 
-@pytest.mark.parametrize("spec", [SPEC, MelSpec(hop=200, n_fft=2048, fmin=55.0, fmax=7600.0)])
+@pytest.mark.parametrize("spec", [PROFILES[name].spec for name in ("hifigan", "rayhane", "espnet")],
+                         ids=["hifigan", "rayhane", "espnet"])
 def test_a_stream_of_blocks_is_the_whole_requests_start(spec):
     audio = voiced_tone(2.5)
     mel = mel_spectrogram(audio[:len(audio) // spec.hop * spec.hop], spec).numpy()

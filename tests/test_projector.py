@@ -7,13 +7,14 @@ import pytest
 import torch
 from conftest import voiced_tone
 from model.audio import MelSpec, mel_spectrogram
+from model.profiles import PROFILES
 from model.projector import project_cpu
-from model.refine import MOMENTUM, project
+from model.refine import MOMENTUM, project_torch as project
 
-CONTRACTS = [MelSpec(), MelSpec(hop=200, n_fft=2048, fmin=55.0, fmax=7600.0)]
+CONTRACTS = [PROFILES[name].spec for name in ("hifigan", "rayhane", "espnet", "coqui")]
 
 
-@pytest.mark.parametrize("spec", CONTRACTS)
+@pytest.mark.parametrize("spec", CONTRACTS, ids=["hifigan", "rayhane", "espnet", "coqui"])
 @pytest.mark.parametrize("iterations", [1, 3, 8])
 def test_the_kernel_is_the_torch_projection_to_rounding(spec, iterations):
     frames = 60

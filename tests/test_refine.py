@@ -126,10 +126,18 @@ def test_a_preset_brings_its_refinements_and_refine_overrides_them(client):
     answers = {}
     for params in ({"rho": "fast"}, {"rho": "fast", "refine": 0}, {"rho": "fast", "refine": 7}, {},
                    {"rho": voc.presets["fast"].rho}):
-        r = client.post("/v1/vocode", content=body, headers=NPY, params={**params, "seed": 2})
+        r = client.post("/v1/vocode", content=body, headers=NPY, params={**params, "seed": 2, "method": "bddm"})
         assert r.status_code == 200, r.text
         answers[str(params)] = r
     assert answers["{'rho': 'fast'}"].headers["x-refine-iterations"] == str(voc.presets["fast"].refine)
+    # the default method (projection alone on a CPU) takes the preset's projections; a numeric rho means BDDM
+    default = client.post("/v1/vocode", content=body, headers=NPY, params={"rho": "fast"})
+    assert (default.headers["x-method"], default.headers["x-refine-iterations"]) == (
+        voc.default_method, str(voc.presets["fast"].projections))
+    numeric = client.post("/v1/vocode", content=body, headers=NPY, params={"rho": voc.presets["fast"].rho})
+    assert numeric.headers["x-method"] == "bddm"
+    wrong = client.post("/v1/vocode", content=body, headers=NPY, params={"rho": 0.05, "method": "projection"})
+    assert wrong.status_code == 400 and "numeric" in wrong.json()["detail"]
     assert answers["{'rho': 'fast', 'refine': 0}"].headers["x-refine-iterations"] == "0"
     assert answers["{'rho': 'fast', 'refine': 7}"].headers["x-refine-iterations"] == "7"
     assert answers["{}"].headers["x-refine-iterations"] == str(voc.default_refine)  # the default preset's

@@ -58,7 +58,8 @@ def model_digests() -> dict[str, str]:
             p = voc.presets[preset]
             for method in METHODS:
                 schedule = voc.schedule(p.rho) if method == "bddm" else None
-                out[f"vocode/{name}/{preset}/{method}"] = digest(voc.vocode(mel, schedule, seed=SEED, refine=p.refine))
+                refine = p.refine if method == "bddm" else p.projections  # each method's own refinements
+                out[f"vocode/{name}/{preset}/{method}"] = digest(voc.vocode(mel, schedule, seed=SEED, refine=refine))
     balanced = voc.presets["balanced"]
     frames = min(m.shape[-1] for m in named.values())
     batch = np.stack([m[:, :frames] for m in named.values()])
@@ -69,7 +70,8 @@ def model_digests() -> dict[str, str]:
     out["ne/lj/3"] = digest(voc.vocode_ne(named["lj"], 3, seed=SEED))
     for method in METHODS:
         schedule = voc.schedule(balanced.rho) if method == "bddm" else None
-        stream = voc.stream(named["lj"], schedule, SEED, balanced.refine, first=8, largest=16)
+        refine = balanced.refine if method == "bddm" else balanced.projections
+        stream = voc.stream(named["lj"], schedule, SEED, refine, first=8, largest=16)
         out[f"stream/lj/balanced/{method}"] = digest(np.concatenate([stream.render(c) for c in stream.plan]))
     return out
 

@@ -119,9 +119,9 @@ def test_choose_presets():
 def test_tiny_weights_are_complete(tiny_weights):
     config = read_config(tiny_weights)
     search = config["search"]
-    assert search["default_rho"] == search["presets"]["balanced"]["rho"]
+    assert search["default_rho"] == search["presets"]["balanced"]["bddm"]["rho"]
     assert (search["alpha_hat_N"], search["beta_hat_N"]) in grid_candidates(DIFFUSION, 3)
-    steps = {p: len(search["schedules"][str(v["rho"])]["beta"]) for p, v in search["presets"].items()}
+    steps = {p: len(search["schedules"][str(v["bddm"]["rho"])]["beta"]) for p, v in search["presets"].items()}
     assert steps["fast"] <= steps["balanced"] <= steps["quality"] and steps["fast"] <= 3
     voc = Vocoder.load(tiny_weights, device="cpu")
     mel = load_reference_mel(tiny_weights)

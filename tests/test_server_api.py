@@ -74,15 +74,19 @@ def audio_of(r) -> np.ndarray:
 # --- vocoding -----------------------------------------------------------------------------------
 
 def gate_vocoder(engine, monkeypatch) -> tuple[threading.Event, threading.Event]:
-    """Hold the inference worker inside vocode: `entered` is set once it is there, `release` lets it go on."""
-    real, entered, release = engine.vocoder.vocode, threading.Event(), threading.Event()
+    """Hold the inference worker inside vocode (or projection alone): `entered` is set once it is there, `release`
+    lets it go on."""
+    entered, release = threading.Event(), threading.Event()
 
-    def gated(*args, **kwargs):
-        entered.set()
-        assert release.wait(30)
-        return real(*args, **kwargs)
+    def gate(real):
+        def gated(*args, **kwargs):
+            entered.set()
+            assert release.wait(30)
+            return real(*args, **kwargs)
+        return gated
 
-    monkeypatch.setattr(engine.vocoder, "vocode", gated)
+    for name in ("vocode", "projection_alone"):
+        monkeypatch.setattr(engine.vocoder, name, gate(getattr(engine.vocoder, name)))
     return entered, release
 
 
@@ -107,7 +111,7 @@ def full_queue(engine, monkeypatch, send: Callable[[], object]) -> Iterator[list
 
 
 def test_vocode_npy_returns_16bit_wav_and_headers(client):
-    r = vocode(client, mel(20), seed=1)
+    r = vocode(client, mel(20), seed=1, method="bddm")
     assert r.headers["content-type"] == "audio/wav"
     assert sf.info(io.BytesIO(r.content)).subtype == "PCM_16"
     assert audio_of(r).shape == (20 * HOP,)
@@ -153,9 +157,12 @@ def test_presets_match_model_and_steps_fall_as_rho_rises(client):
     presets = client.get("/v1/model").json()["presets"]
     assert set(presets) == {"fast", "balanced", "quality"}
     for name, p in presets.items():
-        r = vocode(client, rho=name)
+        r = vocode(client, rho=name, method="bddm")
         assert float(r.headers["x-rho"]) == p["rho"] and int(r.headers["x-diffusion-steps"]) == p["steps"]
         assert r.headers["x-schedule-cache"] == "hit"  # generated at start-up
+        r = vocode(client, rho=name, method="projection")  # a preset holds both methods
+        assert (r.headers["x-method"], r.headers["x-diffusion-steps"]) == ("projection", "0")
+        assert int(r.headers["x-refine-iterations"]) == p["projections"] and "x-rho" not in r.headers
     assert presets["fast"]["steps"] <= presets["balanced"]["steps"] <= presets["quality"]["steps"]
     steps = [client.get("/v1/schedules", params={"rho": rho}).json()["steps"] for rho in (1e-3, 0.01, 0.1, 0.5, 0.9)]
     assert steps == sorted(steps, reverse=True) and steps[0] > steps[-1]
@@ -317,23 +324,20 @@ def test_a_cpu_engine_batches_only_when_told_to(make_client):
     assert make_client(batch_wait_ms=7).app.state.engine.batch_wait_ms == 7
 
 
-def test_concurrent_unseeded_requests_micro_batch_and_seeded_ones_keep_their_bytes(make_client, monkeypatch):
-    client = make_client(batch_wait_ms=50, max_batch=8)
+def run_held(client, monkeypatch, jobs: dict) -> dict:
+    """Post each job (mel, params) from its own thread while the worker is held inside the first one, so the rest
+    queue up together; the answers by name."""
     engine = client.app.state.engine
-    same = [mel(6, seed=i) for i in range(3)]
-    solo = [vocode(client, m, seed=i).content for i, m in enumerate(same)]
-
     entered, release = gate_vocoder(engine, monkeypatch)
     results: dict = {}
-    jobs = {"blocker": (mel(4), {"rho": "fast"}), **{f"seeded{i}": (m, {"seed": i}) for i, m in enumerate(same)},
-            "short": (mel(3), {}), "same": (mel(6), {}), "long": (mel(9), {})}
 
     def post(name):
         m, params = jobs[name]
         results[name] = vocode(client, m, **params)
 
     threads = {name: threading.Thread(target=post, args=(name,)) for name in jobs}
-    threads["blocker"].start()
+    first = next(iter(jobs))
+    threads[first].start()
     assert entered.wait(30)
     for name in list(jobs)[1:]:
         threads[name].start()
@@ -342,9 +346,32 @@ def test_concurrent_unseeded_requests_micro_batch_and_seeded_ones_keep_their_byt
     release.set()
     for t in threads.values():
         t.join(60)
+    return results
+
+
+def test_concurrent_unseeded_requests_micro_batch_and_seeded_ones_keep_their_bytes(make_client, monkeypatch):
+    client = make_client(batch_wait_ms=50, max_batch=8)
+    bddm = {"method": "bddm"}
+    same = [mel(6, seed=i) for i in range(3)]
+    solo = [vocode(client, m, seed=i, **bddm).content for i, m in enumerate(same)]
+    results = run_held(client, monkeypatch, {
+        "blocker": (mel(4), {"rho": "fast", **bddm}), **{f"seeded{i}": (m, {"seed": i, **bddm}) for i, m in enumerate(same)},
+        "short": (mel(3), bddm), "same": (mel(6), bddm), "long": (mel(9), bddm)})
     for i in range(3):  # seeded: alone, so the bytes never depend on the load
         assert results[f"seeded{i}"].headers["x-batch-size"] == "1"
         assert results[f"seeded{i}"].content == solo[i]
     for name, frames in (("short", 3), ("same", 6), ("long", 9)):  # unseeded: padded together, trimmed back
         assert results[name].headers["x-batch-size"] == "3"
         assert audio_of(results[name]).shape == (frames * HOP,)
+
+
+def test_projection_alone_batches_across_requests_with_each_items_own_bytes(make_client, monkeypatch):
+    """On a CPU, with batching off (its default), projection alone's queued requests still run together, seeded or
+    not, each at its own length on its own pool thread: each answer is the one it gets alone."""
+    client = make_client()
+    jobs = {"blocker": (mel(4), {"seed": 9}), **{f"seeded{i}": (mel(5 + 3 * i, seed=i), {"seed": i}) for i in range(3)}}
+    solo = {name: vocode(client, m, **params).content for name, (m, params) in jobs.items()}
+    results = run_held(client, monkeypatch, jobs)
+    assert [results[f"seeded{i}"].headers["x-batch-size"] for i in range(3)] == ["3"] * 3
+    for name, r in results.items():
+        assert r.headers["x-method"] == "projection" and r.content == solo[name]

@@ -18,7 +18,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from conftest import serving
-from model.audio import HOP, N_MELS, pcm16
+from model.audio import HOP, N_MELS, load_audio, mel_spectrogram, pcm16
 from model.checkpoint import CONFIG
 from model.sampling import Noise
 from model.streaming import RANDN_BLOCK, NoiseTape, StreamCancelled, chunk_plan, margin_frames
@@ -103,6 +103,19 @@ def test_a_stream_is_the_whole_request_to_one_lsb_and_repeats_exactly(voc, frame
     assert np.abs(int16(parts[0]).astype(int) - int16(whole)).max() <= 1
 
 
+def test_a_stream_at_the_default_is_the_whole_request_to_one_lsb(voc, shared_data):
+    """Projection alone at the default preset on 6 s of held-out speech, in the served chunk sizes: the coherent
+    start block by block (`model.phase`), then the preset's projections on each chunk widened by their reach."""
+    speech = load_audio(shared_data / "wavs" / "LJ003-0050.flac")[:6 * 22050]
+    m = mel_spectrogram(speech[:len(speech) // HOP * HOP])
+    iterations = voc.presets[voc.default_preset].projections
+    whole = voc.vocode(m, None, seed=11, refine=iterations)
+    stream = voc.stream(m, None, seed=11, refine=iterations)
+    streamed = np.concatenate([stream.render(c) for c in stream.plan])
+    assert len(stream.plan) >= 3 and streamed.shape == whole.shape
+    assert np.abs(int16(streamed).astype(int) - int16(whole)).max() <= 1
+
+
 def test_a_stream_under_the_energy_prior_is_the_whole_request(energy_voc):
     m, schedule = torch.from_numpy(mel(40)), energy_voc.schedule(energy_voc.presets["quality"].rho)
     stream = energy_voc.stream(m, schedule, seed=3, refine=2, first=5, largest=10)
@@ -138,7 +151,7 @@ def client(tiny_weights):
 
 
 def test_the_stream_route_answers_the_same_wav_as_vocode(client):
-    body, params = npy(mel(300)), {"seed": 5, "rho": "quality", "refine": 3}  # three chunks: 86, 172 and 42 frames
+    body, params = npy(mel(300)), {"seed": 5, "rho": "quality", "refine": 3, "method": "bddm"}  # chunks: 86, 172, 42
     whole = client.post("/v1/vocode", content=body, headers=NPY, params=params)
     streamed = [client.post("/v1/vocode/stream", content=body, headers=NPY, params=params) for _ in range(2)]
     r = streamed[0]
@@ -183,7 +196,8 @@ def test_a_full_queue_refuses_a_stream_with_429_before_the_first_byte(tiny_weigh
     with TestClient(create_app(Settings(weights=tiny_weights, device="cpu", queue_size=1, max_batch=1))) as client:
         while client.get("/readyz").status_code != 200:
             time.sleep(0.05)
-        post = lambda: client.post("/v1/vocode/stream", content=npy(mel(8)), headers=NPY)  # noqa: E731
+        post = lambda: client.post("/v1/vocode/stream", content=npy(mel(8)), headers=NPY,  # noqa: E731
+                                   params={"method": "bddm"})
         with full_queue(client.app.state.engine, monkeypatch, post) as results:
             r = post()
             assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
@@ -221,7 +235,7 @@ def test_a_client_that_leaves_mid_stream_costs_no_further_reverse_step(tiny_weig
         monkeypatch.setattr(engine.vocoder, "vocode", held)
         host, port = url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port))) as sock:
-            sock.sendall(b"POST /v1/vocode/stream?rho=quality HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-npy"
+            sock.sendall(b"POST /v1/vocode/stream?rho=quality&method=bddm HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-npy"
                          b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
             received = b""
             while len(received) < 16 * 1024:  # the headers, the WAV header and the first PCM
@@ -236,7 +250,8 @@ def test_a_client_that_leaves_mid_stream_costs_no_further_reverse_step(tiny_weig
         while metric(url, "vocoder_requests_in_flight") > 1:  # this /metrics request is the one left
             assert time.monotonic() < deadline
             time.sleep(0.02)
-        r = httpx.post(f"{url}/v1/vocode", content=npy(mel(8)), headers=NPY, params={"rho": "fast"}, timeout=30)
+        r = httpx.post(f"{url}/v1/vocode", content=npy(mel(8)), headers=NPY, params={"rho": "fast", "method": "bddm"},
+                       timeout=30)
         assert r.status_code == 200 and metric(url, "vocoder_queue_depth") == 0
         assert len(calls) == seen + int(r.headers["x-diffusion-steps"])  # only the next request's own steps
         assert len(regions) == 3  # the first chunk, the held one that stopped, the next request

@@ -14,7 +14,7 @@ import pytest
 from model.audio import read_id_list
 from model.checkpoint import SCHEDULE_NET, read_config
 from model.prior import DEFAULT_PRIOR
-from model.refine import PRESET_REFINE
+from model.refine import PRESET_PROJECTIONS, PRESET_REFINE
 from model.scheduling import REFERENCE
 from model.train.__main__ import main
 from model.vocoder import Vocoder
@@ -59,14 +59,16 @@ def test_cli_makes_a_complete_weights_dir(trained: Path):
     assert config["training"]["search"]["grid"] == 3 and config["training"]["search"]["clips"] == 1
     search = config["search"]
     assert set(search["presets"]) == {"fast", "balanced", "quality"}
-    assert search["default_rho"] == search["presets"]["balanced"]["rho"]
-    assert {n: p["refine"] for n, p in search["presets"].items()} == PRESET_REFINE  # a preset is (rho, K)
-    assert all(str(p["rho"]) in search["schedules"] for p in search["presets"].values())
+    bddm = {n: p["bddm"] for n, p in search["presets"].items()}  # a preset holds both methods
+    assert search["default_rho"] == bddm["balanced"]["rho"]
+    assert {n: p["refine"] for n, p in bddm.items()} == PRESET_REFINE  # BDDM's is (rho, K)
+    assert {n: p["projection"]["refine"] for n, p in search["presets"].items()} == PRESET_PROJECTIONS
+    assert all(str(p["rho"]) in search["schedules"] for p in bddm.values())
     # --objective presets (the default): each preset's schedule comes from its own pair, stored at its rho,
     # and the stored rho -> steps map still never gives fewer steps for a smaller rho
     assert search["objective"] == "presets"
     for name, pair in search["preset_pairs"].items():
-        stored = search["schedules"][str(search["presets"][name]["rho"])]
+        stored = search["schedules"][str(bddm[name]["rho"])]
         assert (stored["alpha_hat_N"], stored["beta_hat_N"]) == (pair["alpha_hat_N"], pair["beta_hat_N"])
         assert stored["steps"] == pair["steps"]
     steps = [search["schedules"][r]["steps"] for r in sorted(search["schedules"], key=float)]

@@ -104,11 +104,11 @@ def test_refine_and_method_are_v1s(url, client, name):
     m = mel(10, seed=6)
     tensor = triton.InferInput("mel", [1, N_MELS, 10], "FP32")
     tensor.set_data_from_numpy(m[None])
-    for params in ({"rho": "fast", "refine": 2}, {"method": "projection", "refine": 3}):
+    for params in ({"rho": "fast", "refine": 2, "method": "bddm"}, {"method": "projection", "refine": 3}):
         result = client.infer(name, [tensor], parameters={**params, "seed": 2, "audio_datatype": "INT16"})
         assert np.array_equal(result.as_numpy("audio")[0], v1(url, m, seed=2, **params))
         answered = result.get_response()["parameters"]
-        assert answered["refine"] == params["refine"] and answered["method"] == params.get("method", "bddm")
+        assert answered["refine"] == params["refine"] and answered["method"] == params["method"]
         assert ("rho" in answered) == ("rho" in params)  # projection alone has no rho, as /v1's X-Rho says
 
 
@@ -205,6 +205,7 @@ def test_queue_full_failures_and_api_key_are_v1s(tiny_weights, monkeypatch):
             raise RuntimeError("CUDA out of memory")
 
         monkeypatch.setattr(app.state.engine.vocoder, "vocode", failing)  # a failed batch: 503, as on /v1
+        monkeypatch.setattr(app.state.engine.vocoder, "projection_alone", failing)
         r = post(base, name, request(), key)
         assert r.status_code == 503 and r.headers["retry-after"] and "inference failed" in r.json()["error"]
         c.close()

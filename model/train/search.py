@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from ..audio import MelSpec
-from ..refine import PRESET_REFINE
+from ..refine import PRESET_PROJECTIONS, PRESET_REFINE
 from ..checkpoint import SCHEDULE_NET, SCORE_NET, git_revision, load_module, read_config, write_config
 from ..scheduling import (PRESET_STEPS, best_pair, canonical_rho, choose_presets, cut_schedules, grid_scores,
                           load_schedule_net, noise_schedule, rho_for_steps, save_reference_mel, shorten)
 from ..schedules import Diffusion, Schedule
 from ..score_net import ScoreNet, ScoreNetParams
+from ..vocoder import Preset
 from .common import CorpusOptions, hardware, runtime
 from .data import AudioCorpus
 
@@ -86,7 +87,8 @@ def run_search(job: Search) -> Path:
     save_reference_mel(out, reference)
     config["search"] = {"alpha_hat_N": alpha_N, "beta_hat_N": beta_N, "ls_mse": score, "rho": rho,
                         "objective": job.objective, "preset_pairs": own,
-                        "presets": {name: {"rho": r, "refine": PRESET_REFINE[name]} for name, r in presets.items()},
+                        "presets": {name: Preset(r, PRESET_REFINE[name], PRESET_PROJECTIONS[name]).to_config()
+                                    for name, r in presets.items()},
                         "default_rho": presets["balanced"],
                         "schedules": {str(r): s.to_dict() for r, s in sorted(schedules.items())}}
     config.setdefault("training", {})["search"] = {
