@@ -13,7 +13,6 @@ average is printed beside it: other work shares these cores.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import math
 import os
 import sys
@@ -32,11 +31,11 @@ from model.projector import Projector, _apply_gains, _frame, _momentum, _overlap
 from model.refine import project
 from model.vocoder import Vocoder
 
-from .common import (TUNING_CLIPS, apply_threads, base_parser, fmt, header, npy_bytes, parse_with_quick, table,
-                     validation_clips, weights_for, write_outputs)
+from .common import (TUNING_CLIPS, Client, Server, apply_threads, base_parser, closed_loop, fmt, header, npy_bytes,
+                     parse_with_quick, table, validation_clips, weights_for, write_outputs)
 from .quality import METRICS, clip_metrics
 from .refine import librosa_mel_to_audio
-from .speed import closed_loop, gemm_peak, server
+from .speed_cpu import gemm_peak
 
 PRESETS = ("fast", "balanced", "quality")
 #: Projections after each start in the tuning comparison (`--tune`).
@@ -89,10 +88,12 @@ def start_parts(spec: MelSpec, mel: np.ndarray, tries: int) -> dict[str, float]:
 
 
 def projection_parts(spec: MelSpec, mel: np.ndarray, tries: int) -> list[dict]:
-    """Seconds and FLOPs of each part of one projection (`model.projector`), on one mel."""
+    """Seconds and FLOPs of each part of one projection (`model.projector`), on one mel. The parts are timed on
+    buffers they keep changing; the whole projection, from the start each time."""
     frames = mel.shape[-1]
     p = Projector(spec, frames)
-    audio = CoherentPhase(mel, spec, 0).audio(0, frames)[0].numpy().copy()
+    start = CoherentPhase(mel, spec, 0).audio(0, frames)[0].numpy()
+    audio = start.copy()
     target = np.exp(mel).T.astype(np.float32).copy()
     p.run(audio, target, 2, 0.99, 16.0)
     spectrum, buffer = p.spectrum.numpy(), p.buffer.numpy()
@@ -111,7 +112,7 @@ def projection_parts(spec: MelSpec, mel: np.ndarray, tries: int) -> list[dict]:
              ("momentum", lambda: _momentum(spectrum, p.previous, np.float32(0.99)), 0, "fft")]
     rows = [{"part": name, "seconds": fastest(fn, tries), "flops": flops, "rate": rate} for name, fn, flops, rate in parts]
     rows.append({"part": "one projection, as run (16 iterations / 16)", "seconds": fastest(
-        lambda: p.run(audio.copy(), target, 16, 0.99, 16.0), tries) / 16,
+        lambda: p.run(start.copy(), target, 16, 0.99, 16.0), tries) / 16,
         "flops": 2 * fft_flops(frames, spec.n_fft) + 2 * 2 * nonzero * frames, "rate": "fft",
         "dense_filterbank_flops": 2 * 2 * spec.n_mels * bins * frames})
     return rows
@@ -139,21 +140,22 @@ def served(weights: Path, voc: Vocoder, mel: torch.Tensor, requests: int, client
     """The server end to end: one client's requests in turn (p50), then `clients` at once for `seconds`, with
     librosa's mel_to_audio timed between them on the same mel."""
     body, audio_seconds = npy_bytes(mel.numpy()), mel.shape[-1] * voc.spec.hop / voc.spec.sample_rate
-    log = Path(tempfile.mkdtemp()) / "server.log"
-    with server(weights, {**os.environ, "VOCODER_DEVICE": "cpu"}, log) as url:
-        with httpx.Client(timeout=120) as client:
-            post = lambda: client.post(f"{url}/v1/vocode", content=body, headers={"content-type": "application/x-npy"})  # noqa: E731
-            first = post()
-            first.raise_for_status()
-            times = []
-            for _ in range(requests):
-                t0 = time.perf_counter()
-                post().raise_for_status()
-                times.append(time.perf_counter() - t0)
-            librosa = fastest(lambda: librosa_mel_to_audio(mel), 3)
-            model = client.get(f"{url}/v1/model").json()
-        loaded = asyncio.run(closed_loop(url, [(body, audio_seconds)], model.get("default_preset", "balanced"),
-                                         clients, 10**6, seconds))
+    with Server(weights, Path(tempfile.mkdtemp()) / "server.log", {**os.environ, "VOCODER_DEVICE": "cpu"}) as srv:
+        alone = Client(srv.url, requests + 1, 1, timeout=120)
+        first = alone.http.post("/v1/vocode", content=body, headers={"Content-Type": "application/x-npy"})
+        first.raise_for_status()
+        times = [alone.vocode(body, {})["latency"] for _ in range(requests)]
+        alone.close()
+        librosa = fastest(lambda: librosa_mel_to_audio(mel), 3)
+        model = httpx.get(f"{srv.url}/v1/model", timeout=30).json()
+        many = Client(srv.url, 10**6, clients, timeout=2 * seconds + 60)
+        start = time.monotonic()
+        results = closed_loop(many, clients, seconds, lambda i: (body, {}, "application/x-npy", {}))
+        wall = time.monotonic() - start
+        many.close()
+    ok = [r for r in results if r["status"] == 200]
+    loaded = {"clients": clients, "ok": len(ok), "errors": len(results) - len(ok),
+              "throughput": audio_seconds * len(ok) / wall, "p50_s": float(np.median([r["latency"] for r in ok]))}
     return {"method": first.headers.get("x-method"), "refine": first.headers.get("x-refine-iterations"),
             "p50_s": float(np.median(times)), "librosa_s": librosa, "ratio": float(np.median(times)) / librosa,
             "audio_seconds": audio_seconds, "load": loaded, "model": model, "loadavg": load()}

@@ -39,8 +39,9 @@ from .refine import target_of
 
 #: gamma / L^2 of the Gaussian closest to a window of L samples (the paper's Table I).
 GAMMA = {"hann": 0.25645, "hamming": 0.29037}
-#: Coefficients this far below the request's loudest (relative magnitude) take seeded noise, not integration: on
-#: the tuning clips 1e-2 gave PESQ-WB 3.90 after 32 projections where the paper's 1e-5 gave 3.74 (bench/results/projection-tuning.md).
+#: Coefficients this far below the request's loudest (relative magnitude) take seeded noise, not integration: on the
+#: tuning clips, after 32 projections, 1e-2 gave PESQ-WB 3.89 where the paper's 1e-5 gave 3.73 and seeded noise 3.67
+#: (bench/results/projection-tuning.md).
 TOLERANCE = 1e-2
 #: Frames per block of the block-wise heap (~0.74 s at hop 256).
 BLOCK = 64

@@ -146,7 +146,8 @@ def test_out_of_memory_on_a_batch_of_4_retries_its_halves(make_client, monkeypat
     monkeypatch.setattr(voc, "vocode", vocode_or_oom)
     before = out_of_memory_total(client)
     answers: dict[int, httpx.Response] = {}
-    threads = [threading.Thread(target=lambda f=f: answers.update({f: vocode(client, f)})) for f in lengths]
+    threads = [threading.Thread(target=lambda f=f: answers.update({f: vocode(client, f, method="bddm")}))
+               for f in lengths]
     for t in threads:
         t.start()
     for t in threads:
