@@ -101,12 +101,12 @@ def test_health_and_metadata(client, name):
 
 def test_infer_gives_v1s_samples_for_the_seed(server, client, name):
     m = mel(12, seed=1)
-    expected = v1(server[0], m, rho="fast", seed=3)
-    result = infer(client, name, m[None], rho="fast", seed=3)
+    expected = v1(server[0], m, rho="fast", seed=3, method="bddm")
+    result = infer(client, name, m[None], rho="fast", seed=3, method="bddm")
     audio = result.as_numpy("audio")
     assert audio.dtype == np.float32 and audio.shape == (1, 12 * HOP)
     assert np.array_equal(np.frombuffer(pcm16(audio[0]), np.int16), expected)  # FP32, quantised as pcm16 is
-    ints = infer(client, name, m[None], rho="fast", seed=3, audio_datatype="INT16").as_numpy("audio")
+    ints = infer(client, name, m[None], rho="fast", seed=3, method="bddm", audio_datatype="INT16").as_numpy("audio")
     assert ints.dtype == np.int16 and np.array_equal(ints[0], expected)
     answered = {k: v.WhichOneof("parameter_choice") and getattr(v, v.WhichOneof("parameter_choice"))
                 for k, v in result.get_response().parameters.items()}
@@ -254,6 +254,7 @@ def test_full_queue_failures_and_api_key_are_v1s(tiny_weights, monkeypatch):
             raise RuntimeError("injected failure")
 
         monkeypatch.setattr(app.state.engine.vocoder, "vocode", failing)  # a failed batch: UNAVAILABLE, /v1's 503
+        monkeypatch.setattr(app.state.engine.vocoder, "projection_alone", failing)
         error = refused(target, request(), tuple(key.items()))
         assert error.code() == grpc.StatusCode.UNAVAILABLE and "inference failed" in error.details()
         assert retry_delay(error) >= 1
