@@ -28,7 +28,7 @@ from model import metrics
 from model.audio import MelSpec, mel_spectrogram
 from model.phase import BLOCK, TOLERANCE, CoherentPhase, mel_magnitude, phase_steps, window_gamma
 from model.projector import Projector, _apply_gains, _frame, _momentum, _overlap_add, in_pool
-from model.refine import project
+from model.refine import gain_floor, project, target_of
 from model.vocoder import Vocoder
 
 from .common import (TUNING_CLIPS, Client, Server, apply_threads, base_parser, closed_loop, fmt, header, npy_bytes,
@@ -94,8 +94,8 @@ def projection_parts(spec: MelSpec, mel: np.ndarray, tries: int) -> list[dict]:
     p = Projector(spec, frames)
     start = CoherentPhase(mel, spec, 0).audio(0, frames)[0].numpy()
     audio = start.copy()
-    target = np.exp(mel).T.astype(np.float32).copy()
-    p.run(audio, target, 2, 0.99, 16.0)
+    target, floor = target_of(torch.from_numpy(mel), spec).T.contiguous().numpy(), gain_floor(spec)
+    p.run(audio, target, 2, 0.99, 16.0, floor)
     spectrum, buffer = p.spectrum.numpy(), p.buffer.numpy()
     nonzero = int(sum(p.stop - p.start))
     bins = spec.n_fft // 2 + 1
@@ -103,7 +103,7 @@ def projection_parts(spec: MelSpec, mel: np.ndarray, tries: int) -> list[dict]:
              ("real FFT", lambda: torch.fft.rfft(p.buffer, out=p.spectrum), fft_flops(frames, spec.n_fft), "fft"),
              ("gains: |X|, two banded filterbank products, gains applied",
               lambda: _apply_gains(spectrum, target, p.start, p.stop, p.weights, p.nearest, p.norm, np.float32(16.0),
-                                   np.float32(spec.value_floor), int(spec.power), p.scratch, p.gains),
+                                   np.float32(floor), int(spec.power), p.scratch, p.gains),
               2 * 2 * nonzero * frames, "gemm"),
              ("inverse real FFT", lambda: torch.fft.irfft(p.spectrum, n=spec.n_fft, out=p.buffer),
               fft_flops(frames, spec.n_fft), "fft"),
@@ -112,7 +112,7 @@ def projection_parts(spec: MelSpec, mel: np.ndarray, tries: int) -> list[dict]:
              ("momentum", lambda: _momentum(spectrum, p.previous, np.float32(0.99)), 0, "fft")]
     rows = [{"part": name, "seconds": fastest(fn, tries), "flops": flops, "rate": rate} for name, fn, flops, rate in parts]
     rows.append({"part": "one projection, as run (16 iterations / 16)", "seconds": fastest(
-        lambda: p.run(start.copy(), target, 16, 0.99, 16.0), tries) / 16,
+        lambda: p.run(start.copy(), target, 16, 0.99, 16.0, floor), tries) / 16,
         "flops": 2 * fft_flops(frames, spec.n_fft) + 2 * 2 * nonzero * frames, "rate": "fft",
         "dense_filterbank_flops": 2 * 2 * spec.n_mels * bins * frames})
     return rows

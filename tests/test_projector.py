@@ -9,7 +9,8 @@ from conftest import voiced_tone
 from model.audio import MelSpec, mel_spectrogram
 from model.profiles import PROFILES
 from model.projector import project_cpu
-from model.refine import MOMENTUM, project_torch as project
+from model.refine import MOMENTUM, gain_floor, target_of
+from model.refine import project_torch as project
 
 CONTRACTS = [PROFILES[name].spec for name in ("hifigan", "rayhane", "espnet", "coqui")]
 
@@ -22,7 +23,7 @@ def test_the_kernel_is_the_torch_projection_to_rounding(spec, iterations):
     mel = mel_spectrogram(torch.stack([tone, 0.5 * tone.roll(999)]), spec)
     start = 0.1 * torch.randn(2, frames * spec.hop, generator=torch.Generator().manual_seed(0))
     expected = project(start, mel, spec, iterations)
-    got = project_cpu(start, mel, spec, iterations, MOMENTUM, 16.0)
+    got = project_cpu(start, target_of(mel, spec), spec, iterations, MOMENTUM, 16.0, gain_floor(spec))
     assert got.shape == expected.shape and got.dtype == torch.float32
     assert (got - expected).abs().max() < 2e-6 * iterations * max(1.0, float(expected.abs().max()) * 10)
 
@@ -31,4 +32,5 @@ def test_audio_no_longer_than_the_padding_is_framed_with_zeros_as_the_torch_stft
     spec = MelSpec()
     mel = mel_spectrogram(voiced_tone(0.05)[:spec.hop], spec)[None]
     start = 0.1 * torch.randn(1, spec.hop, generator=torch.Generator().manual_seed(1))
-    assert torch.allclose(project_cpu(start, mel, spec, 4, MOMENTUM, 16.0), project(start, mel, spec, 4), atol=1e-6)
+    got = project_cpu(start, target_of(mel, spec), spec, 4, MOMENTUM, 16.0, gain_floor(spec))
+    assert torch.allclose(got, project(start, mel, spec, 4), atol=1e-6)
