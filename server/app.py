@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Annotated
 
@@ -155,6 +156,23 @@ MelFormat = Annotated[str | None, Query(max_length=64, description="the mel's co
                                         "tacotron2, espnet, coqui, rayhane, bigvgan-24k; GET /v1/model) or a "
                                         "registered name; default: the net's own. A JSON body may send an object")]
 
+@dataclass(frozen=True)
+class Knobs:
+    """A vocode route's synthesis knobs from its query (a JSON body may bring rho, seed and refine instead)."""
+
+    rho: str | None
+    seed: int | None
+    refine: int | None
+    method: Method | None  # None: the weights' default method (`model.plan.resolve_method`)
+    mel_format: str | None
+
+
+def knobs(rho: Rho = None, seed: Seed = None, refine: Refine = None, method: MethodQuery = None,
+          mel_format: MelFormat = None) -> Knobs:
+    """The query parameters /v1/vocode and its stream share."""
+    return Knobs(rho, seed, refine, method, mel_format)
+
+
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key), Depends(reject_unknown_query)], responses=ERRORS)
 
 
@@ -166,16 +184,17 @@ MEL_JSON = {"schema": {"type": "object", "required": ["mel"], "properties": {
     "mel_format": {"type": ["string", "object"], "description": "a profile's name or a contract object"}}}}
 
 
-async def read_mel(request: Request, service: Service, rho: str | None, seed: int | None, refine: int | None,
-                   mel_format: str | None) -> tuple[np.ndarray, str | float | None, int | None, int | None,
-                                                   tuple[str, MelSpec]]:
+async def read_mel(request: Request, service: Service, asked: Knobs) -> tuple[np.ndarray, str | float | None,
+                                                                              int | None, int | None,
+                                                                              tuple[str, MelSpec]]:
     """The request's mel (a .npy or JSON body, validated against the limits in its contract) and its knobs: the
     query's, else the JSON body's. A .npy body names its contract in the query only (a name, not an object); a JSON
     body may hold up to `CONTRACT_VALUES` times the net's values per second, and its contract's limit follows."""
     settings: Settings = request.app.state.settings
     kind = codec.require_media_type(request, codec.NPY_TYPES | {codec.JSON_TYPE},
                                     "a .npy mel as application/x-npy, or application/json {\"mel\": [[...], ...]}")
-    net = service.engine.vocoder.spec
+    net, rho, seed, refine = service.engine.vocoder.spec, asked.rho, asked.seed, asked.refine
+    mel_format = asked.mel_format
     if kind == codec.JSON_TYPE:  # parsed off the event loop, as each decoder below
         n_values = CONTRACT_VALUES * net.n_mels
         limit = codec.json_limit(n_values, settings.max_frames, settings.max_body_bytes)
@@ -214,12 +233,11 @@ def plan_headers(request: Request, planned: Planned, samples: int, sample_rate: 
          description="Body: a .npy mel as application/x-npy or application/octet-stream, or JSON. The audio: "
                      "`format`, `encoding` and `sample_rate` (`server.formats`).")
 async def vocode(request: Request, service: Annotated[Service, Depends(ready_service)],
-                 output: Annotated[formats.Output, Depends(formats.vocode_output)], rho: Rho = None,
-                 seed: Seed = None, refine: Refine = None, method: MethodQuery = None,
-                 mel_format: MelFormat = None) -> Response:
-    mel, rho, seed, refine, contract = await read_mel(request, service, rho, seed, refine, mel_format)
+                 output: Annotated[formats.Output, Depends(formats.vocode_output)],
+                 asked: Annotated[Knobs, Depends(knobs)]) -> Response:
+    mel, rho, seed, refine, contract = await read_mel(request, service, asked)
     async with watching(request) as watcher:
-        done = await service.vocode([mel], method, rho, refine, seed, watcher, contract)
+        done = await service.vocode([mel], asked.method, rho, refine, seed, watcher, contract)
     (result,), rate = done.results, contract[1].sample_rate
     audio = await asyncio.to_thread(output.encode, result.audio, rate)
     request.state.log.update(batch=result.batch_size, synthesis_s=round(result.synthesis_seconds, 4))
@@ -239,16 +257,15 @@ async def vocode(request: Request, service: Annotated[Service, Depends(ready_ser
                      "sample_rate), the first after about 1 s of audio. Bodies, limits and errors as /v1/vocode; "
                      "format=flac or ogg-opus is a 400 here.")
 async def vocode_stream(request: Request, service: Annotated[Service, Depends(ready_service)],
-                        output: Annotated[formats.Output, Depends(formats.stream_output)], rho: Rho = None,
-                        seed: Seed = None, refine: Refine = None, method: MethodQuery = None,
-                        mel_format: MelFormat = None) -> StreamingResponse:
-    mel, rho, seed, refine, contract = await read_mel(request, service, rho, seed, refine, mel_format)
+                        output: Annotated[formats.Output, Depends(formats.stream_output)],
+                        asked: Annotated[Knobs, Depends(knobs)]) -> StreamingResponse:
+    mel, rho, seed, refine, contract = await read_mel(request, service, asked)
     spec = contract[1]
     request.state.log.update(streamed=True)
     # the first chunk before the first byte: a refusal or failure is still a JSON error; from the first byte on, the
     # streaming response itself listens for the client leaving
     async with watching(request) as watcher:
-        streamed = await service.stream(mel, method, rho, refine, seed, watcher, contract)
+        streamed = await service.stream(mel, asked.method, rho, refine, seed, watcher, contract)
     first_audio_s = time.perf_counter() - request.state.started
     service.engine.metrics.time_to_first_audio.labels(preset=streamed.planned.plan.preset).observe(first_audio_s)
     request.state.log.update(first_audio_s=round(first_audio_s, 4))
