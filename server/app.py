@@ -158,19 +158,18 @@ MelFormat = Annotated[str | None, Query(max_length=64, description="the mel's co
 
 @dataclass(frozen=True)
 class Knobs:
-    """A vocode route's synthesis knobs from its query (a JSON body may bring rho, seed and refine instead)."""
+    """A vocode route's knobs from its query besides rho, the quality/speed knob itself, which each route names (a
+    JSON body may bring rho, seed and refine instead)."""
 
-    rho: str | None
     seed: int | None
     refine: int | None
     method: Method | None  # None: the weights' default method (`model.plan.resolve_method`)
     mel_format: str | None
 
 
-def knobs(rho: Rho = None, seed: Seed = None, refine: Refine = None, method: MethodQuery = None,
-          mel_format: MelFormat = None) -> Knobs:
-    """The query parameters /v1/vocode and its stream share."""
-    return Knobs(rho, seed, refine, method, mel_format)
+def knobs(seed: Seed = None, refine: Refine = None, method: MethodQuery = None, mel_format: MelFormat = None) -> Knobs:
+    """The query parameters /v1/vocode and its stream share, rho aside."""
+    return Knobs(seed, refine, method, mel_format)
 
 
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key), Depends(reject_unknown_query)], responses=ERRORS)
@@ -184,16 +183,15 @@ MEL_JSON = {"schema": {"type": "object", "required": ["mel"], "properties": {
     "mel_format": {"type": ["string", "object"], "description": "a profile's name or a contract object"}}}}
 
 
-async def read_mel(request: Request, service: Service, asked: Knobs) -> tuple[np.ndarray, str | float | None,
-                                                                              int | None, int | None,
-                                                                              tuple[str, MelSpec]]:
+async def read_mel(request: Request, service: Service, rho: str | None,
+                   asked: Knobs) -> tuple[np.ndarray, str | float | None, int | None, int | None, tuple[str, MelSpec]]:
     """The request's mel (a .npy or JSON body, validated against the limits in its contract) and its knobs: the
     query's, else the JSON body's. A .npy body names its contract in the query only (a name, not an object); a JSON
     body may hold up to `CONTRACT_VALUES` times the net's values per second, and its contract's limit follows."""
     settings: Settings = request.app.state.settings
     kind = codec.require_media_type(request, codec.NPY_TYPES | {codec.JSON_TYPE},
                                     "a .npy mel as application/x-npy, or application/json {\"mel\": [[...], ...]}")
-    net, rho, seed, refine = service.engine.vocoder.spec, asked.rho, asked.seed, asked.refine
+    net, seed, refine = service.engine.vocoder.spec, asked.seed, asked.refine
     mel_format = asked.mel_format
     if kind == codec.JSON_TYPE:  # parsed off the event loop, as each decoder below
         n_values = CONTRACT_VALUES * net.n_mels
@@ -234,8 +232,8 @@ def plan_headers(request: Request, planned: Planned, samples: int, sample_rate: 
                      "`format`, `encoding` and `sample_rate` (`server.formats`).")
 async def vocode(request: Request, service: Annotated[Service, Depends(ready_service)],
                  output: Annotated[formats.Output, Depends(formats.vocode_output)],
-                 asked: Annotated[Knobs, Depends(knobs)]) -> Response:
-    mel, rho, seed, refine, contract = await read_mel(request, service, asked)
+                 asked: Annotated[Knobs, Depends(knobs)], rho: Rho = None) -> Response:
+    mel, rho, seed, refine, contract = await read_mel(request, service, rho, asked)
     async with watching(request) as watcher:
         done = await service.vocode([mel], asked.method, rho, refine, seed, watcher, contract)
     (result,), rate = done.results, contract[1].sample_rate
@@ -258,8 +256,8 @@ async def vocode(request: Request, service: Annotated[Service, Depends(ready_ser
                      "format=flac or ogg-opus is a 400 here.")
 async def vocode_stream(request: Request, service: Annotated[Service, Depends(ready_service)],
                         output: Annotated[formats.Output, Depends(formats.stream_output)],
-                        asked: Annotated[Knobs, Depends(knobs)]) -> StreamingResponse:
-    mel, rho, seed, refine, contract = await read_mel(request, service, asked)
+                        asked: Annotated[Knobs, Depends(knobs)], rho: Rho = None) -> StreamingResponse:
+    mel, rho, seed, refine, contract = await read_mel(request, service, rho, asked)
     spec = contract[1]
     request.state.log.update(streamed=True)
     # the first chunk before the first byte: a refusal or failure is still a JSON error; from the first byte on, the
