@@ -30,6 +30,7 @@ from bench.common import free_port, npy_bytes, wait_ready
 from conftest import SHARED_DATA
 from model.audio import HOP, N_MELS, read_id_list
 from model.checkpoint import SCORE_NET
+from model.plan import BDDM
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER, TRAINER, RAY = (os.environ.get(f"IMAGE_TEST_{name}") for name in ("SERVER", "TRAINER", "RAY"))
@@ -152,16 +153,17 @@ def test_server_image_answers_the_hosts_bytes(server):
 
 def test_server_image_drains_on_sigterm_within_the_grace_period():
     """`podman stop -t GRACE` is what compose does: SIGTERM, then SIGKILL after stop_grace_period."""
-    # Short (1 s of audio, the fast preset) so that all four finish inside the server's 30 s drain window even on a
-    # loaded 2-core host: past it the server cancels what is left, which is not the drain this checks.
-    requests, frames = 4, 86
+    # The net's path (projection alone answers in milliseconds), short (2 s of audio, the fast preset): still running
+    # when SIGTERM lands, and all four finish inside the server's 30 s drain window even on a loaded 2-core host (past
+    # it the server cancels what is left, which is not the drain this checks).
+    requests, frames = 4, 172
     mel = np.random.default_rng(0).normal(-5, 2, (N_MELS, frames)).astype(np.float32)
     with serve(SERVER, *READ_ONLY, label="server (drain test)") as (name, url):
         answers: list[httpx.Response] = []
 
         def post(seed: int) -> None:
-            answers.append(httpx.post(url + "/v1/vocode", params={"seed": seed, "rho": "fast"}, content=npy_bytes(mel),
-                                      headers=NPY, timeout=GRACE_S + 60))
+            answers.append(httpx.post(url + "/v1/vocode", params={"seed": seed, "rho": "fast", "method": BDDM},
+                                      content=npy_bytes(mel), headers=NPY, timeout=GRACE_S + 60))
 
         threads = [threading.Thread(target=post, args=(i,)) for i in range(requests)]
         for t in threads:
