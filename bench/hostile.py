@@ -193,7 +193,8 @@ def phase_rho(url: str, pid: int, max_frames: int) -> dict:
 
 
 def phase_cancel(url: str, pid: int, max_frames: int) -> dict:
-    """A 20 s quality request whose client leaves after 0.3 s, then at once a default 1 s request."""
+    """A 20 s request on the net's quality preset (the longest work a client can ask for) whose client leaves after
+    0.3 s, then at once a default 1 s request."""
     _, idle = post_mel(url, 86, seed=1)
     _, idle_again = post_mel(url, 86, seed=1)
     mel = np.random.default_rng(20).normal(-5, 2, (80, 1720)).astype(np.float32)
@@ -201,7 +202,8 @@ def phase_cancel(url: str, pid: int, max_frames: int) -> dict:
     np.save(buf, mel, allow_pickle=False)
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as sock:
-        sock.sendall(f"POST /v1/vocode?rho=quality&seed=1 HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-npy"
+        sock.sendall(f"POST /v1/vocode?method=bddm&rho=quality&seed=1 HTTP/1.1\r\nHost: {host}\r\n"
+                     f"Content-Type: application/x-npy"
                      f"\r\nContent-Length: {len(buf.getvalue())}\r\n\r\n".encode() + buf.getvalue())
         time.sleep(0.3)
     r, after = post_mel(url, 86, seed=1)

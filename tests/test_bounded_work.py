@@ -107,7 +107,7 @@ def test_new_rho_values_beyond_the_build_queue_get_429_and_the_default_is_served
         wait_until(lambda: len(answers) >= 4, "no refusals")
         assert [a.status_code for a in answers] == [429] * 4
         assert all(int(a.headers["retry-after"]) >= 1 and "schedule" in a.json()["detail"] for a in answers)
-        default = client.post("/v1/vocode", content=npy(mel()), headers=NPY, params={"seed": 1})
+        default = client.post("/v1/vocode", content=npy(mel()), headers=NPY, params={"seed": 1, "method": "bddm"})
         assert default.status_code == 200 and default.headers["x-schedule-cache"] == "hit"  # while builds wait
         release.set()
         for t in senders:
@@ -178,8 +178,8 @@ def test_an_abandoned_request_stops_its_synthesis_within_a_step(tiny_weights):
         body = npy(mel(86))
         host, port = url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port))) as sock:
-            sock.sendall(f"POST /v1/vocode?refine=512 HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-npy\r\n"
-                         f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            sock.sendall(f"POST /v1/vocode?method=bddm&refine=512 HTTP/1.1\r\nHost: {host}\r\n"
+                         f"Content-Type: application/x-npy\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
             # the queue wait is observed as its synthesis starts
             wait_until(lambda: served(url).get("vocoder_queue_wait_seconds_count", 0) >= 1, "no synthesis started")
             time.sleep(0.3)
