@@ -154,7 +154,7 @@ def test_a_mel_format_is_offered_and_used_for_the_upload_and_the_audio(url: str,
     frames = 1 + int(SECONDS * SAMPLE_RATE) // rayhane["hop"]  # centred frames
     page = browser.new_page()
     page.goto(url + "/")
-    page.wait_for_selector("#mel-format option[value=rayhane]")
+    page.wait_for_selector("#mel-format option[value=rayhane]", state="attached")  # an option is never "visible"
     page.select_option("#mel-format", "rayhane")
     page.set_input_files("#file", str(wav))
     page.wait_for_function(f"document.getElementById('input-info').textContent.includes('x {frames} mel')")
