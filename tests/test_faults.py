@@ -300,7 +300,7 @@ def test_sigterm_drains_in_flight_request(tiny_weights):
 
         def request():
             result["r"] = httpx.post(url + "/v1/vocode", content=npy(mel(frames)), headers=NPY,
-                                     params={"seed": 0}, timeout=120)
+                                     params={"seed": 0, "method": "bddm"}, timeout=120)  # projection ends first
 
         t = threading.Thread(target=request)
         t.start()
