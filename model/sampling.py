@@ -18,6 +18,7 @@ from typing import Protocol
 
 import torch
 
+from .cancel import Check
 from .prior import EpsFn, Prior
 from .schedules import Schedule
 from .score_net import ScoreNet
@@ -39,18 +40,22 @@ def _element_size(x: torch.Tensor) -> int:
 
 
 def windowed_eps(net: ScoreNet | CpuScoreNet, window_frames: int = WINDOW_FRAMES, margin_frames: int = MARGIN_FRAMES,
-                 cache_bytes: int = CONDITIONING_CACHE_BYTES) -> EpsFn:
+                 cache_bytes: int = CONDITIONING_CACHE_BYTES, stop: Check | None = None) -> EpsFn:
     """eps_theta(x, mel, t) computed window by window; exact when margins cover the receptive field.
 
     The first step of a request computes each window's conditioners (`ScoreNet.conditioners`) and the
     later steps reuse them, as long as they fit in `cache_bytes` (0 turns the cache off). A new mel
-    tensor is a new request and starts a new cache.
+    tensor is a new request and starts a new cache. `stop` (`model.cancel`) is called before each window after
+    the first, and by the CPU net before each of its layers (`CpuScoreNet`): one step on 20 s of audio is a second
+    or more of work on a CPU.
     """
     hop = net.params.hop
     # The mel upsampler reaches ~1 frame each side; the dilated stack reaches receptive_field samples.
     margin_frames = max(margin_frames, 2 + math.ceil(net.receptive_field / hop))
     per_sample = 2 * net.params.residual_channels * net.params.residual_layers  # conditioner values per sample
     cache: dict = {"mel": None, "windows": {}, "left": 0}
+    checks_layers = stop is not None and isinstance(net, CpuScoreNet)
+    apply = (lambda *a: net(*a, stop=stop)) if checks_layers else net  # noqa: E731
 
     def window_eps(x: torch.Tensor, mel: torch.Tensor, t: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
         if cache["mel"] is not mel:
@@ -59,10 +64,10 @@ def windowed_eps(net: ScoreNet | CpuScoreNet, window_frames: int = WINDOW_FRAMES
         if conditioners is None:
             size = x.shape[0] * (hi - lo) * hop * per_sample * _element_size(x)
             if size > cache["left"]:
-                return net(x, mel[:, :, lo:hi], t)
+                return apply(x, mel[:, :, lo:hi], t, None)
             conditioners = cache["windows"][lo, hi] = net.conditioners(mel[:, :, lo:hi])
             cache["left"] -= size
-        return net(x, mel[:, :, lo:hi], t, conditioners)
+        return apply(x, mel[:, :, lo:hi], t, conditioners)
 
     def eps(x: torch.Tensor, mel: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         frames = mel.shape[-1]
@@ -70,6 +75,8 @@ def windowed_eps(net: ScoreNet | CpuScoreNet, window_frames: int = WINDOW_FRAMES
             return window_eps(x, mel, t, 0, frames)
         out = torch.empty_like(x)
         for start in range(0, frames, window_frames):
+            if start and stop is not None:
+                stop()
             end = min(start + window_frames, frames)
             lo, hi = max(0, start - margin_frames), min(frames, end + margin_frames)
             e = window_eps(x[:, lo * hop:hi * hop], mel, t, lo, hi)

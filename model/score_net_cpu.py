@@ -45,6 +45,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
+from .cancel import Check
 from .score_net import ScoreNet
 
 #: Samples per time tile: a `base` layer's tile (3C + 2C + C floats a sample) is ~1.5 MB, inside a core's L2.
@@ -117,9 +118,11 @@ class CpuScoreNet:
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor, mel: torch.Tensor, t: torch.Tensor,
-                 conditioners: torch.Tensor | None = None) -> torch.Tensor:
+                 conditioners: torch.Tensor | None = None, stop: Check | None = None) -> torch.Tensor:
         """x (B, S), mel (B, n_mels, S / hop), t (B,) -> eps (B, S), as `ScoreNet.forward`. Without
-        `conditioners` each tile projects the upsampled mel itself (no S x L x 2C buffer)."""
+        `conditioners` each tile projects the upsampled mel itself (no S x L x 2C buffer). `stop` (`model.cancel`)
+        is called before each layer: a step of `small` on 20 s is over a second of work on two cores, a layer
+        a twelfth of it."""
         steps = F.linear(self.net.step_embedding(t), self.w_step, self.b_step)
         const = steps.view(x.shape[0], -1, self.params.residual_channels) + self.carried  # (B, L, C)
         # (B, L, 3, 2C): what the conv adds for it inside the signal, and where its first or last tap reads padding.
@@ -133,7 +136,7 @@ class CpuScoreNet:
             b, lo, hi = job
             a, z = max(lo - self.reach, 0), min(hi + self.reach, length)
             item_cond = cond[b, :, a:z] if cached else cond[b, a:z]
-            return self._item(x[b, a:z], item_cond, constants[b], cached)[lo - a:hi - a]
+            return self._item(x[b, a:z], item_cond, constants[b], cached, stop)[lo - a:hi - a]
 
         jobs = [(b, *span) for b in range(x.shape[0]) for span in self.parts(length, x.shape[0])]
         out = self._map(part, jobs)
@@ -155,7 +158,8 @@ class CpuScoreNet:
         with intra_op_threads(1):
             return list(workers(self.threads).map(in_inference_mode(fn), jobs))
 
-    def _item(self, x: torch.Tensor, cond: torch.Tensor, constants: torch.Tensor, cached: bool) -> torch.Tensor:
+    def _item(self, x: torch.Tensor, cond: torch.Tensor, constants: torch.Tensor, cached: bool,
+              stop: Check | None = None) -> torch.Tensor:
         """One batch item: x (S,), cond (L, S, 2C) cached or the upsampled mel (S, n_mels), constants (L, 3, 2C).
         Only elementwise ops and oneDNN's GEMMs, which keep to the calling thread's one thread on the pool (MKL's
         do not: they would start threads of their own)."""
@@ -170,6 +174,8 @@ class CpuScoreNet:
         z: list[torch.Tensor] = []  # -z of this layer's tiles, each kept until its residual update
         tiles = [(lo, min(lo + tile, length)) for lo in range(0, length, tile)]
         for i, d in enumerate(self.dilations):
+            if stop is not None:
+                stop()
             inside, first, last = constants[i]
             inside = inside.to(self.dtype)
             for k, (lo, hi) in enumerate(tiles):

@@ -204,7 +204,8 @@ class Vocoder:
         `refine` mel-consistency projections (`model.refine`). The noise is `seed`'s unless a source of it is given
         (`sampling.ddpm`). No schedule is projection alone (`projection_alone`), in the mel's own contract. A mel in
         another `contract` than the net's is vocoded in it (`in_contract`): F * its hop samples at its rate. `stop`
-        runs after each reverse step and before each projection, and may raise `model.cancel.Cancelled`."""
+        runs after each reverse step, between the net's windows within one (`sampling.windowed_eps`) and before each
+        projection, and may raise `model.cancel.Cancelled`."""
         iterations = refine_iterations(refine)
         if schedule is None:
             mel = as_mel(mel)
@@ -213,7 +214,7 @@ class Vocoder:
             return audio[0] if mel.dim() == 2 else np.stack(audio)
         if contract is not None and contract != self.spec:
             return self.in_contract(mel, contract, lambda m: self.vocode(m, schedule, seed, sampler, noise, stop=stop),
-                                    iterations)
+                                    iterations, stop)
 
         hook = None if stop is None else lambda _: stop()  # after each reverse step's net (`model.cancel`)
 
@@ -222,7 +223,7 @@ class Vocoder:
             with torch.autocast(m.device.type, enabled=False):  # the projection is fp32, whatever the net's precision
                 return project(start, m, self.spec, iterations, threads=self.threads, stop=stop)
 
-        return self._sample(mel, sample)
+        return self._sample(mel, sample, stop)
 
     def projection_alone(self, mels: Sequence[torch.Tensor], seeds: Sequence[int | None], iterations: int,
                          contract: MelSpec | None = None, stop: Check | None = None) -> list[np.ndarray]:
@@ -244,7 +245,8 @@ class Vocoder:
         return in_pool(one, zip(mels, seeds), self.threads)
 
     def in_contract(self, mel: np.ndarray | torch.Tensor, contract: MelSpec,
-                    vocode: Callable[[torch.Tensor], np.ndarray], iterations: int) -> np.ndarray:
+                    vocode: Callable[[torch.Tensor], np.ndarray], iterations: int,
+                    stop: Check | None = None) -> np.ndarray:
         """A mel (n_mels, F) or (B, n_mels, F) in the caller's contract, vocoded in it: read into the net's contract
         (`model.transcode.to_net`), sampled by `vocode` (net audio, unrefined), resampled to the contract's rate and
         cut to F hops, then refined by `iterations` projections in the contract's own STFT against the caller's own
@@ -262,9 +264,9 @@ class Vocoder:
             a = resample(a, self.spec.sample_rate, contract.sample_rate)[:samples]
             fitted[i, :len(a)] = a
         if not clipped(contract):
-            out = self.refine(fitted, batch, iterations, contract)
+            out = self.refine(fitted, batch, iterations, contract, stop=stop)
             return out[0] if single else out
-        out = self.refine(fitted, batch, iterations, contract, clamp=False)
+        out = self.refine(fitted, batch, iterations, contract, clamp=False, stop=stop)
         out = out / np.maximum(1.0, np.abs(out).max(axis=-1, keepdims=True) / PEAK)
         return out[0] if single else out
 
@@ -277,14 +279,16 @@ class Vocoder:
         return self._sample(mel, lambda eps, m: ne_ddpm(eps, self.ne_net, m, steps, seed, self.spec.hop,
                                                         self.score_net.prior, family, self.diffusion))
 
-    def _sample(self, mel: np.ndarray | torch.Tensor, sample: Callable[[EpsFn, torch.Tensor], torch.Tensor]):
-        """`sample(eps_theta, mel (B, n_mels, F))` on this device and precision, for one mel or a batch."""
+    def _sample(self, mel: np.ndarray | torch.Tensor, sample: Callable[[EpsFn, torch.Tensor], torch.Tensor],
+                stop: Check | None = None):
+        """`sample(eps_theta, mel (B, n_mels, F))` on this device and precision, for one mel or a batch; `stop` is
+        checked between the net's windows (`sampling.windowed_eps`)."""
         mel = as_mel(mel)
         single = mel.dim() == 2
         mel = (mel[None] if single else mel).to(self.device)
         autocast = self.dtype != torch.float32 and not isinstance(self.step_net, CpuScoreNet)
         with intra_op_threads(self.threads), torch.autocast(self.device.type, dtype=self.dtype, enabled=autocast):
-            audio = sample(windowed_eps(self.step_net), mel).float().cpu().numpy()
+            audio = sample(windowed_eps(self.step_net, stop=stop), mel).float().cpu().numpy()
         return audio[0] if single else audio
 
     def stream(self, mel: np.ndarray | torch.Tensor, schedule: Schedule | None, seed: int | None = None,
@@ -315,12 +319,12 @@ class Vocoder:
                       reach_frames(spec, iterations), max(steps, 1), first, largest)
 
     def refine(self, audio: np.ndarray, mel: np.ndarray | torch.Tensor, iterations: int,
-               contract: MelSpec | None = None, clamp: bool = True) -> np.ndarray:
+               contract: MelSpec | None = None, clamp: bool = True, stop: Check | None = None) -> np.ndarray:
         """`iterations` mel-consistency projections (`model.refine.project`) of audio (F * hop,) or (B, F * hop)
-        onto its mel in `contract` (the net's by default), on this device in fp32."""
+        onto its mel in `contract` (the net's by default), on this device in fp32; `stop` before each."""
         mel, audio = as_mel(mel), torch.as_tensor(audio)
         single = audio.dim() == 1
         audio, mel = (audio[None], mel[None]) if single else (audio, mel)
         out = project(audio.to(self.device), mel.to(self.device), contract or self.spec, refine_iterations(iterations),
-                      clamp=clamp, threads=self.threads).cpu().numpy()
+                      clamp=clamp, threads=self.threads, stop=stop).cpu().numpy()
         return out[0] if single else out
