@@ -32,6 +32,7 @@ from model.audio import SAMPLE_RATE, load_audio, mel_spectrogram, resample
 from model.contract import MelSpec, expand
 from model.detect import WrongContract, check
 from model.profiles import PROFILES
+from model.plan import BDDM, METHODS, Method, plan_for
 from model.refine import project
 from model.transcode import net_frames, to_net
 from model.vocoder import Vocoder
@@ -62,9 +63,12 @@ def option_b(voc: Vocoder, mel: torch.Tensor, spec: MelSpec, seed: int, rho: flo
     return project(torch.from_numpy(audio)[None], mel[None], spec, refine)[0].numpy()
 
 
-def served(voc: Vocoder, mel: torch.Tensor, spec: MelSpec, seed: int, rho: float, refine: int) -> np.ndarray:
-    """The path the server serves (`Vocoder.vocode` with the caller's contract)."""
-    return voc.vocode(mel, voc.schedule(rho), seed=seed, refine=refine, contract=spec)
+def served(voc: Vocoder, mel: torch.Tensor, spec: MelSpec, seed: int, method: Method | None = None) -> np.ndarray:
+    """What the server serves a request that names only the contract (and `method`; None: the device's default,
+    projection alone on a CPU): its plan (`model.plan`) run by `Vocoder.vocode` in the caller's contract."""
+    plan = plan_for(voc, method, None, None, ("bench", spec))
+    schedule = voc.schedule(plan.rho) if plan.method == BDDM else None
+    return voc.vocode(mel, schedule, seed=seed, refine=plan.refine, contract=spec)
 
 
 def best_lag(ref: np.ndarray, est: np.ndarray, reach: int) -> int:
@@ -83,7 +87,7 @@ def intrusive(ref: np.ndarray, est: np.ndarray, sr: int) -> dict[str, float]:
 
 
 def score_profiles(voc: Vocoder, names: list[str], clips_at: dict, methods: dict, dnsmos: bool) -> list[dict]:
-    rho, refine = voc.default_rho, voc.default_refine
+    """Each profile's held-out clips by each of `methods`: name -> fn(voc, mel, spec, seed) -> audio."""
     rows = []
     for name in names:
         spec = PROFILES[name].spec
@@ -92,7 +96,7 @@ def score_profiles(voc: Vocoder, names: list[str], clips_at: dict, methods: dict
             for i, clip in enumerate(clips_at[spec.sample_rate]):
                 mel = mel_spectrogram(clip.audio, spec)
                 t0 = time.perf_counter()
-                est = fn(voc, mel, spec, 1 + i, rho, refine)
+                est = fn(voc, mel, spec, 1 + i)
                 seconds = time.perf_counter() - t0
                 lag = best_lag(clip.audio, est, spec.hop)
                 scores = {**intrusive(clip.audio, est, spec.sample_rate), "lag": lag, "rtf": seconds / clip.seconds,
@@ -119,14 +123,13 @@ def librosa_rayhane(mel: np.ndarray, spec: MelSpec) -> np.ndarray:
 
 def score_predicted(voc: Vocoder, mels: Path, quick: bool) -> list[dict]:
     rows = []
-    rho, refine = voc.default_rho, voc.default_refine
     for stem, profile in PREDICTED.items():
         if quick and stem not in ("ru-rayhane-0", "tacotron2-a"):
             continue
         spec = PROFILES[profile].spec
         mel = torch.from_numpy(np.load(mels / f"{stem}.npy"))
-        est = served(voc, mel, spec, 1, rho, refine)
-        row = {"mel": stem, "profile": profile, "method": "served", **metrics.dnsmos(est, spec.sample_rate),
+        est = served(voc, mel, spec, 1)
+        row = {"mel": stem, "profile": profile, "method": voc.default_method, **metrics.dnsmos(est, spec.sample_rate),
                **vuv(est, spec.sample_rate)}
         if stem == "tacotron2-a":
             peer = load_audio(mels / "tacotron2-a.waveglow.wav", spec.sample_rate)
@@ -166,17 +169,17 @@ def check_cost(repeats: int = 200) -> dict[str, float]:
     return out
 
 
-def acceptance(rows: list[dict], predicted: list[dict]) -> list[str]:
-    """The issue's acceptance lines, as measured."""
-    out, served = [], {r["profile"]: r for r in rows if r["method"] == "served"}
+def acceptance(rows: list[dict], predicted: list[dict], default: str) -> list[str]:
+    """The issue's acceptance lines, as measured on the `default` method's rows."""
+    out, served = [], {r["profile"]: r for r in rows if r["method"] == default}
     for name, r in served.items():
         ok = r["stoi"] >= 0.95 and r["pesq"] >= 3.0
         out.append(f"- {name}: STOI {r['stoi']:.3f}, PESQ-WB {r['pesq']:.2f} at lag 0: {'met' if ok else 'NOT met'}")
     if {"hifigan", "tacotron2"} <= set(served):
         gap = served["hifigan"]["stoi"] - served["tacotron2"]["stoi"]
         out.append(f"- tacotron2 within 0.01 STOI of hifigan: {gap:+.3f}: {'met' if gap <= 0.01 else 'NOT met'}")
-    ours = [r["dnsmos_ovrl"] for r in predicted if r["profile"] == "rayhane" and r["method"] == "served"]
-    gla = [r["dnsmos_ovrl"] for r in predicted if r["profile"] == "rayhane" and r["method"] != "served"]
+    ours = [r["dnsmos_ovrl"] for r in predicted if r["profile"] == "rayhane" and r["method"] == default]
+    gla = [r["dnsmos_ovrl"] for r in predicted if r["profile"] == "rayhane" and r["method"] != default]
     if ours and gla:
         out.append(f"- Rayhane predictions, DNSMOS OVRL: served {np.mean(ours):.2f} against librosa GLA-32 "
                    f"{np.mean(gla):.2f}: {'met' if np.mean(ours) >= np.mean(gla) else 'NOT met'}")
@@ -186,7 +189,10 @@ def acceptance(rows: list[dict], predicted: list[dict]) -> list[str]:
 def report(args: argparse.Namespace, rows: list[dict], predicted: list[dict], voc: Vocoder,
            check_ms: dict[str, float]) -> str:
     cols = ("stoi", "pesq", "pesq_nb", "periodicity", "vuv_f1", "floor_db", *(DNSMOS if args.dnsmos else ()), "rtf")
-    body = [f"Default preset: rho {voc.default_rho:g}, {voc.default_refine} refinements; clips: "
+    preset = voc.presets.get(voc.default_preset or "")
+    body = [f"Default preset `{voc.default_preset}` (bddm: rho {voc.default_rho:g}, {voc.default_refine} refinements; "
+            f"projection: {preset.projections if preset else 0} projections); the device's default method: "
+            f"{voc.default_method}; clips: "
             f"{'tuning' if args.compare else 'acceptance'} (valid.txt {args.skip + 1}-{args.skip + args.clips}), "
             f"{args.seconds or 'whole'} s; scored at lag 0 against the recording at the contract's rate; `lag`: the "
             "mean best lag in samples (range across clips).", "",
@@ -194,7 +200,7 @@ def report(args: argparse.Namespace, rows: list[dict], predicted: list[dict], vo
                   [(r["profile"], r["method"], *(fmt(r.get(c)) for c in cols),
                     f"{r['lag']:+.1f} ({r['lag_range'][0]:+d}..{r['lag_range'][1]:+d})") for r in rows]),
             "", "Wrong-contract check (`model.detect.check`) on 10 s: "
-            + ", ".join(f"declared {k} {v:.3f} ms" for k, v in check_ms.items()), "", *acceptance(rows, predicted)]
+            + ", ".join(f"declared {k} {v:.3f} ms" for k, v in check_ms.items()), "", *acceptance(rows, predicted, voc.default_method)]
     if predicted:
         keys = ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "voiced", "pitch_strength", "vs_waveglow_stoi",
                 "vs_waveglow_pesq", "vs_waveglow_lag")
@@ -208,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = base_parser("python -m bench.contracts", __doc__)
     ap.add_argument("--profiles", nargs="*", default=list(PROFILES), choices=list(PROFILES))
     ap.add_argument("--compare", action="store_true", help="A against B on the tuning clips (the design choice)")
+    ap.add_argument("--methods", nargs="*", choices=list(METHODS),
+                    help="the methods to score (default: the device's, as the server serves a request naming none)")
     ap.add_argument("--clips", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=None, help="crop each clip (default: whole)")
     ap.add_argument("--no-dnsmos", dest="dnsmos", action="store_false")
@@ -220,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     voc = Vocoder.load(weights, "cpu", dtype=args.dtype)
     rates = {PROFILES[n].spec.sample_rate for n in args.profiles}
     clips_at = {sr: validation_clips(args.data, args.clips, args.seconds, sr, args.skip) for sr in rates}
-    methods = {"A": option_a, "B": option_b} if args.compare else {"served": served}
+    rho, refine = voc.default_rho, voc.default_refine
+    methods = ({"A": lambda *a: option_a(*a, rho, refine), "B": lambda *a: option_b(*a, rho, refine)} if args.compare
+               else {m: lambda *a, m=m: served(*a, m) for m in args.methods or [voc.default_method]})
     name = "contracts-compare" if args.compare else "contracts"
     rows: list[dict] = []
     predicted: list[dict] = []

@@ -29,6 +29,8 @@ from .jit import njit
 from .score_net_cpu import workers
 
 T, R = TypeVar("T"), TypeVar("R")
+#: A held bin's own level is at least this (|X|^power), so a silent one takes at most the largest gain.
+TINY = np.float32(1e-30)
 
 
 @lru_cache(maxsize=8)
@@ -52,13 +54,16 @@ def bands(spec: MelSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
 @lru_cache(maxsize=8)
 def _operators(spec: MelSpec) -> tuple:
     """The filterbank by its nonzero ranges (`bands`, float32), each covered bin's summed weight (the spread's
-    column normalisation) and the contract's window (`audio.window`)."""
+    column normalisation), each band's area (its response to a flat unit spectrum) and the contract's window
+    (`audio.window`)."""
     start, stop, weights, nearest = bands(spec)
     bins = spec.n_fft // 2 + 1
     norm = np.zeros(bins)
     for b in range(len(start)):
         norm[start[b]:stop[b]] += weights[b, :stop[b] - start[b]]
-    return start, stop, weights.astype(np.float32), nearest, norm.astype(np.float32), window(spec).numpy()
+    area = np.maximum(weights.sum(axis=1), 1e-12)
+    return (start, stop, weights.astype(np.float32), nearest, norm.astype(np.float32), area.astype(np.float32),
+            window(spec).numpy())
 
 
 @njit
@@ -95,10 +100,12 @@ def _overlap_add(frames, pad, hop, window, inverse_sum, padded, out):
 
 
 @njit
-def _apply_gains(spectrum, target, start, stop, weights, nearest, norm, max_gain, floor, power, scratch, gains):
+def _apply_gains(spectrum, target, start, stop, weights, nearest, norm, area, max_gain, floor, power, scratch, gains):
     """spectrum *= the bins' gains: per band min((target / max(W |X|^power, floor))^(1 / power), max_gain), spread
-    to the bins it covers by its weights over their summed weight; a bin no band covers takes its nearest band's (or
-    none, -1: below a contract's fmin)."""
+    to the bins it covers by its weights over their summed weight. A bin no band covers takes its nearest band's gain
+    held between 1 and the gain to that band's level, (target / the band's area)^(1 / power) (none, -1: below a
+    contract's fmin): its own energy never reaches the band's output, so the band's gain alone would compound over
+    the iterations (`refine._held`)."""
     bins = spectrum.shape[1]
     for f in range(spectrum.shape[0]):
         for k in range(bins):
@@ -117,8 +124,13 @@ def _apply_gains(spectrum, target, start, stop, weights, nearest, norm, max_gain
         for k in range(bins):
             if norm[k] > 0:
                 spectrum[f, k] *= scratch[k] / norm[k]
+            elif nearest[k] >= 0:
+                energy = spectrum[f, k].real ** 2 + spectrum[f, k].imag ** 2
+                ratio = target[f, nearest[k]] / area[nearest[k]] / max(energy if power != 1 else np.sqrt(energy), TINY)
+                to_level = ratio if power == 1 else np.sqrt(ratio)
+                spectrum[f, k] *= min(max(gains[nearest[k]], min(to_level, 1.0)), max(to_level, 1.0))
             else:
-                spectrum[f, k] *= gains[nearest[k]] if nearest[k] >= 0 else 0
+                spectrum[f, k] = 0
 
 
 @njit
@@ -152,7 +164,7 @@ class Projector:
 
     def __init__(self, spec: MelSpec, frames: int) -> None:
         self.spec, self.frames = spec, frames
-        (self.start, self.stop, self.weights, self.nearest, self.norm, self.window) = _operators(spec)
+        (self.start, self.stop, self.weights, self.nearest, self.norm, self.area, self.window) = _operators(spec)
         n, bins, self.pad, self.reflect = spec.n_fft, spec.n_fft // 2 + 1, spec.pad, spec.pad_mode == "reflect"
         self.buffer = torch.empty(frames, n)
         self.spectrum = torch.empty(frames, bins, dtype=torch.complex64)
@@ -180,7 +192,7 @@ class Projector:
         for k in range(iterations):
             if stop is not None:
                 stop()
-            _apply_gains(spectrum, target, self.start, self.stop, self.weights, self.nearest, self.norm,
+            _apply_gains(spectrum, target, self.start, self.stop, self.weights, self.nearest, self.norm, self.area,
                          np.float32(max_gain), np.float32(floor), int(self.spec.power), self.scratch, self.gains)
             self.inverse(audio)
             if k + 1 < iterations:

@@ -48,9 +48,10 @@ PRESET_PROJECTIONS = {"fast": 8, "balanced": 64, "quality": 128}
 MAX_ITERATIONS = 512
 #: A clipped scale's bottom (dB scaled to [-A, A] or [0, A], as Coqui and Rayhane send) says only "this loud or
 #: quieter": projection, and the reading into the net's contract, aim such a band this far below it (a power ratio),
-#: which gives the same mel back. On the tuning clips in Rayhane's contract it took the pauses' excess noise from
-#: +25 to +6 dB and PESQ-WB from 2.29 to 2.65 (1e-1: +17 dB, 2.64); bench/results/contracts.md.
-BELOW_CLIP = 1e-2
+#: which gives the same mel back. On the tuning clips in Rayhane's contract, projection alone at 64 projections (with
+#: the bins above fmax held, `_held`): 1e-2 left the pauses 4.7 dB quieter than the recording's, PESQ-WB 3.15; 3e-2
+#: matched them (+0.1 dB), 3.23; 1e-1 +5.4 dB, 3.24; 1 (none) +15 dB, 2.76 (bench/results/contracts.md).
+BELOW_CLIP = 3e-2
 
 
 def reach_frames(spec: MelSpec, iterations: int) -> int:
@@ -65,10 +66,10 @@ def reach_frames(spec: MelSpec, iterations: int) -> int:
 
 @lru_cache(maxsize=8)
 def _spread(spec: MelSpec) -> np.ndarray:
-    """S, (bins, n_mels): each linear bin's gain as the filterbank-weighted mean of its bands' gains. A bin no
-    band covers (DC, and above fmax) holds the gain of the band whose centre is nearest, so nothing divides by
-    zero and the top band's gain carries on above fmax; but a bin below a contract's fmin > 0 gets none (gain 0):
-    holding the lowest band's gain there kept a rumble under 80 Hz that took ESPnet's PESQ-WB from 4.0 to 1.6."""
+    """S, (bins, n_mels): each linear bin's share of each band, the filterbank-weighted mean over its bands. A bin no
+    band covers (DC, and above fmax) takes the band whose centre is nearest (`linear_magnitude` reads its level
+    there, and projection holds it at that level: `_held`); but a bin below a contract's fmin > 0 takes none:
+    holding the lowest band's level there kept a rumble under 80 Hz that took ESPnet's PESQ-WB from 4.0 to 1.6."""
     fb = filterbank(spec).astype(np.float64)
     weight = fb.sum(axis=0)
     spread = np.zeros_like(fb.T)
@@ -80,6 +81,23 @@ def _spread(spec: MelSpec) -> np.ndarray:
     for b in bins[~covered & ~below_fmin]:
         spread[b, np.argmin(np.abs(centres - b))] = 1.0
     return spread.astype(np.float32)
+
+
+@lru_cache(maxsize=8)
+def _held(spec: MelSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(the spread on the covered bins, N, H): `_spread` split by whether a band covers the bin; N (bins, n_mels) is
+    its rows for the bins none covers (their nearest band), H the same over each band's area (its response to a flat
+    unit spectrum), so that H target is such a bin's |X|^power at its band's level. Projection gives these bins
+    their band's gain held between 1 and the gain to that level (`mel_gains`), so a bin moves towards its band's
+    level and never past it, and a recording's own mel still leaves it unchanged: their energy never reaches the
+    band's output, so the band's gain alone would compound over the iterations (it put 8-11 kHz 9 dB above the recording's in HiFi-GAN's
+    contract, and in Rayhane's, whose bands stop at 7.6 kHz, bursts that peak-normalising turned into output 8x too
+    quiet; bench/results/contracts.md)."""
+    fb = filterbank(spec).astype(np.float64)
+    spread, covered = _spread(spec).astype(np.float64), fb.sum(axis=0) > 0
+    nearest = np.where(covered[:, None], 0.0, spread)
+    held = nearest / np.maximum(fb.sum(axis=1), 1e-12)[None, :]
+    return tuple(m.astype(np.float32) for m in (np.where(covered[:, None], spread, 0.0), nearest, held))
 
 
 def clipped(spec: MelSpec) -> bool:
@@ -110,20 +128,27 @@ def linear_magnitude(mel: torch.Tensor, spec: MelSpec) -> torch.Tensor:
     return magnitude if spec.power == 1 else magnitude.pow(1.0 / spec.power)
 
 
-def _operators(spec: MelSpec, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    fb = filterbank(spec)
-    return torch.from_numpy(fb).to(device), torch.from_numpy(_spread(spec)).to(device)
+def _operators(spec: MelSpec, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The filterbank, and the spread, nearest bands and levels of `_held`, on `device`."""
+    return tuple(torch.from_numpy(m).to(device) for m in (filterbank(spec), *_held(spec)))
+
+
+#: A held bin's own level is at least this (|X|^power), so a silent one takes at most the largest gain.
+TINY = 1e-30
 
 
 def mel_gains(frames: torch.Tensor, target: torch.Tensor, fb: torch.Tensor, spread: torch.Tensor,
-              max_gain: float = MAX_GAIN, power: float = 1.0, floor: float = LOG_FLOOR) -> torch.Tensor:
+              nearest: torch.Tensor, held: torch.Tensor, max_gain: float = MAX_GAIN, power: float = 1.0,
+              floor: float = LOG_FLOOR) -> torch.Tensor:
     """Per-bin real gains (B, bins, F) that move a spectrogram's filterbank output fb |X|^power to `target`
-    (B, n_mels, F, `expand`ed from the mel). The clamp at the contract's floor mirrors the mel's own: a band below
-    it in both is left alone. With power 2 the band's gain on the magnitude is the root of the ratio."""
-    if power == 1:
-        return spread @ (target / (fb @ frames.abs()).clamp(min=floor)).clamp(max=max_gain)
-    ratio = target / (fb @ frames.abs() ** power).clamp(min=floor)
-    return spread @ ratio.pow(1.0 / power).clamp(max=max_gain)
+    (B, n_mels, F, `expand`ed from the mel); a bin no band covers takes its band's gain held between 1 and the gain
+    to the band's level (`_held`). The clamp at the contract's floor mirrors the mel's own: a band below it in both
+    is left alone. With power 2 the gain on the magnitude is the root of the ratio."""
+    own = frames.abs() ** power
+    band = (target / (fb @ own).clamp(min=floor)).pow(1.0 / power).clamp(max=max_gain)
+    to_level = ((held @ target) / own.clamp(min=TINY)).pow(1.0 / power)
+    lowest, highest = to_level.clamp(max=1.0), to_level.clamp(min=1.0)
+    return spread @ band + torch.minimum(torch.maximum(nearest @ band, lowest), highest)
 
 
 @torch.inference_mode()
@@ -154,8 +179,8 @@ def project_torch(audio: torch.Tensor, mel: torch.Tensor, spec: MelSpec, iterati
     audio, target = audio.float(), target_of(mel.float(), spec)
     if spec.preemphasis:
         audio = preemphasis(audio, spec.preemphasis)
-    fb, spread = _operators(spec, audio.device)
-    gains = lambda x: mel_gains(x, target, fb, spread, max_gain, spec.power, gain_floor(spec))  # noqa: E731
+    operators = _operators(spec, audio.device)
+    gains = lambda x: mel_gains(x, target, *operators, max_gain, spec.power, gain_floor(spec))  # noqa: E731
     frames, previous = stft(audio, spec)[..., :n], None
     for k in range(iterations):
         if stop is not None:
