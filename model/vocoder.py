@@ -14,7 +14,7 @@ import torch
 
 from . import scheduling
 from .audio import MelSpec, resample
-from .cancel import Check
+from .cancel import Cancelled, Check
 from .checkpoint import NE_NET, SCHEDULE_NET, SCORE_NET, CheckpointError, load_module, read_config
 from .ne_net import NENet, NENetParams
 from .noise_estimation import DEFAULT_FAMILY, ne_ddpm
@@ -210,7 +210,8 @@ class Vocoder:
         if schedule is None:
             mel = as_mel(mel)
             items = [mel] if mel.dim() == 2 else list(mel)
-            audio = self.projection_alone(items, item_seeds(seed, len(items)), iterations, contract, stop)
+            audio = self.projection_alone(items, item_seeds(seed, len(items)), iterations, contract,
+                                          None if stop is None else [stop] * len(items))
             return audio[0] if mel.dim() == 2 else np.stack(audio)
         if contract is not None and contract != self.spec:
             return self.in_contract(mel, contract, lambda m: self.vocode(m, schedule, seed, sampler, noise, stop=stop),
@@ -226,23 +227,32 @@ class Vocoder:
         return self._sample(mel, sample, stop)
 
     def projection_alone(self, mels: Sequence[torch.Tensor], seeds: Sequence[int | None], iterations: int,
-                         contract: MelSpec | None = None, stop: Check | None = None) -> list[np.ndarray]:
+                         contract: MelSpec | None = None, stops: Sequence[Check] | None = None
+                         ) -> list[np.ndarray | None]:
         """Projection alone, no network: each mel's (n_mels, F_i) coherent start (`model.phase`, its noise its
         seed's), then `iterations` projections (`model.projector`), all in the mel's `contract` (the net's by
         default), on the CPU whatever the device. The items run side by side on the pool, each at its own length, so
-        each is what it would be alone: the server batches requests so. `stop` is called before each projection."""
+        each is what it would be alone: the server batches requests so. Each item's check in `stops` is called
+        before each of its projections: an item it cancels is dropped (None in its place) and its pool thread goes
+        to the others; when every item is dropped, `Cancelled` is raised."""
         spec = contract or self.spec
 
-        def one(item: tuple[torch.Tensor, int | None]) -> np.ndarray:
-            mel, seed = as_mel(item[0]).cpu(), item[1]
+        def one(item: tuple[torch.Tensor, int | None, Check | None]) -> np.ndarray | None:
+            mel, seed, stop = as_mel(item[0]).cpu(), item[1], item[2]
             start = coherent_start(mel, spec, seed)[0].numpy()
             if not iterations:
                 return start
-            out = project_item(start, target_of(mel, spec).numpy(), spec, iterations, MOMENTUM, MAX_GAIN,
-                               gain_floor(spec), stop, clamp=not clipped(spec))
+            try:
+                out = project_item(start, target_of(mel, spec).numpy(), spec, iterations, MOMENTUM, MAX_GAIN,
+                                   gain_floor(spec), stop, clamp=not clipped(spec))
+            except Cancelled:
+                return None
             return out / max(1.0, np.abs(out).max() / PEAK) if clipped(spec) else out  # as `in_contract` says why
 
-        return in_pool(one, zip(mels, seeds), self.threads)
+        audio = in_pool(one, zip(mels, seeds, stops or [None] * len(mels)), self.threads)
+        if all(a is None for a in audio):
+            raise Cancelled(f"all {len(audio)} items were cancelled")
+        return audio
 
     def in_contract(self, mel: np.ndarray | torch.Tensor, contract: MelSpec,
                     vocode: Callable[[torch.Tensor], np.ndarray], iterations: int,

@@ -345,17 +345,20 @@ class Engine:
             if part := [j for j in part if not j.future.cancelled()]:
                 await self._run_or_split(part, now)
 
-    def _settle(self, batch: list[Job], audio: list[np.ndarray], seconds: float, now: float) -> None:
+    def _settle(self, batch: list[Job], audio: list[np.ndarray | None], seconds: float, now: float) -> None:
         self._last_batch_seconds = seconds
         steps = batch[0].plan.steps
         self.metrics.synthesis_duration.labels(steps=str(steps)).observe(seconds)
         for job, wav in zip(batch, audio):
+            if wav is None:  # projection alone dropped this item: its client left (`Vocoder.projection_alone`)
+                self.metrics.syntheses_cancelled.inc()
+                continue
             rate = (batch[0].plan.contract or self.vocoder.spec).sample_rate
             self.metrics.real_time_factor.observe(seconds / (len(wav) / rate))
             if not job.future.done():
                 job.future.set_result(Result(wav, seconds, len(batch)))
 
-    def _synthesize(self, batch: list[Job]) -> tuple[list[np.ndarray], float]:
+    def _synthesize(self, batch: list[Job]) -> tuple[list[np.ndarray | None], float]:
         """On the inference thread: a stream's chunk, projection alone's items each at its length, or a batch padded
         to the longest mel, vocoded with per-item seeds and trimmed back."""
         if batch[0].stream is not None:
@@ -369,7 +372,7 @@ class Engine:
         if batch[0].plan.method == PROJECTION:
             start, plan = time.perf_counter(), batch[0].plan
             audio = self.vocoder.projection_alone([torch.from_numpy(j.mel) for j in batch], [j.seed for j in batch],
-                                                  plan.refine, plan.contract, stop=every([j.cancelled for j in batch]))
+                                                  plan.refine, plan.contract, [every([j.cancelled]) for j in batch])
             return audio, time.perf_counter() - start
         frames, plan = max(j.frames for j in batch), batch[0].plan
         mel = np.full((len(batch), batch[0].mel.shape[0], frames), math.log(LOG_FLOOR), np.float32)

@@ -240,3 +240,21 @@ def test_the_cpu_net_checks_stop_before_each_layer(tiny_weights):
 
     with pytest.raises(Cancelled):
         fast(x, m, t, stop=at_layer_three)
+
+
+def test_projection_alone_drops_the_item_that_left_and_keeps_the_others(tiny_weights):
+    """Projection alone's items run side by side, each with its own check: a cancelled one is dropped (None) and the
+    others are what they would be alone; when every item left, the batch raises."""
+    from model.vocoder import Vocoder
+
+    voc = Vocoder.load(tiny_weights, "cpu")
+    mels = [torch.from_numpy(mel(40)), torch.from_numpy(mel(60))]
+
+    def gone() -> None:
+        raise Cancelled("test")
+
+    alone = voc.projection_alone(mels[:1], [1], 16)[0]
+    kept = voc.projection_alone(mels, [1, 2], 16, stops=[lambda: None, gone])
+    assert kept[1] is None and np.array_equal(kept[0], alone)
+    with pytest.raises(Cancelled):
+        voc.projection_alone(mels, [1, 2], 16, stops=[gone, gone])
