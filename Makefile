@@ -16,9 +16,12 @@ $(BIN)/python:
 install: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 
+# The peers of tests/test_peers.py go in without their dependencies (the test extra has what their mel code needs);
+# parallel_wavegan's setup.py imports pip, which pip's isolated build lacks, so it is built with the venv's own.
 install-test: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[test]"
-	$(BIN)/python -m pip install --quiet --no-deps "coqui-tts==0.28.0" "coqui-tts-trainer==0.4.0"
+	$(BIN)/python -m pip install --quiet --no-deps "coqui-tts==0.28.0" "coqui-tts-trainer==0.4.0" "espnet==202511"
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation "parallel_wavegan==0.6.1"
 
 serve: install
 	$(BIN)/python -m server --host $(HOST) --port $(PORT) $(if $(WEIGHTS),--weights $(WEIGHTS))

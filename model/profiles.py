@@ -39,10 +39,13 @@ PROFILES: dict[str, Profile] = {
         MelSpec(fmin=80.0, fmax=7600.0, center=True, compression="log10", floor=1e-10),
         "ESPnet2 TTS (LJSpeech recipes), ParallelWaveGAN; send mean/std as a custom contract if normalised",
         "kan-bayashi/ParallelWaveGAN bin/preprocess.py logmelfilterbank (librosa.stft centred, reflect; "
-        "log10(max(1e-10, mel)) of the magnitude) with its LJSpeech config (fmin 80, fmax 7600); ESPnet2 "
-        "LogMelFbank gives the same (log_base 10). Written from that published formula: parallel_wavegan's sdist "
-        "does not build here and ESPnet is too heavy to install for a test (tests/test_contracts.py checks the "
-        "formula in librosa)"),
+        "log10(max(1e-10, mel)) of the magnitude) with its LJSpeech config (fmin 80, fmax 7600), and ESPnet2's "
+        "LogMelFbank as egs2 TTS recipes run it (tts.sh: fmin 80, fmax 7600, win_length null; log_base 10; "
+        "torch.stft centred, reflect). Checked against both packages' own code on held-out LJ clips "
+        "(tests/test_peers.py): parallel_wavegan 0.6.1 within 1.1e-4 (log10); espnet 202511 within 1.8e-3, as "
+        "ESPnet floors each STFT bin's power at 1e-10 (magnitude 1e-5) before the filterbank and this contract "
+        "does not, which moves only near-silent bands (digital silence: about -6.3 in ESPnet, -10 here; both "
+        "vocode as silence)"),
     "coqui": Profile(
         MelSpec(fmax=11025.0, center=True, compression="db", floor=1e-8, ref_db=20.0, normalize="symmetric"),
         "Coqui TTS (BaseAudioConfig defaults: Tacotron, Glow-TTS, VITS recipes' mel losses)",
@@ -86,9 +89,9 @@ def describe(registered: dict[str, Profile] | None = None) -> dict[str, dict]:
 
 
 def load_directory(directory: str | Path) -> dict[str, Profile]:
-    """Custom contracts from `NAME.json` files (a contract object; "stats": a `.npy` of (2, n_mels) or a
-    `.stats.json` of {"mean", "std"} beside it, for mean/std normalisation). A missing directory, a bad file or a
-    name clash is a ContractError."""
+    """Custom contracts from `NAME.json` files (a contract object; "stats": a `.npy` of (2, n_mels), a `.stats.json`
+    of {"mean", "std"} or an ESPnet2 recipe's `feats_stats.npz` beside it, for mean/std normalisation). A missing
+    directory, a bad file or a name clash is a ContractError."""
     root = Path(directory)
     if not root.is_dir():
         raise ContractError(f"contracts directory {root} does not exist")
@@ -112,9 +115,15 @@ def load_directory(directory: str | Path) -> dict[str, Profile]:
 
 
 def _stats(path: Path) -> dict:
-    """{"mean", "std"} from a stats file: JSON of the two, or a .npy (2, n_mels) of mean and std rows (never
-    unpickled)."""
+    """{"mean", "std"} from a stats file: JSON of the two, a .npy (2, n_mels) of mean and std rows, or ESPnet2's
+    collect_stats `.npz` of count, sum and sum_square, read as its GlobalMVN reads it (never unpickled)."""
     try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                count = float(data["count"])
+                mean = np.asarray(data["sum"], np.float64) / count
+                var = np.asarray(data["sum_square"], np.float64) / count - mean * mean
+            return {"normalize": "meanstd", "mean": mean.tolist(), "std": np.sqrt(np.maximum(var, 1e-20)).tolist()}
         if path.suffix == ".npy":
             array = np.load(path, allow_pickle=False)
             if array.ndim != 2 or array.shape[0] != 2:

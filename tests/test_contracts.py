@@ -105,6 +105,20 @@ def test_a_contracts_directory_registers_by_name_with_a_stats_file(tmp_path):
         load_directory(tmp_path / "nope")
 
 
+def test_an_espnet_recipes_feats_stats_npz_registers_as_its_global_mvn_reads_it(tmp_path):
+    """collect_stats' sums over frames (tests/test_peers.py makes one with ESPnet itself): mean = sum / count,
+    std = sqrt(sum_square / count - mean^2)."""
+    feats = np.random.default_rng(0).normal(-2.0, 0.7, (500, 80)).astype(np.float32)
+    np.savez(tmp_path / "feats_stats.npz", count=len(feats), sum=feats.sum(0), sum_square=(feats**2).sum(0))
+    (tmp_path / "espnet-recipe.json").write_text(json.dumps({"fmin": 80.0, "fmax": 7600.0, "center": True,
+                                                             "compression": "log10", "stats": "feats_stats.npz"}))
+    spec = contract("espnet-recipe", load_directory(tmp_path))
+    assert np.allclose(spec.mean, feats.mean(0), atol=1e-5) and np.allclose(spec.std, feats.std(0), atol=1e-5)
+    np.savez(tmp_path / "feats_stats.npz", count=len(feats), sum=feats.sum(0))
+    with pytest.raises(ContractError, match="unreadable stats"):
+        load_directory(tmp_path)
+
+
 @pytest.mark.parametrize("name", list(PROFILES))
 def test_projection_in_each_contract_keeps_a_recording_and_pulls_noise_toward_the_mel(name):
     spec = PROFILES[name].spec
