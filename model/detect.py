@@ -5,8 +5,10 @@ A mel's compression leaves fingerprints that no other contract's values can show
 - dB scaled to [-A, A] (Coqui, Rayhane): nothing outside [-A, A], and a mass of values at exactly -A, where the
   normalisation clipped everything quieter than min_db (speech has pauses; 4-25 % of the Rayhane predictions);
   [0, A] likewise at 0;
-- log10 (ESPnet, ParallelWaveGAN): digital silence at exactly log10(1e-10) = -10, or speech's spread of values
-  (std ~1, mean ~-2.7, nothing above ~1.5): ln's spread is ln 10 = 2.3 times wider for the same sound;
+- log10 (ESPnet, ParallelWaveGAN): digital silence at exactly log10(1e-10) = -10 (ParallelWaveGAN's floor on the
+  band), or at log10(1e-5 x the band's filter area), about -6.3 (ESPnet2's floor on each bin's magnitude, before
+  the filterbank), or speech's spread of values (std ~1, mean ~-2.7, nothing above ~1.5): ln's spread is ln 10 =
+  2.3 times wider for the same sound;
 - mean/std normalised: values centred on 0 with unit spread in every band, which no log of audio has;
 - ln (HiFi-GAN and kin): values below the dB scale's -A, or a mass at ln(1e-5).
 
@@ -18,10 +20,13 @@ Its statistics are a handful of passes over the values: well under 1 ms for 10 s
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 
+from .audio import N_MELS, filterbank
 from .contract import MelSpec
+from .profiles import PROFILES
 
 LN_FLOOR, LOG10_FLOOR = math.log(1e-5), math.log10(1e-10)
 #: A value "at" a clip or floor: within this of it.
@@ -64,7 +69,7 @@ def fingerprints(mel: np.ndarray, max_abs: float = 4.0) -> set[str]:
     if lo < -max_abs - 0.5 and lo >= LN_FLOOR - AT and _share(mel, LN_FLOOR) >= MASS:
         found.add("ln")
     if lo >= LOG10_FLOOR - AT and hi <= 1.6:
-        if _share(mel, LOG10_FLOOR) >= MASS:
+        if _share(mel, LOG10_FLOOR) >= MASS or (len(mel) == N_MELS and _share(mel, _espnet_silence(), 1e-4) >= MASS):
             found.add("log10")
         elif not found and _spread(mel, -4.5, -1.5, 0.6, 1.6, 0.4):
             found.add("log10")
@@ -73,8 +78,17 @@ def fingerprints(mel: np.ndarray, max_abs: float = 4.0) -> set[str]:
     return found
 
 
-def _share(mel: np.ndarray, value: float) -> float:
-    return float(np.count_nonzero(np.abs(mel - value) < AT)) / mel.size
+@lru_cache(maxsize=1)
+def _espnet_silence() -> np.ndarray:
+    """(n_mels, 1): each band's value for digital silence in ESPnet2's LogMelFbank, which floors every bin's
+    magnitude at 1e-5 before the `espnet` profile's filterbank: log10(1e-5 x the band's area), to float32 rounding
+    (5e-7), so a fingerprint only within 1e-4 of it: an ln mel's quiet bands pass near it (1 % of an LJ clip's
+    values at 4x its level within 0.02)."""
+    return np.log10(1e-5 * filterbank(PROFILES["espnet"].spec).sum(axis=1, dtype=np.float64))[:, None]
+
+
+def _share(mel: np.ndarray, value: float | np.ndarray, within: float = AT) -> float:
+    return float(np.count_nonzero(np.abs(mel - value) < within)) / mel.size
 
 
 def _spread(mel: np.ndarray, mean_lo: float, mean_hi: float, std_lo: float, std_hi: float, band_std: float) -> bool:

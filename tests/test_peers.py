@@ -206,6 +206,8 @@ def test_espnets_digital_silence_vocodes_as_silence_in_the_espnet_profile(url):
     assert r.status_code == 200, r.text
     audio = np.frombuffer(r.content[44:], np.int16) / 32768
     assert np.sqrt(np.mean(audio[:10000] ** 2)) < 0.01 * np.sqrt(np.mean(audio[12000:] ** 2))
+    refused = httpx.post(f"{base}/v1/vocode", params={"rho": "fast"}, content=npy(theirs), headers=NPY, timeout=120)
+    assert refused.status_code == 422 and "espnet" in refused.json()["detail"]  # that silence is ESPnet's fingerprint
 
 
 def test_an_espnet_recipes_stats_register_as_they_are_and_its_normalised_mels_vocode_by_name(url):
