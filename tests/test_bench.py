@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from bench import precision, quality, refine, speed, speed_cpu, speed_synthesis, train
+from bench import contracts as contracts_bench
 from bench import prior as prior_bench
+from bench import projection as projection_bench
 from bench.common import fmt, table
 from model.score_net import CONFIGS, ScoreNet
 from model.vocoder import Vocoder
@@ -204,3 +206,26 @@ def test_run_flops_counts_the_step_as_it_runs() -> None:
     assert speed_synthesis.run_flops(net, 100, steps, cache_bytes=0) == 2 * samples * steps * (per_step + projection)
     windowed = speed_synthesis.run_flops(net, 2000, 1, cache_bytes=0)
     assert windowed > speed_synthesis.run_flops(net, 2000, 1, cache_bytes=0, window_frames=2000)  # the margins' samples
+
+
+def test_projection_quick(tiny_weights: Path, shared_data: Path, tmp_path: Path) -> None:
+    """bench.projection end to end on the tiny net: the kernel's parts timed one by one (their calls follow the
+    kernel's signatures), the server alone and under load, and the quality rows."""
+    argv = ["--quick", "--weights", str(tiny_weights), "--data", str(shared_data), "--out", str(tmp_path)]
+    assert projection_bench.main(argv) == 0
+    data = json.loads((tmp_path / "projection.json").read_text())
+    assert all(p["seconds"] > 0 for p in data["projection_parts"]) and data["start_parts"]["whole start"] > 0
+    assert {q["method"] for q in data["quality"]} >= {"projection balanced (64)", "bddm balanced (7 steps + 48)"}
+    assert "## The coherent start" in (tmp_path / "projection.md").read_text()
+
+
+def test_contracts_quick(tiny_weights: Path, shared_data: Path, tmp_path: Path) -> None:
+    """bench.contracts scores what the server serves (the plan's method) in each profile asked for, and `--methods`
+    adds the others side by side."""
+    argv = ["--quick", "--weights", str(tiny_weights), "--data", str(shared_data), "--no-dnsmos", "--no-predicted",
+            "--methods", "projection", "bddm", "--out", str(tmp_path)]
+    assert contracts_bench.main(argv) == 0
+    rows = json.loads((tmp_path / "contracts.json").read_text())["profiles"]
+    assert {(r["profile"], r["method"]) for r in rows} == {(p, m) for p in ("hifigan", "rayhane")
+                                                           for m in ("projection", "bddm")}
+    assert all(0 < r["stoi"] <= 1 for r in rows)
