@@ -84,15 +84,15 @@ def _spread(spec: MelSpec) -> np.ndarray:
 
 
 @lru_cache(maxsize=8)
-def _held(spec: MelSpec) -> tuple[np.ndarray, np.ndarray]:
+def _held(spec: MelSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(the spread on the covered bins, N, H): `_spread` split by whether a band covers the bin; N (bins, n_mels) is
     its rows for the bins none covers (their nearest band), H the same over each band's area (its response to a flat
     unit spectrum), so that H target is such a bin's |X|^power at its band's level. Projection gives these bins
     their band's gain held between 1 and the gain to that level (`mel_gains`), so a bin moves towards its band's
-    level and never past it, and a recording's own mel still leaves it unchanged: their energy never reaches the
-    band's output, so the band's gain alone would compound over the iterations (it put 8-11 kHz 9 dB above the recording's in HiFi-GAN's
-    contract, and in Rayhane's, whose bands stop at 7.6 kHz, bursts that peak-normalising turned into output 8x too
-    quiet; bench/results/contracts.md)."""
+    level and never past it, and a recording's own mel still leaves it unchanged. Their energy never reaches the
+    band's output, so the band's gain alone compounded over the iterations: it put 8-11 kHz 9 dB above the
+    recording's in HiFi-GAN's contract, and in Rayhane's, whose bands stop at 7.6 kHz, made bursts that
+    peak-normalising turned into output 3-8x too quiet (bench/results/contracts.md)."""
     fb = filterbank(spec).astype(np.float64)
     spread, covered = _spread(spec).astype(np.float64), fb.sum(axis=0) > 0
     nearest = np.where(covered[:, None], 0.0, spread)
