@@ -2,9 +2,9 @@
 
     python -m bench.contracts [--compare] [--quick]
 
-Per profile (`model.profiles`), the held-out clips' mels made in that contract are vocoded at the default preset
-and scored against the recording at lag 0 (STOI, PESQ-WB/NB, periodicity, pauses, DNSMOS), with the best lag
-within a hop reported beside. `--compare` scores the two ways of vocoding a foreign contract on the tuning clips:
+Per profile (`model.profiles`), the held-out clips' mels made in that contract (by the peer's own code where it is
+installed, `bench.peers`: Coqui's and ESPnet's) are vocoded at the default preset and scored against the recording
+at lag 0 (STOI, PESQ-WB/NB, periodicity, pauses, DNSMOS), with the best lag within a hop reported beside. `--compare` scores the two ways of vocoding a foreign contract on the tuning clips:
 
 - A: the caller's mel -> linear magnitude -> the net's contract (`model.transcode`); the usual path there (its
      sampling and refinements in the net's STFT); then resampled to the caller's rate;
@@ -39,6 +39,7 @@ from model.vocoder import Vocoder
 
 from .common import (DEFAULT_DATA, TUNING_CLIPS, apply_threads, base_parser, fmt, header, header_markdown, parse_with_quick, table,
                      validation_clips, weights_for, write_outputs)
+from .peers import PEERS, installed, peer_mel
 
 TTS_MELS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "tts-mels"
 #: The predicted mels and the profile each was made in.
@@ -91,10 +92,12 @@ def score_profiles(voc: Vocoder, names: list[str], clips_at: dict, methods: dict
     rows = []
     for name in names:
         spec = PROFILES[name].spec
+        by = PEERS[name][1] if name in PEERS and installed(PEERS[name][0]) else "ours"
         for method, fn in methods.items():
             per_clip = []
             for i, clip in enumerate(clips_at[spec.sample_rate]):
-                mel = mel_spectrogram(clip.audio, spec)
+                theirs = peer_mel(name, clip.audio)
+                mel = mel_spectrogram(clip.audio, spec) if theirs is None else torch.from_numpy(theirs)
                 t0 = time.perf_counter()
                 est = fn(voc, mel, spec, 1 + i)
                 seconds = time.perf_counter() - t0
@@ -104,7 +107,7 @@ def score_profiles(voc: Vocoder, names: list[str], clips_at: dict, methods: dict
                 per_clip.append(scores)
             summary = {k: float(np.nanmean([c[k] for c in per_clip])) for k in per_clip[0]}
             summary["lag_range"] = [min(c["lag"] for c in per_clip), max(c["lag"] for c in per_clip)]
-            rows.append({"profile": name, "method": method, **summary, "clips": per_clip})
+            rows.append({"profile": name, "method": method, "mels_by": by, **summary, "clips": per_clip})
             print(f"{name:12s} {method:8s} " + " ".join(f"{k} {fmt(summary[k])}" for k in (*INTRUSIVE, "rtf")),
                   flush=True)
     return rows
@@ -196,8 +199,8 @@ def report(args: argparse.Namespace, rows: list[dict], predicted: list[dict], vo
             f"{'tuning' if args.compare else 'acceptance'} (valid.txt {args.skip + 1}-{args.skip + args.clips}), "
             f"{args.seconds or 'whole'} s; scored at lag 0 against the recording at the contract's rate; `lag`: the "
             "mean best lag in samples (range across clips).", "",
-            table(("profile", "method", *cols, "lag"),
-                  [(r["profile"], r["method"], *(fmt(r.get(c)) for c in cols),
+            table(("profile", "mels by", "method", *cols, "lag"),
+                  [(r["profile"], r.get("mels_by", "ours"), r["method"], *(fmt(r.get(c)) for c in cols),
                     f"{r['lag']:+.1f} ({r['lag_range'][0]:+d}..{r['lag_range'][1]:+d})") for r in rows]),
             "", "Wrong-contract check (`model.detect.check`) on 10 s: "
             + ", ".join(f"declared {k} {v:.3f} ms" for k, v in check_ms.items()), "", *acceptance(rows, predicted, voc.default_method)]

@@ -19,13 +19,10 @@ missing one fails its test; elsewhere it skips."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
 import shutil
-import sys
-import types
 from pathlib import Path
 
 import httpx
@@ -34,56 +31,19 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from bench.peers import coqui_audio_processor, espnet_fbank, espnet_mel, installed, pwg_mel
 from conftest import SHARED_DATA, serving
 from model.audio import list_audio, load_audio, mel_spectrogram, read_id_list
 from model.profiles import PROFILES
 from server import Settings, create_app
 from test_server_api import NPY, npy
 
-#: ESPnet2's egs2 TTS recipes' front end for LJSpeech: run.sh's fs, n_fft and n_shift; tts.sh's fmin, fmax, n_mels
-#: and win_length (null), passed to LogMelFbank as --feats_extract_conf.
-ESPNET_LJSPEECH = {"fs": 22050, "n_fft": 1024, "hop_length": 256, "win_length": None, "fmin": 80, "fmax": 7600,
-                   "n_mels": 80}
-#: ParallelWaveGAN's egs/ljspeech/voc1 config, as bin/preprocess.py passes it to logmelfilterbank.
-PWG_LJSPEECH = {"fft_size": 1024, "hop_size": 256, "win_length": None, "window": "hann", "num_mels": 80, "fmin": 80,
-                "fmax": 7600}
-
-
 def peer(module: str, package: str) -> None:
     """Skip unless `module` is installed; in CI, which installs every peer, its absence fails the test instead."""
-    if importlib.util.find_spec(module) is None:
+    if not installed(module):
         if os.environ.get("CI"):
             pytest.fail(f"{package} is not installed: `make install-test` installs it")
         pytest.skip(f"{package} is not installed (make install-test installs it)")
-
-
-def coqui_audio_processor():
-    """Coqui's AudioProcessor with BaseAudioConfig's defaults, imported without running `TTS/__init__.py` (which
-    demands torchaudio and torchcodec for the models, not for the audio front end)."""
-    peer("TTS", "coqui-tts")
-    if "TTS" not in sys.modules:
-        found = importlib.util.find_spec("TTS")
-        package = types.ModuleType("TTS")
-        package.__path__ = [str(Path(found.origin).parent)]
-        sys.modules["TTS"] = package
-    from TTS.config.shared_configs import BaseAudioConfig  # noqa: PLC0415
-    from TTS.utils.audio.processor import AudioProcessor  # noqa: PLC0415
-
-    return AudioProcessor(BaseAudioConfig())
-
-
-def espnet_fbank():
-    """ESPnet2's LogMelFbank as an LJSpeech TTS recipe builds it."""
-    peer("espnet2", "espnet")
-    from espnet2.tts.feats_extract.log_mel_fbank import LogMelFbank  # noqa: PLC0415
-
-    return LogMelFbank(**ESPNET_LJSPEECH)
-
-
-def espnet_mel(fbank, wav: np.ndarray) -> torch.Tensor:
-    """ESPnet's (1, frames, n_mels) features of one clip, with its lengths as its data loader gives them."""
-    with torch.no_grad():
-        return fbank(torch.from_numpy(wav)[None], torch.tensor([len(wav)]))[0]
 
 
 def espnet_recipe_stats(out: Path, train: list[Path], dev: list[Path]) -> Path:
@@ -138,7 +98,7 @@ def url(tiny_weights, tmp_path_factory):
     np.save(registered / "ljs_stats.npy", np.stack([mels.mean(axis=1), mels.std(axis=1)]))
     contract = {k: v for k, v in PROFILES["espnet"].spec.to_dict().items() if v is not None}
     (registered / "espnet-ljs.json").write_text(json.dumps({**contract, "stats": "ljs_stats.npy"}))
-    if importlib.util.find_spec("espnet2") is not None:
+    if installed("espnet2"):
         dev = list_audio(SHARED_DATA / "wavs", read_id_list(SHARED_DATA / "valid.txt")[8:11])
         stats = espnet_recipe_stats(tmp_path_factory.mktemp("tts_stats"), train, dev)
         shutil.copy(stats, registered / "feats_stats.npz")
@@ -149,6 +109,7 @@ def url(tiny_weights, tmp_path_factory):
 
 def test_coquis_own_mels_equal_the_coqui_profile_and_vocode_with_it(url):
     base, _, _ = url
+    peer("TTS", "coqui-tts")
     processor = coqui_audio_processor()
     spec = PROFILES["coqui"].spec
     for wav in held_out():
@@ -163,11 +124,9 @@ def test_coquis_own_mels_equal_the_coqui_profile_and_vocode_with_it(url):
 def test_parallel_wavegans_own_mels_equal_the_espnet_profile_and_vocode_with_it(url):
     base, _, _ = url
     peer("parallel_wavegan", "parallel_wavegan")
-    from parallel_wavegan.bin.preprocess import logmelfilterbank  # noqa: PLC0415
-
     spec = PROFILES["espnet"].spec
     for wav in held_out():
-        theirs = logmelfilterbank(wav, 22050, **PWG_LJSPEECH).T.astype(np.float32)  # (frames, n_mels) in PWG
+        theirs = pwg_mel(wav)
         assert theirs.shape == (80, spec.frames(len(wav)))
         assert np.abs(theirs - mel_spectrogram(wav, spec).numpy()).max() < 5e-4  # 1.1e-4 on valid.txt 9-20, whole
         vocodes(base, theirs, "espnet", spec.hop)
@@ -178,6 +137,7 @@ def test_espnets_own_mels_equal_the_espnet_profile_and_vocode_with_it(url):
     band at 1e-10: in the frames with such a bin (1-6 % of them in valid.txt 9-20) ESPnet's bands come out higher,
     by at most 1.8e-3 in log10; every other frame is the profile's to float32 rounding (4.8e-7)."""
     base, _, _ = url
+    peer("espnet2", "espnet")
     fbank = espnet_fbank()
     spec = PROFILES["espnet"].spec
     for wav in held_out():
@@ -195,6 +155,7 @@ def test_espnets_digital_silence_vocodes_as_silence_in_the_espnet_profile(url):
     """ESPnet's bin floor puts digital silence at log10(1e-5 x the band's filter weights), about -6.3, where the
     profile says -10: far apart in value, both as quiet as the contract can say, and they vocode as silence."""
     base, _, _ = url
+    peer("espnet2", "espnet")
     fbank = espnet_fbank()
     wav = np.concatenate([np.zeros(22050 // 2, np.float32), held_out(1)[0]])
     theirs = espnet_mel(fbank, wav)[0].numpy().T
@@ -214,6 +175,7 @@ def test_an_espnet_recipes_stats_register_as_they_are_and_its_normalised_mels_vo
     """ESPnet normalises the features it trains on with GlobalMVN over the train set's feats_stats.npz; the server
     reads the same mean and std from that file, and its own mel in the registered contract is ESPnet's."""
     base, _, registered = url
+    peer("espnet2", "espnet")
     fbank = espnet_fbank()
     from espnet2.layers.global_mvn import GlobalMVN  # noqa: PLC0415
 
