@@ -20,7 +20,8 @@ install: $(BIN)/python
 # parallel_wavegan's setup.py imports pip, which pip's isolated build lacks, so it is built with the venv's own.
 install-test: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[test]"
-	$(BIN)/python -m pip install --quiet --no-deps "coqui-tts==0.28.0" "coqui-tts-trainer==0.4.0" "espnet==202511"
+	$(BIN)/python -m pip install --quiet --no-deps "coqui-tts==0.28.0" "coqui-tts-trainer==0.4.0" "espnet==202511" \
+		"bigvgan==2.4.1"
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation "parallel_wavegan==0.6.1"
 
 serve: install

@@ -3,7 +3,9 @@ mels their stacks would send, for the profiles' tests (tests/test_peers.py) and 
 
 - `coqui`: Coqui TTS's `AudioProcessor` with `BaseAudioConfig`'s defaults (coqui-tts 0.28.0);
 - `espnet`: ESPnet2's `LogMelFbank` as its LJSpeech TTS recipes build it (espnet 202511); parallel_wavegan's
-  `logmelfilterbank` (0.6.1) with its LJSpeech config computes the same contract.
+  `logmelfilterbank` (0.6.1) with its LJSpeech config computes the same contract;
+- `bigvgan-24k`: BigVGAN's `meldataset.mel_spectrogram` (bigvgan 2.4.1, HiFi-GAN's, with each bin's magnitude
+  sqrt(|X|^2 + 1e-9)) with its 24 kHz 100-band config.
 """
 
 from __future__ import annotations
@@ -24,22 +26,27 @@ ESPNET_LJSPEECH = {"fs": 22050, "n_fft": 1024, "hop_length": 256, "win_length": 
 PWG_LJSPEECH = {"fft_size": 1024, "hop_size": 256, "win_length": None, "window": "hann", "num_mels": 80, "fmin": 80,
                 "fmax": 7600}
 #: The module each profile's peer code lives in, and the peer's name.
-PEERS = {"coqui": ("TTS", "coqui-tts AudioProcessor"), "espnet": ("espnet2", "espnet LogMelFbank")}
+PEERS = {"coqui": ("TTS", "coqui-tts AudioProcessor"), "espnet": ("espnet2", "espnet LogMelFbank"),
+         "bigvgan-24k": ("bigvgan", "bigvgan meldataset")}
 
 
 def installed(module: str) -> bool:
-    """Whether `module` imports (or has: `coqui_audio_processor` puts a bare `TTS` package in sys.modules)."""
+    """Whether `module` imports (or has: `bare` puts a package in sys.modules)."""
     return module in sys.modules or importlib.util.find_spec(module) is not None
 
 
+def bare(name: str) -> None:
+    """The installed package `name` in sys.modules without running its `__init__.py`, whose imports are the models'
+    (Coqui's demands torchaudio and torchcodec, BigVGAN's huggingface_hub), not the audio front end's."""
+    if name not in sys.modules:
+        package = types.ModuleType(name)
+        package.__path__ = [str(Path(importlib.util.find_spec(name).origin).parent)]
+        sys.modules[name] = package
+
+
 def coqui_audio_processor():
-    """Coqui's AudioProcessor with BaseAudioConfig's defaults, imported without running `TTS/__init__.py` (which
-    demands torchaudio and torchcodec for the models, not for the audio front end)."""
-    if "TTS" not in sys.modules:
-        found = importlib.util.find_spec("TTS")
-        package = types.ModuleType("TTS")
-        package.__path__ = [str(Path(found.origin).parent)]
-        sys.modules["TTS"] = package
+    """Coqui's AudioProcessor with BaseAudioConfig's defaults."""
+    bare("TTS")
     from TTS.config.shared_configs import BaseAudioConfig  # noqa: PLC0415
     from TTS.utils.audio.processor import AudioProcessor  # noqa: PLC0415
 
@@ -66,10 +73,20 @@ def pwg_mel(wav: np.ndarray) -> np.ndarray:
     return logmelfilterbank(wav, 22050, **PWG_LJSPEECH).T.astype(np.float32)
 
 
+def bigvgan_mel(wav: np.ndarray) -> np.ndarray:
+    """BigVGAN's (n_mels, frames) mel of one 24 kHz clip with its bigvgan_24khz_100band config."""
+    bare("bigvgan")
+    from bigvgan.meldataset import mel_spectrogram  # noqa: PLC0415
+
+    return mel_spectrogram(torch.from_numpy(wav)[None], 1024, 100, 24000, 256, 1024, 0, 12000)[0].numpy()
+
+
 def peer_mel(profile: str, wav: np.ndarray) -> np.ndarray | None:
     """The (n_mels, frames) mel of `wav` by `profile`'s peer code, None where it has none or it is not installed."""
     if profile not in PEERS or not installed(PEERS[profile][0]):
         return None
     if profile == "coqui":
         return coqui_audio_processor().melspectrogram(wav).astype(np.float32)
+    if profile == "bigvgan-24k":
+        return bigvgan_mel(wav)
     return espnet_mel(espnet_fbank(), wav)[0].numpy().T.copy()

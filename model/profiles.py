@@ -63,7 +63,9 @@ PROFILES: dict[str, Profile] = {
     "bigvgan-24k": Profile(
         MelSpec(sample_rate=24000, n_mels=100, fmax=12000.0), "BigVGAN 24 kHz 100-band, Vocos-style 24 kHz stacks",
         "NVIDIA/BigVGAN bigvgan_24khz_100band config.json (24000 Hz, n_fft 1024, hop 256, win 1024, 100 mels, "
-        "0-12000 Hz) and meldataset.py (HiFi-GAN's framing and ln)"),
+        "0-12000 Hz) and meldataset.py (HiFi-GAN's framing and ln). Checked against bigvgan 2.4.1's own "
+        "mel_spectrogram on held-out LJ clips (tests/test_peers.py): within 5e-5 in bands above -7, and at most "
+        "0.02 in the quietest, where its sqrt(|X|^2 + 1e-9) lifts each bin's magnitude"),
 }
 
 
