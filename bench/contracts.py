@@ -34,10 +34,10 @@ from model.detect import WrongContract, check
 from model.profiles import PROFILES
 from model.plan import BDDM, METHODS, Method, plan_for
 from model.refine import project
-from model.transcode import net_frames, to_net
+from model.transcode import to_net
 from model.vocoder import Vocoder
 
-from .common import (DEFAULT_DATA, TUNING_CLIPS, apply_threads, base_parser, fmt, header, header_markdown, parse_with_quick, table,
+from .common import (DEFAULT_DATA, TUNING_CLIPS, apply_threads, base_parser, fmt, header, parse_with_quick, table,
                      validation_clips, weights_for, write_outputs)
 from .peers import PEERS, installed, peer_mel
 
