@@ -137,16 +137,17 @@ def _operators(spec: MelSpec, device: torch.device) -> tuple[torch.Tensor, ...]:
 TINY = 1e-30
 
 
-def mel_gains(frames: torch.Tensor, target: torch.Tensor, fb: torch.Tensor, spread: torch.Tensor,
-              nearest: torch.Tensor, held: torch.Tensor, max_gain: float = MAX_GAIN, power: float = 1.0,
+def mel_gains(frames: torch.Tensor, target: torch.Tensor, level: torch.Tensor, fb: torch.Tensor,
+              spread: torch.Tensor, nearest: torch.Tensor, max_gain: float = MAX_GAIN, power: float = 1.0,
               floor: float = LOG_FLOOR) -> torch.Tensor:
     """Per-bin real gains (B, bins, F) that move a spectrogram's filterbank output fb |X|^power to `target`
     (B, n_mels, F, `expand`ed from the mel); a bin no band covers takes its band's gain held between 1 and the gain
-    to the band's level (`_held`). The clamp at the contract's floor mirrors the mel's own: a band below it in both
-    is left alone. With power 2 the gain on the magnitude is the root of the ratio."""
+    to its band's `level` (H target, `_held`: the same at every iteration). The clamp at the contract's floor mirrors
+    the mel's own: a band below it in both is left alone. With power 2 the gain on the magnitude is the root of the
+    ratio."""
     own = frames.abs() ** power
     band = (target / (fb @ own).clamp(min=floor)).pow(1.0 / power).clamp(max=max_gain)
-    to_level = ((held @ target) / own.clamp(min=TINY)).pow(1.0 / power)
+    to_level = (level / own.clamp(min=TINY)).pow(1.0 / power)
     lowest, highest = to_level.clamp(max=1.0), to_level.clamp(min=1.0)
     return spread @ band + torch.minimum(torch.maximum(nearest @ band, lowest), highest)
 
@@ -179,8 +180,9 @@ def project_torch(audio: torch.Tensor, mel: torch.Tensor, spec: MelSpec, iterati
     audio, target = audio.float(), target_of(mel.float(), spec)
     if spec.preemphasis:
         audio = preemphasis(audio, spec.preemphasis)
-    operators = _operators(spec, audio.device)
-    gains = lambda x: mel_gains(x, target, *operators, max_gain, spec.power, gain_floor(spec))  # noqa: E731
+    fb, spread, nearest, held = _operators(spec, audio.device)
+    level, floor = held @ target, gain_floor(spec)
+    gains = lambda x: mel_gains(x, target, level, fb, spread, nearest, max_gain, spec.power, floor)  # noqa: E731
     frames, previous = stft(audio, spec)[..., :n], None
     for k in range(iterations):
         if stop is not None:
